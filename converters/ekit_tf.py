@@ -1,0 +1,586 @@
+"""ekit_tf — TensorFlow / onnx2tf / LiteRT helpers for the TFLite (rpi) converter templates.
+
+Plain Python, copied next to the scripts like ekit.py; TensorFlow, onnx2tf and LiteRT are imported
+inside the functions, so the module itself imports anywhere (unit tests run it without TF).
+
+Conventions the templates and the manifest rely on:
+
+* Every .tflite edgekiln writes has ONE signature whose outputs are named ``output_0``,
+  ``output_1``, … in the order of the reference outputs (``y0``, ``y1``, … of reference.npz);
+  :func:`run_litert` returns them in that order.
+* Float artifacts take the model's own preprocessed tensor, laid out NHWC (TFLite's layout).
+* int8 artifacts built with ``int8_input = "pixels"`` (the default) have the preprocessing of the
+  InputSpec (colour order, /scale, -mean, /std) folded INTO the model: their input is ``pixels`` —
+  RGB 0-255 NHWC (greyscale 0-255 [N,H,W,1] for a one-channel model) — and its quantization is
+  pinned to scale 1 (zero point 0 for uint8, -128 for int8), so a user feeds raw pixels (minus 128
+  for int8 I/O) and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import ekit
+
+FLOAT_PRECISIONS = ("fp32", "fp16", "dynamic")
+INT_PRECISIONS = ("int8", "int8x16")
+PRECISIONS = FLOAT_PRECISIONS + INT_PRECISIONS
+
+# What each precision is, in words that end up in the report (names are honest: "dynamic" is
+# not integer inference).
+PRECISION_TEXT = {
+    "fp32": "float32 weights and activations",
+    "fp16": "float16 weights (dequantized to float32 at load time unless the CPU runs fp16), "
+            "float32 activations",
+    "dynamic": "dynamic-range quantization: int8 weights, float32 activations (activations are "
+               "quantized on the fly inside some kernels); NOT full integer",
+    "int8": "full integer: int8 weights and activations, calibrated on real images",
+    "int8x16": "int8 weights, int16 activations (16x8 mode; slow on CPUs without int16 kernels)",
+}
+
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+# --------------------------------------------------------------------------- layout / pixels
+
+def to_nhwc(x: np.ndarray) -> np.ndarray:
+    """[N,C,H,W] -> [N,H,W,C] (other ranks unchanged)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def model_input_nhwc(x: np.ndarray, spec: dict) -> np.ndarray:
+    """A tensor in the InputSpec's layout -> the NHWC tensor a TFLite artifact takes."""
+    return to_nhwc(x) if spec.get("layout", "nchw") == "nchw" else np.ascontiguousarray(x)
+
+
+def nhwc_shape(spec: dict, batch: int = 1) -> list[int]:
+    h, w, c = ekit.input_hw(spec)
+    return [batch, h, w, c]
+
+
+def _norm(spec: dict, c: int):
+    mean = spec.get("mean")
+    std = spec.get("std")
+    mean = np.zeros(c, np.float32) if mean is None else np.broadcast_to(
+        np.asarray(mean, np.float32).reshape(-1), (c,)).copy()
+    std = np.ones(c, np.float32) if std is None else np.broadcast_to(
+        np.asarray(std, np.float32).reshape(-1), (c,)).copy()
+    return mean, std, float(spec.get("scale") or 1.0)
+
+
+def pixels_from_x(x: np.ndarray, spec: dict) -> np.ndarray:
+    """Invert ekit.preprocess: preprocessed tensors (model layout) -> float32 pixels in 0..255,
+    RGB [N,H,W,3] (greyscale L [N,H,W,1] for a one-channel model). Used to calibrate a
+    pixel-input int8 model from calib.npy."""
+    h, w, c = ekit.input_hw(spec)
+    t = model_input_nhwc(x, spec).astype(np.float32)
+    mean, std, scale = _norm(spec, c)
+    p = (t * std + mean) * scale
+    if c == 3 and spec.get("color", "rgb") == "bgr":
+        p = p[..., ::-1]
+    return np.clip(np.rint(p), 0.0, 255.0).astype(np.float32)
+
+
+def preprocess_tf(pixels, spec: dict):
+    """ekit.preprocess as TensorFlow ops (NHWC out): 0-255 float pixels, RGB [N,H,W,3] or
+    greyscale [N,H,W,1] for a one-channel model -> the model's input.
+
+    One 1x1 convolution with bias: channel order, /scale, -mean and /std are a per-channel affine
+    map, which TFLite turns into a single int8 CONV_2D with per-channel weights (each weight is
+    exactly representable), the cheapest and most exact integer form of the preprocessing."""
+    import tensorflow as tf
+
+    h, w, c = ekit.input_hw(spec)
+    mean, std, scale = _norm(spec, c)
+    a = 1.0 / (scale * std)
+    b = -mean / std
+    kernel = np.zeros((1, 1, c, c), np.float32)
+    for j in range(c):  # model channel j reads pixel channel i
+        i = c - 1 - j if (c == 3 and spec.get("color", "rgb") == "bgr") else j
+        kernel[0, 0, i, j] = a[j]
+    return tf.nn.bias_add(tf.nn.conv2d(pixels, tf.constant(kernel), strides=1, padding="VALID"),
+                          tf.constant(b.astype(np.float32)))
+
+
+# --------------------------------------------------------------------------- onnx2tf
+
+_OP_PATTERNS = (
+    re.compile(r"onnx_op_type:\s*([A-Za-z0-9_.]+)"),
+    re.compile(r"[Oo][Pp] type[:=]?\s*'?([A-Za-z0-9_.]+)"),
+    re.compile(r"No module named 'onnx2tf\.ops\.([A-Za-z0-9_]+)'"),
+    re.compile(r"not supported[^\n]*?\b([A-Z][A-Za-z0-9]+)\b"),
+)
+_NAME_PATTERN = re.compile(r"onnx_op_name:\s*(\S+)")
+
+
+def onnx2tf_failure(text: str) -> tuple[list[str], list[str]]:
+    """(op types, op names) named in onnx2tf's output when it fails."""
+    ops, names = [], []
+    for pat in _OP_PATTERNS:
+        for m in pat.finditer(text):
+            if m.group(1) not in ops:
+                ops.append(m.group(1))
+        if ops:
+            break
+    for m in _NAME_PATTERN.finditer(text):
+        if m.group(1) not in names:
+            names.append(m.group(1))
+    return ops, names
+
+
+def unsupported_onnx_ops(onnx_path) -> list[str]:
+    """Op types of the ONNX graph onnx2tf has no converter module for (checked before running
+    it, so the error names the op even when onnx2tf's own message does not)."""
+    import importlib.util
+
+    import onnx
+
+    model = onnx.load(os.fspath(onnx_path), load_external_data=False)
+    missing = []
+    for node in model.graph.node:
+        op = node.op_type
+        if op in missing:
+            continue
+        if node.domain not in ("", "ai.onnx") or importlib.util.find_spec(f"onnx2tf.ops.{op}") is None:
+            missing.append(op if node.domain in ("", "ai.onnx") else f"{node.domain}::{op}")
+    return missing
+
+
+def run_onnx2tf(onnx_path, cache_root, calib_nhwc: np.ndarray, input_name: str,
+                fixed_batch: bool, extra_args=(), timeout: int = 1800) -> tuple[Path, dict]:
+    """onnx2tf as a subprocess on a COPY of ``onnx_path`` -> (SavedModel folder, info).
+
+    Offline: our own calibration tensors (NHWC) go in as onnx2tf's sample file in its working
+    directory and through ``-cind``, so it never downloads anything. The SavedModel is cached
+    under ``cache_root/<hash>`` (model bytes + arguments + onnx2tf version): the convert steps of
+    one build (one per precision) run onnx2tf once.
+    """
+    from importlib import metadata
+
+    onnx_path = Path(onnx_path)
+    version = metadata.version("onnx2tf")
+    args = ["-osd", "-v", "error"] + ([] if fixed_batch else ["-b", "1"]) + [str(a) for a in extra_args]
+    h = hashlib.sha256()
+    with open(onnx_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(json.dumps([version, args]).encode())
+    key = h.hexdigest()[:16]
+    root = Path(cache_root) / key
+    saved = root / "saved_model"
+    info = {"onnx2tf": version, "args": args, "cache": key, "seconds": 0.0, "reused": False}
+    if (saved / "saved_model.pb").is_file():
+        info["reused"] = True
+        ekit.log(f"onnx2tf: reusing the SavedModel of an earlier step ({root})")
+        return saved, info
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    model_copy = root / "model.onnx"  # onnx2tf overwrites its input
+    shutil.copyfile(onnx_path, model_copy)
+    calib_nhwc = np.ascontiguousarray(calib_nhwc, dtype=np.float32)
+    np.save(root / "calib_nhwc.npy", calib_nhwc)
+    np.save(root / ONNX2TF_SAMPLE, calib_nhwc[:20])  # what onnx2tf would otherwise download
+    c = calib_nhwc.shape[-1]
+    zeros = json.dumps([[[[0.0] * c]]])
+    ones = json.dumps([[[[1.0] * c]]])
+    cmd = [sys.executable, "-m", "onnx2tf", "-i", "model.onnx", "-o", "saved_model",
+           "-cind", input_name, "calib_nhwc.npy", zeros, ones] + args
+    ekit.log("+ " + " ".join(cmd))
+    t = time.perf_counter()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    with open(root / "onnx2tf.log", "w") as logf:
+        try:
+            proc = subprocess.run(cmd, cwd=root, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                  timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    info["seconds"] = round(time.perf_counter() - t, 1)
+    text = (root / "onnx2tf.log").read_text(errors="replace")
+    if rc != 0 or not (saved / "saved_model.pb").is_file():
+        ops, names = onnx2tf_failure(text)
+        tail = "\n".join(l for l in text.strip().splitlines()[-15:])
+        print(tail, file=sys.stderr)
+        shutil.rmtree(saved, ignore_errors=True)
+        if rc is None:
+            ekit.fail("unsupported", f"onnx2tf did not finish within {timeout} s")
+        what = (f"the ONNX op {', '.join(ops)}" + (f" (node {', '.join(names[:3])})" if names else "")
+                if ops else "the model")
+        last = [l.strip() for l in text.splitlines() if "error" in l.lower()][-1:]
+        ekit.fail("unsupported", f"onnx2tf {version} could not convert {what} to TensorFlow"
+                                 + (f": {last[0][:300]}" if last else f" (exit code {rc})"),
+                  "the rpi target needs every op in onnx2tf's supported list; replace the op "
+                  "in the model or export with another opset")
+    ekit.log(f"onnx2tf: SavedModel in {info['seconds']} s")
+    return saved, info
+
+
+# --------------------------------------------------------------------------- TFLite conversion
+
+def output_keys(keys) -> list[str]:
+    """Signature output names in reference order: output_0, output_1, … numerically, other
+    names alphabetically (what source_tf uses for y0, y1, …)."""
+    def k(name):
+        m = re.fullmatch(r"output_(\d+)", name)
+        return (0, int(m.group(1)), "") if m else (1, 0, name)
+    return sorted(keys, key=k)
+
+
+def wrap(model_fn, in_shape, spec: dict | None, fold_pixels: bool, trackable=None):
+    """A tf.Module with one tf.function ``serve``: (pixels | input) NHWC float32 ->
+    {"output_0": …}. ``model_fn(x)`` returns a list of tensors in reference order."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.keep = trackable  # keeps a loaded SavedModel's variables alive
+    # Keras 3 models are not tf.Module trackables: hand their tf.Variables to the module, else
+    # the converter sees uninitialized resource variables instead of constant weights
+    try:
+        variables = list(getattr(trackable, "variables", None) or [])
+    except Exception:
+        variables = []
+    module.tf_variables = [getattr(v, "value", v) for v in variables]
+    name = "pixels" if fold_pixels else "input"
+    shape = list(in_shape)  # pixels: RGB, or greyscale for a one-channel model: same shape
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name=name)])
+    def serve(x):
+        if fold_pixels:
+            x = preprocess_tf(x, spec)
+        outs = model_fn(x)
+        return {f"output_{i}": tf.identity(o) for i, o in enumerate(outs)}
+
+    module.serve = serve
+    return module
+
+
+def representative(samples: np.ndarray, batch: int, pin_pixel_range: bool):
+    """Representative dataset for TFLiteConverter: ``samples`` [N, …] in batches of ``batch``.
+    With ``pin_pixel_range`` the first sample gets one black and one white pixel, so the input
+    range is exactly 0..255 and the input quantization is scale 1 (2 of H*W pixels of one image
+    change; the activation ranges do not notice)."""
+    n = samples.shape[0] - samples.shape[0] % batch
+    if n < batch or n == 0:
+        ekit.fail("data", f"{samples.shape[0]} calibration sample(s) but the model's batch is "
+                          f"{batch}: int8 calibration needs at least one full batch",
+                  "add calibration images (a few hundred is best)")
+    data = samples[:n].astype(np.float32, copy=True)
+    if pin_pixel_range:
+        data[0, 0, 0, :] = 0.0
+        data[0, 0, 1, :] = 255.0
+
+    def gen():
+        for i in range(0, n, batch):
+            yield [data[i:i + batch]]
+    return gen
+
+
+def converter_for(module, precision: str, rep=None, int8_io: str = "uint8",
+                  float_fallback: bool = False, qat: bool = False):
+    import tensorflow as tf
+
+    cf = module.serve.get_concrete_function()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], module)
+    if precision == "fp32":
+        return conv
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic":
+        pass  # no representative dataset: weights int8, activations float
+    elif precision == "int8":
+        if rep is not None:
+            conv.representative_dataset = rep
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if float_fallback:
+            ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+        conv.target_spec.supported_ops = ops
+        io = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[int8_io]
+        conv.inference_input_type = io
+        conv.inference_output_type = io
+    elif precision == "int8x16":
+        conv.representative_dataset = rep
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        # float32 I/O: the model quantizes/dequantizes itself (int16 I/O helps nobody on a Pi)
+    else:
+        ekit.fail("usage", f"unknown TFLite precision {precision!r} ({', '.join(PRECISIONS)})")
+    return conv
+
+
+def convert(conv, precision: str) -> bytes:
+    """Run a TFLiteConverter; a model the converter refuses is an ``unsupported`` failure that
+    names the ops it complained about."""
+    try:
+        return conv.convert()
+    except Exception as e:  # ConverterError carries the MLIR diagnostics
+        text = str(e)
+        ops = sorted(set(re.findall(r"'(tf\.[A-Za-z0-9_]+|tfl\.[A-Za-z0-9_]+)'", text)))
+        first = next((l.strip() for l in text.splitlines() if "error" in l.lower()), text[:300])
+        ekit.fail("unsupported", f"TFLiteConverter could not make the {precision} model"
+                                 + (f" (ops: {', '.join(ops[:8])})" if ops else "") + f": {first[:400]}",
+                  "int8 needs int8 kernels for every op: try --option int8_float_fallback=true "
+                  "(not full integer) or another precision" if precision == "int8" else None)
+
+
+# --------------------------------------------------------------------------- LiteRT
+
+def interpreter(model_path, threads: int | None):
+    """A LiteRT interpreter (default op resolver = builtin kernels + XNNPACK delegate)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=os.fspath(model_path), num_threads=int(threads) if threads else None)
+    it.allocate_tensors()
+    return it
+
+
+def _q(detail):
+    qp = detail.get("quantization_parameters") or {}
+    scales = np.asarray(qp.get("scales", []), dtype=np.float64)
+    zps = np.asarray(qp.get("zero_points", []), dtype=np.int64)
+    if scales.size == 0:
+        s, z = detail.get("quantization", (0.0, 0))
+        if not s:
+            return None
+        scales, zps = np.asarray([s], np.float64), np.asarray([z], np.int64)
+    return {"scale": scales, "zero_point": zps}
+
+
+def ordered_outputs(it) -> list[dict]:
+    """Output details in reference order (via the signature's output names when present)."""
+    details = it.get_output_details()
+    sigs = it.get_signature_list()
+    if sigs:
+        sig = sigs[next(iter(sigs))]
+        names = sig.get("outputs", {})
+        runner = it.get_signature_runner(next(iter(sigs)))
+        idx = runner.get_output_details()
+        by_index = {d["index"]: d for d in details}
+        order = []
+        for key in output_keys(list(names)):
+            d = dict(by_index.get(idx[key]["index"], idx[key]))
+            d["signature_name"] = key
+            order.append(d)
+        if len(order) == len(details):
+            return order
+    return details
+
+
+def io_specs(it) -> dict:
+    def spec(d, name=None):
+        q = _q(d)
+        return ekit.tensor_spec(name or d["name"], [int(v) for v in d["shape_signature"]]
+                                if "shape_signature" in d else list(d["shape"]),
+                                np.dtype(d["dtype"]).name, q)
+    ins = it.get_input_details()
+    return {"inputs": [spec(d) for d in ins],
+            "outputs": [spec(d, d.get("signature_name")) for d in ordered_outputs(it)]}
+
+
+def quantize(x: np.ndarray, detail) -> np.ndarray:
+    """float -> the input's integer dtype with its scale/zero point (round half to even, like
+    numpy; clipped to the dtype)."""
+    dt = np.dtype(detail["dtype"])
+    q = _q(detail)
+    if q is None:
+        return x.astype(dt)
+    s, z = float(q["scale"][0]), int(q["zero_point"][0])
+    info = np.iinfo(dt)
+    return np.clip(np.rint(x / s) + z, info.min, info.max).astype(dt)
+
+
+def dequantize(y: np.ndarray, detail) -> np.ndarray:
+    q = _q(detail)
+    if q is None or np.dtype(detail["dtype"]).kind == "f":
+        return y.astype(np.float32)
+    s, z = q["scale"], q["zero_point"]
+    if s.size > 1:  # per-axis output quantization (rare)
+        axis = int((detail.get("quantization_parameters") or {}).get("quantized_dimension", 0))
+        shape = [1] * y.ndim
+        shape[axis] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    else:
+        s, z = float(s[0]), int(z[0])
+    return ((y.astype(np.float64) - z) * s).astype(np.float32)
+
+
+def run_litert(it, feeds: np.ndarray, batch: int = 1) -> list[np.ndarray]:
+    """Run ``feeds`` ([N, …], already in the input's dtype) ``batch`` at a time; dequantized
+    outputs in reference order, stacked on axis 0."""
+    inp = it.get_input_details()[0]
+    outs_d = ordered_outputs(it)
+    collected = [[] for _ in outs_d]
+    for i in range(0, feeds.shape[0], batch):
+        it.set_tensor(inp["index"], feeds[i:i + batch])
+        it.invoke()
+        for k, d in enumerate(outs_d):
+            collected[k].append(dequantize(it.get_tensor(d["index"]).copy(), d))
+    return [np.concatenate(c, axis=0) for c in collected]
+
+
+def match_layout(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """A TFLite output that is the NHWC form of an NCHW reference is transposed back."""
+    if ref.shape == out.shape or ref.size != out.size:
+        return out, None
+    if out.ndim >= 3 and ref.ndim == out.ndim:
+        perm = (0, out.ndim - 1) + tuple(range(1, out.ndim - 1))
+        t = out.transpose(perm)
+        if t.shape == ref.shape:
+            return np.ascontiguousarray(t), f"output transposed {list(out.shape)} -> {list(ref.shape)} (NHWC -> NCHW)"
+    return out, None
+
+
+def tflite_ops(model_path) -> list[str]:
+    """Builtin op names used by a .tflite (for the report)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=os.fspath(model_path))
+        return sorted({d["op_name"] for d in it._get_ops_details()})
+    except Exception:
+        return []
+
+
+# --------------------------------------------------------------------------- TensorFlow sources
+
+def _is_qat(model) -> bool:
+    return any(type(l).__name__.startswith(("QuantizeWrapper", "QuantizeLayer", "QuantizeAnnotate"))
+               for l in getattr(model, "layers", []))
+
+
+def load_tf_model(path, fmt: str) -> dict:
+    """A TF SavedModel folder or a Keras .keras/.h5 file -> ``{"fn": x -> [tensors in reference
+    order], "shape": [d|None, …], "dtype", "input_name", "output_names", "trackable", "kind",
+    "keras_api", "signature", "qat"}``. User errors (no signature, not a model, several inputs)
+    are ``ekit.fail`` with a hint."""
+    import tensorflow as tf
+
+    path = Path(path)
+    info = {"kind": fmt, "keras_api": None, "signature": None, "qat": False}
+    if fmt == "saved_model":
+        if not path.is_dir() or not ((path / "saved_model.pb").is_file()
+                                     or (path / "saved_model.pbtxt").is_file()):
+            ekit.fail("invalid_model", f"{path.name} is not a TensorFlow SavedModel folder (no saved_model.pb)")
+        try:
+            obj = tf.saved_model.load(os.fspath(path))
+        except Exception as e:
+            ekit.fail("invalid_model", f"TensorFlow cannot load the SavedModel {path.name} "
+                                       f"({type(e).__name__}: {str(e).strip()[:300]})")
+        sigs = dict(getattr(obj, "signatures", {}) or {})
+        if not sigs:
+            ekit.fail("invalid_model", f"the SavedModel {path.name} has no signature: there is no "
+                                       "function edgekiln could call (no serving_default)",
+                      "save it with a signature: tf.saved_model.save(model, dir, signatures="
+                      "model.__call__.get_concrete_function(tf.TensorSpec([1, H, W, 3], tf.float32))) "
+                      "or keras model.export(dir)")
+        if "serving_default" in sigs:
+            key = "serving_default"
+        elif len(sigs) == 1:
+            key = next(iter(sigs))
+        else:
+            ekit.fail("unsupported", f"the SavedModel {path.name} has {len(sigs)} signatures "
+                                     f"({', '.join(sorted(sigs))}) and none is serving_default",
+                      "export the one to convert as serving_default")
+        sig = sigs[key]
+        ins = sig.structured_input_signature[1]
+        if len(ins) != 1 or sig.structured_input_signature[0]:
+            ekit.fail("unsupported", f"signature {key} of {path.name} takes {len(ins)} inputs "
+                                     f"({', '.join(sorted(ins))}); edgekiln converts single-image-input "
+                                     "models", "export a signature with one image input")
+        in_key, in_spec = next(iter(ins.items()))
+        outs = output_keys(list(sig.structured_outputs))
+        info.update(signature=key, input_name=in_key, output_names=outs, trackable=obj,
+                    shape=[None if d is None else int(d) for d in in_spec.shape],
+                    dtype=in_spec.dtype.name)
+
+        def fn(x, _sig=sig, _k=in_key, _o=outs):
+            r = _sig(**{_k: x})
+            return [r[k] for k in _o]
+        info["fn"] = fn
+        return info
+
+    if fmt != "keras":
+        ekit.fail("usage", f"{fmt} is not a TensorFlow format")
+    if not path.is_file():
+        ekit.fail("invalid_model", f"{path.name} is not a file")
+    errors, model = [], None
+    try:
+        import keras  # Keras 3
+
+        model = keras.saving.load_model(os.fspath(path), compile=False)
+        info["keras_api"] = f"keras {keras.__version__}"
+    except Exception as e:
+        errors.append(f"Keras 3: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+    if model is None:
+        try:  # Keras 2 (tf_keras), with tfmot's quantization layers known (QAT models)
+            import tensorflow_model_optimization as tfmot
+            import tf_keras
+
+            with tfmot.quantization.keras.quantize_scope():
+                model = tf_keras.models.load_model(os.fspath(path), compile=False)
+            info["keras_api"] = f"tf_keras {tf_keras.__version__}"
+        except Exception as e:
+            errors.append(f"tf_keras: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+    if model is None or not hasattr(model, "inputs") or not callable(model):
+        ekit.fail("invalid_model", f"{path.name} is not a Keras model ({'; '.join(errors)})",
+                  "give a file saved with model.save('m.keras') (or .h5 with the architecture, "
+                  "not weights only)")
+    inputs = list(model.inputs or [])
+    if len(inputs) != 1:
+        ekit.fail("unsupported", f"the Keras model {path.name} has {len(inputs)} inputs; edgekiln "
+                                 "converts single-image-input models")
+    names = [getattr(t, "name", f"output_{i}") for i, t in enumerate(model.outputs)]
+
+    def fn(x, _m=model):
+        y = _m(x, training=False)
+        if isinstance(y, dict):
+            return [y[k] for k in output_keys(list(y))]
+        return list(y) if isinstance(y, (list, tuple)) else [y]
+
+    info.update(fn=fn, trackable=model, input_name=str(getattr(inputs[0], "name", "input")).split(":")[0],
+                output_names=names, shape=[None if d is None else int(d) for d in inputs[0].shape],
+                dtype=str(getattr(inputs[0].dtype, "name", inputs[0].dtype)), qat=_is_qat(model))
+    return info
+
+
+def resolve_spec(spec: dict, model_shape: list, notes: list) -> dict:
+    """The InputSpec with the model's own shape (batch None -> 1) when none was given, and the
+    layout corrected to the model's when the channels are obviously elsewhere."""
+    spec = dict(spec)
+    shape = list(model_shape)
+    if len(shape) != 4:
+        ekit.fail("unsupported", f"the model's input has shape {shape}: edgekiln feeds 4-D images")
+    if spec.get("shape") is None:
+        if shape[1] is None or shape[2] is None or shape[3] is None:
+            ekit.fail("shape", f"the model's input shape {shape} is not fixed", "give --input-shape")
+        spec["shape"] = [shape[0] or 1] + shape[1:]
+        layout = spec.get("layout", "nhwc")
+        if layout == "nchw" and shape[3] in (1, 3) and shape[1] not in (1, 3):
+            notes.append("TensorFlow model: layout nhwc (channels last), not the nchw default")
+            spec["layout"] = "nhwc"
+        elif layout == "nhwc" and shape[1] in (1, 3) and shape[3] not in (1, 3):
+            spec["layout"] = "nchw"
+    else:
+        given = list(spec["shape"])
+        if len(given) != 4 or any(m is not None and m != g for m, g in zip(shape[1:], given[1:])):
+            ekit.fail("shape", f"--input-shape {given} does not match the model's input {shape}")
+    return spec
+
+
+def grey_pixels(pixels_rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB [N,H,W,3] -> uint8 greyscale [N,H,W,1] (ekit.preprocess's luma, rounded: what a
+    one-channel pixel-input artifact is fed)."""
+    p = pixels_rgb.astype(np.float64)
+    luma = p[..., 0:1] * 0.299 + p[..., 1:2] * 0.587 + p[..., 2:3] * 0.114
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)

@@ -1,0 +1,3 @@
+"""edgekiln: trained vision models in, validated edge artifacts out."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from edgekiln.cli import main
+
+main()

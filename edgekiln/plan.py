@@ -1,0 +1,235 @@
+"""Planning: a pure function from a request and the target definitions to frozen steps.
+
+No I/O and no environments here, so the plan is unit-testable and printable with ``--dry-run``.
+One build = one source step per distinct (template, image) the targets need, then for every
+target × precision a convert step and a validate step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import DataError, TargetError, UsageError
+from .request import BuildRequest
+from .targets import METRICS, SourceKind, Target
+
+ZOO = {"mobilenet_v2": "zoo/mobilenet_v2.py:mobilenet_v2"}
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str  # "01-source-onnx", "02-onnx-int8-convert"
+    kind: str  # source | convert | validate
+    template: str  # converters/<template>
+    image: str  # images/<image>
+    target: str | None
+    precision: str | None
+    params_json: str  # the step's params (frozen as canonical JSON text)
+    needs: tuple[str, ...] = ()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.params_json)
+
+    @property
+    def script(self) -> str:
+        """The rendered script, relative to the job root."""
+        return f"steps/{self.id}.py"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    target: str
+    precision: str
+    files: tuple[str, ...]
+    work_dir: str  # relative to the job's work/
+    source_step: str
+    convert_step: str
+    validate_step: str
+    thresholds_json: str
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return json.loads(self.thresholds_json)
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}/{self.precision}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    artifacts: tuple[Artifact, ...]
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.image for s in self.steps))
+
+    def steps_for(self, artifact: Artifact) -> tuple[Step, ...]:
+        ids = (artifact.source_step, artifact.convert_step, artifact.validate_step)
+        return tuple(s for s in self.steps if s.id in ids)
+
+
+def _canon(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+def resolve_arch(arch: str | None) -> str | None:
+    """Built-in names map to files in converters/zoo; a user file is copied to arch/ by render."""
+    if not arch:
+        return None
+    if arch in ZOO:
+        return ZOO[arch]
+    module, sep, factory = arch.rpartition(":")
+    if not sep or not module or not factory.isidentifier():
+        raise UsageError(f"--arch {arch!r} is not module:factory",
+                         f"e.g. --arch mymodels.py:build or --arch pkg.module:build, or one of: {', '.join(ZOO)}")
+    if module.endswith(".py"):
+        return f"arch/{module.replace(chr(92), '/').rsplit('/', 1)[-1]}:{factory}"
+    return arch
+
+
+def split_thresholds(overrides: Mapping[str, Any], precision: str) -> dict[str, float]:
+    result = {}
+    for key, value in overrides.items():
+        scope, _, metric = key.rpartition(".")
+        if metric not in METRICS:
+            raise UsageError(f"--threshold {key}: unknown metric {metric!r}", f"use one of {', '.join(METRICS)}")
+        if scope in ("", precision):
+            try:
+                result[metric] = float(value)
+            except (TypeError, ValueError):
+                raise UsageError(f"--threshold {key}={value!r} is not a number", "e.g. min_cosine=0.99") from None
+    return result
+
+
+def plan_build(request: BuildRequest, targets: Mapping[str, Target],
+               sources: Mapping[str, SourceKind]) -> Plan:
+    if not request.targets:
+        raise UsageError("no target given", "pass --target, e.g. --target onnx (see `edgekiln targets`)")
+    chosen = []
+    for name in request.targets:
+        if name not in targets:
+            raise TargetError(f"unknown target {name!r}",
+                              f"choose one of: {', '.join(sorted(targets))} (see `edgekiln targets`)")
+        chosen.append(targets[name])
+    if request.source_format not in sources and not any(request.source_format in t.via for t in chosen):
+        raise UsageError(f"no target here reads {request.source_format} models yet",
+                         "export the model to ONNX first")
+    if request.source_format == "state_dict" and not request.arch:
+        raise UsageError("a state dict needs its architecture", "pass --arch module:factory")
+
+    known = {key for t in chosen for key in t.options}
+    unknown = sorted(set(request.options) - known)
+    if unknown:
+        names = ", ".join(t.name for t in chosen)
+        raise UsageError(f"target {names} has no option(s) {', '.join(unknown)}",
+                         f"its options: {', '.join(sorted(known)) or 'none'}")
+    arch = resolve_arch(request.arch) if request.source_format == "state_dict" else None
+    base = {
+        "source_format": request.source_format,
+        "model_name": request.model_name,
+        "input": request.input.to_json(),
+    }
+    source_options = {
+        "arch": arch,
+        "trust_pickle": request.trust_pickle,
+        "opset": request.opset,
+        "dynamic_batch": request.input.dynamic_batch,
+        "simplify": request.simplify,
+    }
+
+    steps: list[Step] = []
+    artifacts: list[Artifact] = []
+    source_ids: dict[tuple[str, str], str] = {}
+
+    def next_id(label: str) -> str:
+        return f"{len(steps) + 1:02d}-{label}"
+
+    def source_step(target: Target) -> str:
+        via = target.via.get(request.source_format, {})
+        if "source" in via:
+            template, image = via["source"], via.get("source_image", target.image)
+        elif request.source_format in sources:
+            kind = sources[request.source_format]
+            template, image = kind.template, kind.image
+        else:
+            raise UsageError(f"target {target.name} cannot read {request.source_format} models",
+                             "export the model to ONNX first")
+        if (template, image) not in source_ids:
+            step_id = next_id(f"source-{image}")
+            # No images at all (an fp32-only build): validate on seeded noise, flagged as
+            # "synthetic" in the manifest and the summary, rather than refuse the build.
+            params = dict(base, step=step_id, kind="source", target=None, precision=None,
+                          options=source_options, reference_limit=request.max_images,
+                          calib_limit=request.max_images, calib_min=1, seed=0, synthetic_count=8,
+                          allow_synthetic=request.calib is None and request.val is None)
+            steps.append(Step(step_id, "source", template, image, None, None, _canon(params)))
+            source_ids[(template, image)] = step_id
+        return source_ids[(template, image)]
+
+    for target in chosen:
+        precisions = request.precisions or target.default_precisions
+        for precision in precisions:
+            if precision not in target.precisions:
+                raise TargetError(f"target {target.name} does not offer precision {precision!r}",
+                                  f"it offers: {', '.join(target.precisions)}")
+            # A TensorFlow source converted directly (target.via) may be a QAT model that carries its
+            # own ranges: its convert step uses them, or fails clearly without --calib.
+            if precision in target.calibration and request.calib is None \
+                    and request.source_format not in target.via:
+                raise DataError(f"{precision} on {target.name} needs calibration images",
+                                "pass --calib FOLDER with representative images (a few hundred is best)")
+        options = dict(target.options)
+        options.update({k: v for k, v in request.options.items() if k in options})
+        src = source_step(target)
+        via = target.via.get(request.source_format, {})
+        for precision in precisions:
+            work_dir = f"{target.name}/{precision}"
+            common = dict(base, target=target.name, precision=precision, options=options,
+                          artifacts=list(target.artifacts), out_dir=f"work/{work_dir}",
+                          source_step=src)
+            conv_id = next_id(f"{target.name}-{precision}-convert")
+            steps.append(Step(conv_id, "convert", via.get("convert", target.convert), target.image,
+                              target.name, precision,
+                              _canon(dict(common, step=conv_id, kind="convert")), (src,)))
+            val_id = next_id(f"{target.name}-{precision}-validate")
+            steps.append(Step(val_id, "validate", via.get("validate", target.validate), target.image,
+                              target.name, precision,
+                              _canon(dict(common, step=val_id, kind="validate")), (conv_id,)))
+            limits = target.thresholds_for(precision)
+            limits.update(split_thresholds(request.thresholds, precision))
+            if options.get("allow_drop"):
+                limits.pop("max_accuracy_drop", None)  # the user accepted the drop (recorded in options)
+            artifacts.append(Artifact(target.name, precision, target.artifacts, work_dir, src, conv_id,
+                                      val_id, _canon(limits)))
+    return Plan(tuple(steps), tuple(artifacts))
+
+
+def check_thresholds(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> list[str]:
+    """The thresholds an artifact misses, as readable sentences (empty: it passes)."""
+    failures = []
+    for name, limit in limits.items():
+        if name == "min_cosine":
+            value, ok = metrics.get("cosine"), lambda v: v >= limit
+        elif name == "min_top1_agreement":
+            value, ok = metrics.get("top1_agreement"), lambda v: v >= limit
+        elif name in ("max_abs", "mean_abs"):
+            value, ok = metrics.get(name), lambda v: v <= limit
+        elif name == "max_accuracy_drop":
+            acc, src = metrics.get("accuracy"), metrics.get("source_accuracy")
+            value = None if acc is None or src is None else (src - acc) * 100.0
+            ok = lambda v: v <= limit  # noqa: E731 - percentage points
+        else:
+            continue
+        if value is None:
+            continue  # not measurable for this model (e.g. no labels, not a classifier)
+        if not ok(value):
+            failures.append(f"{name.replace('_', ' ')} {limit:g} missed: got {value:.6g}")
+    return failures

@@ -1,0 +1,251 @@
+"""What the user asked for: a build request and the input spec, parsed and checked.
+
+Everything here is plain data and string parsing; the only I/O is looking at the model file to
+detect its format (``detect_format``) and reading an optional sidecar spec file.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import InvalidModel, ModelNotFound, UsageError
+
+LAYOUTS = ("nchw", "nhwc")
+RESIZES = ("crop", "stretch")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How pixels become the model's input tensor (see converters/README.md)."""
+
+    name: str | None = None
+    shape: tuple[int, ...] | None = None
+    layout: str = "nchw"
+    color: str = "rgb"
+    scale: float = 255.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str = "crop"
+    dynamic_batch: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("shape", "mean", "std"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model: Path
+    model_name: str
+    source_format: str
+    targets: tuple[str, ...]
+    precisions: tuple[str, ...] | None  # None: each target's defaults
+    input: InputSpec = field(default_factory=InputSpec)
+    calib: Path | None = None
+    val: Path | None = None
+    arch: str | None = None  # "zoo-name", "file.py:factory" or "pkg.module:factory"
+    trust_pickle: bool = False
+    opset: int = 17
+    simplify: str = "onnxslim"
+    max_images: int = 200
+    options: Mapping[str, Any] = field(default_factory=dict)  # target option overrides
+    thresholds: Mapping[str, Any] = field(default_factory=dict)  # "[precision.]metric" -> value
+    out: Path = Path("dist")
+    version: str | None = None
+
+
+# ---------------------------------------------------------------- parsing of CLI strings
+
+
+def parse_list(text: str | None, what: str) -> tuple[str, ...]:
+    if not text:
+        return ()
+    items = tuple(part.strip() for part in str(text).split(",") if part.strip())
+    if not items:
+        raise UsageError(f"--{what} is empty", f"give a comma-separated list, e.g. --{what} a,b")
+    return items
+
+
+def parse_floats(text: str | None, what: str, count: int | None = 3) -> tuple[float, ...] | None:
+    if text is None or text == "":
+        return None
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UsageError(f"--{what} {text!r} is not a list of numbers",
+                         f"e.g. --{what} 0.485,0.456,0.406") from None
+    if count and len(values) not in (1, count):
+        raise UsageError(f"--{what} needs 1 or {count} values, got {len(values)}", "one per colour channel")
+    if what == "std" and any(v == 0 for v in values):
+        raise UsageError("--std has a zero", "std divides the pixels; use values > 0")
+    return values
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None or text == "":
+        return None
+    try:
+        shape = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} is not a list of integers", "e.g. --input-shape 1,3,224,224") from None
+    if len(shape) != 4 or any(v <= 0 for v in shape):
+        raise UsageError(f"--input-shape {text!r} must be 4 positive integers (batch, and 3 image dims)",
+                         "e.g. 1,3,224,224 (nchw) or 1,224,224,3 (nhwc)")
+    return shape
+
+
+def parse_assignments(items: list[str] | tuple[str, ...] | None, what: str) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as TOML (numbers, booleans, strings unquoted)."""
+    result: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--{what} {item!r} is not key=value", f"e.g. --{what} name=value")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        result[key.strip()] = value
+    return result
+
+
+def safe_name(text: str) -> str:
+    """A model name that is safe as one path component (no separators, no leading dots).
+
+    Unicode letters are kept (NFC), anything else that is not a word character, '-' or '.'
+    becomes '_'. ``../x`` becomes ``x``; an empty result becomes ``model``.
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = re.sub(r"[^\w.\-]+", "_", text, flags=re.UNICODE)
+    text = re.sub(r"\.{2,}", "_", text).strip("._-")
+    return text[:100] or "model"
+
+
+def load_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"input spec file {path} is not valid TOML: {exc}", "fix it or remove it") from None
+    return data.get("input", data)
+
+
+def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=None, resize=None,
+               name=None, dynamic_batch=None, sidecar: Mapping[str, Any] | None = None,
+               default_layout: str = "nchw") -> InputSpec:
+    """Build an InputSpec: command-line values win over the sidecar, which wins over defaults."""
+    side = dict(sidecar or {})
+
+    def pick(value, key):
+        return value if value is not None else side.get(key)
+
+    raw_shape = pick(shape, "shape")
+    if isinstance(raw_shape, (list, tuple)):
+        raw_shape = ",".join(map(str, raw_shape))
+    spec = InputSpec(
+        name=pick(name, "name"),
+        shape=parse_shape(raw_shape),
+        layout=(pick(layout, "layout") or default_layout).lower(),
+        color="bgr" if pick(bgr, "bgr") or str(side.get("color", "rgb")).lower() == "bgr" else "rgb",
+        scale=float(pick(scale, "scale") or 255.0),
+        mean=_floats_from(pick(mean, "mean"), "mean"),
+        std=_floats_from(pick(std, "std"), "std"),
+        resize=(pick(resize, "resize") or "crop").lower(),
+        dynamic_batch=bool(pick(dynamic_batch, "dynamic_batch") or False),
+    )
+    if spec.layout not in LAYOUTS:
+        raise UsageError(f"--layout {spec.layout!r} is unknown", "use nchw or nhwc")
+    if spec.resize not in RESIZES:
+        raise UsageError(f"--resize {spec.resize!r} is unknown", "use crop or stretch")
+    if spec.scale <= 0:
+        raise UsageError("--pixel-scale must be > 0", "255 feeds 0..1 pixels, 1 feeds 0..255")
+    if spec.shape:
+        channels = spec.shape[1] if spec.layout == "nchw" else spec.shape[3]
+        if channels not in (1, 3):
+            raise UsageError(f"--input-shape {','.join(map(str, spec.shape))} has {channels} channels "
+                             f"in {spec.layout} layout", "images have 1 or 3 channels: check --layout")
+    return spec
+
+
+def _floats_from(value, what):
+    if isinstance(value, (list, tuple)):
+        return tuple(float(v) for v in value)
+    return parse_floats(value, what)
+
+
+# ---------------------------------------------------------------- model files
+
+
+def detect_format(path: Path, *, arch: str | None, trust_pickle: bool) -> str:
+    """The source format of a model file or folder; raises a clear error for anything else."""
+    if not path.exists():
+        raise ModelNotFound(f"model {path} does not exist", "check the path given to --model")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return "saved_model"
+        raise InvalidModel(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)",
+                           "give a model file (.onnx, .pt, .pt2, .keras, .h5) or a SavedModel folder")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ModelNotFound(f"model {path} cannot be read: {exc.strerror}", "check its permissions") from None
+    if not head:
+        raise InvalidModel(f"model {path} is empty (0 bytes)", "re-export or re-download it")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".keras", ".h5", ".hdf5"):
+        return "keras"
+    if suffix == ".pt2":
+        return "torch_export"
+    if zipfile.is_zipfile(path):
+        names = _zip_names(path)
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("archive_format") or "/serialized_exported_program" in n or
+               n.endswith("/models/model.json") for n in names):
+            return "torch_export"
+        if any(n.endswith("data.pkl") for n in names):
+            return _checkpoint_kind(path, arch, trust_pickle)
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":  # legacy (pre-zip) torch.save pickle
+        return _checkpoint_kind(path, arch, trust_pickle)
+    if head[:4] == b"\x89HDF":
+        return "keras"
+    if suffix in (".pt", ".pth", ".bin", ".ts"):
+        raise InvalidModel(f"{path} is not a PyTorch file (not a zip archive nor a pickle)",
+                           "save it with torch.save, torch.jit.save or torch.export.save")
+    raise InvalidModel(f"{path} is not a model edgekiln can read",
+                       "give .onnx, TorchScript/.pt, torch.export .pt2, .keras/.h5 or a SavedModel folder")
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        raise InvalidModel(f"{path} is a damaged zip archive", "re-save the model") from None
+
+
+def _checkpoint_kind(path: Path, arch: str | None, trust_pickle: bool) -> str:
+    if arch:
+        return "state_dict"
+    if trust_pickle:
+        return "pickle"
+    raise UsageError(
+        f"{path.name} is a torch.save checkpoint (weights, not a graph)",
+        "pass --arch module:factory (or a built-in like mobilenet_v2) to load it as a state dict, "
+        "or --trust-pickle if it is a whole pickled module you trust")
+

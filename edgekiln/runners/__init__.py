@@ -1,0 +1,132 @@
+"""Runners execute rendered steps: ``docker`` (the step's image) or ``local`` (a virtualenv
+made from the same lock). ``choose_runner`` picks one and says why."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Mapping
+
+from ..errors import EnvironmentFailed, UsageError
+from .base import Env, Job, Runner, step_error
+
+KINDS = ("auto", "docker", "local")
+
+__all__ = ["Env", "Job", "Runner", "step_error", "choose_runner", "runners_for_targets", "KINDS"]
+
+
+def _local(options: Mapping[str, Any]) -> Runner:
+    from .local import LocalRunner  # the lead's module; imported only when it is wanted
+
+    return LocalRunner(**options)
+
+
+def choose_runner(kind: str = "auto", host: str | None = None, *,
+                  docker_options: Mapping[str, Any] | None = None,
+                  local_options: Mapping[str, Any] | None = None,
+                  probe_timeout: float = 3.0) -> tuple[Runner, str]:
+    """The runner for ``--runner kind`` and the reason, said in one line.
+
+    auto: Docker when an engine answers at ``host`` (None: DOCKER_HOST / the current context /
+    the default socket) within ``probe_timeout`` seconds, else local; and an image that cannot
+    be had on that engine (not built, base neither there nor pullable) runs locally instead,
+    said through ``prepare``'s ``on_line``. docker: the engine must
+    answer (EnvironmentFailed otherwise). ``docker_options`` go to DockerRunner (base_image,
+    platform, memory, user, gpus, copy, rebuild, ...), ``local_options`` to LocalRunner.
+    """
+    if kind not in KINDS:
+        raise UsageError(f"unknown runner {kind!r}", f"use one of {', '.join(KINDS)}")
+    if kind == "local":
+        if host:
+            raise UsageError("--docker-host needs the Docker runner", "drop --runner local")
+        return _local(local_options or {}), "--runner local: steps run in local virtualenvs"
+    from ..docker import DockerEngine
+    from .docker import DockerRunner
+
+    engine = DockerEngine(host, check_timeout=probe_timeout if kind == "auto" else 15.0)
+    try:
+        info = engine.check()
+    except EnvironmentFailed as exc:
+        if kind == "docker" or host:
+            raise
+        return (_local(local_options or {}),
+                f"--runner auto: {exc.message}; steps run in local virtualenvs instead")
+    options = dict(docker_options or {})
+    if kind == "auto":  # images that cannot be had here run in local virtualenvs instead
+        options.setdefault("fallback", lambda: _local(local_options or {}))
+    runner = DockerRunner(engine=engine, **options)
+    why = "--runner docker" if kind == "docker" else "--runner auto: a Docker engine answers"
+    return runner, f"{why}: Docker {info.server_version} at {info.endpoint} ({info.platform})"
+
+
+def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
+                        host_map: Mapping[str, str] | None = None,
+                        docker_options: Mapping[str, Any] | None = None,
+                        local_options: Mapping[str, Any] | None = None,
+                        strict_platform: bool = False,
+                        on_note: Callable[[str], None] | None = None):
+    """``(runner_for(target=None) -> Runner, reason)`` for a multi-target build (``target``: a
+    Target, its name, or None for the source step).
+
+    Each target gets the engine of ``--docker-host``, else of the per-target ``host_map``
+    (``edgekiln.docker.load_host_map``: target -> ssh://…/tcp://…/context, ``"*"`` for all), else
+    the default one; one DockerRunner per host, so targets on different hosts run in parallel.
+    A target whose platform the engine can build (natively or with buildx + qemu) gets images for
+    that platform; otherwise its steps run on the engine's own platform (the conversions are
+    architecture-independent) and ``on_note`` is told why — unless ``strict_platform``: then
+    EnvironmentFailed says what to install. With ``auto`` the default engine's runner sends
+    images that cannot be had to the local runner (see choose_runner); with the local runner
+    every target gets it.
+    """
+    from ..docker import resolve_host
+
+    host_map = dict(host_map or {})
+    runner, reason = choose_runner(kind, docker_host, docker_options=docker_options,
+                                   local_options=local_options)
+    if runner.name != "docker":
+        return (lambda target=None: runner), reason
+    runners: dict[str | None, Runner] = {docker_host: runner}  # one per host
+    guard = threading.Lock()
+    noted: set = set()
+
+    def runner_for(target=None) -> Runner:
+        """``target``: a Target, a target name, or None (the source step: the default engine)."""
+        if isinstance(target, str):
+            from ..targets import get_target
+
+            target = get_target(target)
+        name = getattr(target, "name", None)
+        host = resolve_host(name, docker_host, host_map)
+        with guard:
+            if host not in runners:
+                runners[host], _ = choose_runner("docker", host, docker_options=docker_options)
+            base = runners[host]
+        if target is None:
+            return base
+        wants = {}
+        if "nvidia-gpu" in (getattr(target, "needs", ()) or ()):
+            wants["gpus"] = "all"  # TensorRT: the host needs the NVIDIA container toolkit
+        platform = getattr(target, "platform", None)
+        if platform:
+            ok, why = base.supports(platform)
+            if ok:
+                wants["platform"] = platform
+            elif strict_platform:
+                raise EnvironmentFailed(f"target {name}: {why}")
+            elif on_note and name not in noted:
+                noted.add(name)
+                on_note(f"{name}: {why}; its steps run on {base.engine.check().platform}")
+        return _variant(base, **wants)
+
+    return runner_for, reason
+
+
+def _variant(runner: Runner, **attrs) -> Runner:
+    """The same Docker runner (sharing its engine) with other defaults (platform, gpus)."""
+    if all(getattr(runner, k, None) == v for k, v in attrs.items()):
+        return runner
+    import copy
+
+    twin = copy.copy(runner)
+    for key, value in attrs.items():
+        setattr(twin, key, value)
+    return twin

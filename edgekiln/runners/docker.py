@@ -1,0 +1,199 @@
+"""The Docker runner: each step runs in its image's container, built from the same lock as the
+local runner's virtualenv.
+
+In the container the job is ``/job`` (writable; working directory and PYTHONPATH), the model is
+``/in/model/<file>``, calibration ``/in/calib``, validation ``/in/val`` (all read-only), the
+network is ``none`` and the user is the invoking user's uid:gid, so artifacts are theirs. On an
+engine on another machine (``ssh://``, ``tcp://``) the same paths are copied in and out instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Callable, Mapping
+
+from ..docker import DockerEngine, Mount, RunSpec, container_name
+from ..errors import StepFailed
+from ..images import Context, ensure_image
+from .base import Env, Job, OnLine, Runner, step_error
+
+JOB = "/job"
+PYTHON = "/opt/venv/bin/python"
+IN = {"model": "/in/model", "calib": "/in/calib", "val": "/in/val"}
+
+
+class DockerRunner(Runner):
+    """Runs steps on one Docker engine.
+
+    host        unix:// ssh:// tcp:// address or a Docker context name; None: the client's choice
+    base_image  one base for every image, or image name -> base (tests: the stand-in base)
+    platform    default platform of images and containers (None: the engine's own);
+                ``prepare(image, platform=...)`` overrides it per target
+    memory      container memory limit ("4g"); None: no limit
+    user        "uid:gid" the steps run as; None: the invoking user's
+    gpus        ``--gpus`` value for every container (TensorRT hosts), None: no GPU
+    copy        force the copy-in/copy-out way (None: only for engines on other machines)
+    rebuild     rebuild images even when their tag exists
+    cache_root, images_root   where contexts are rendered / recipes are read (tests)
+    fallback    makes the runner for images that cannot be had here (``--runner auto``: the
+                local runner): ``prepare`` then returns that runner's Env (``runner="local"``)
+                and ``command``/``run`` hand such Envs to it
+    """
+
+    name = "docker"
+
+    def __init__(self, host: str | None = None, *, base_image: str | Mapping[str, str] | None = None,
+                 platform: str | None = None, memory: str | None = None, user: str | None = None,
+                 gpus: str | None = None, copy: bool | None = None, rebuild: bool = False,
+                 build_timeout: float | None = None, engine: DockerEngine | None = None,
+                 cache_root: Path | None = None, images_root: Path | None = None,
+                 fallback: Callable[[], Runner] | None = None):
+        self.engine = engine or DockerEngine(host)
+        self.host = self.engine.host
+        self.base_image = base_image
+        self.platform = platform
+        self.memory = memory
+        self.user = user
+        self.gpus = gpus
+        self.copy = copy
+        self.rebuild = rebuild
+        self.build_timeout = build_timeout
+        self.cache_root = cache_root
+        self.images_root = images_root
+        self.fallback = fallback
+        self._fallback_runner: Runner | None = None
+        self.contexts: dict[tuple[str, str], Context] = {}  # (image, platform) -> what was built
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DockerRunner(host={self.engine.where!r})"
+
+    def describe(self) -> str:
+        info = self.engine.check()
+        return f"Docker {info.server_version} at {info.endpoint} ({info.platform})"
+
+    def supports(self, platform: str) -> tuple[bool, str]:
+        """Can this engine build and run ``platform`` images? (True, "native"|"buildx+qemu") or
+        (False, what to install). Lets the planner run architecture-independent steps of a
+        foreign-platform target on the engine's own platform."""
+        return self.engine.can_build_for(platform)
+
+    def available(self, image: str, platform: str | None = None) -> tuple[bool, str]:
+        """Can ``images/<image>`` be had on this engine without surprises? Its tag is there, or
+        its base is there, or the base's registry answers (``docker manifest inspect``)."""
+        from ..images import BASE_ENV, render_context
+
+        info = self.engine.check()
+        base = (self.base_image.get(image) if isinstance(self.base_image, Mapping)
+                else self.base_image)
+        ctx = render_context(image, base=base, platform=platform or self.platform or info.platform,
+                             root=self.cache_root, images_root=self.images_root)
+        if self.engine.has_image(ctx.tag):
+            return True, f"{ctx.tag} is built"
+        if self.engine.has_image(ctx.base):
+            return True, f"its base {ctx.base} is on the engine"
+        if self.engine.manifest_exists(ctx.base):
+            return True, f"its base {ctx.base} can be pulled"
+        return False, (f"image {image}: its base {ctx.base} is neither on the engine at "
+                       f"{info.endpoint} nor reachable in a registry (docker load it, or set "
+                       f"--base-image / {BASE_ENV})")
+
+    # -- Runner ----------------------------------------------------------------------------------
+
+    def prepare(self, image: str, on_line: OnLine | None = None, *,
+                platform: str | None = None) -> Env:
+        """Build ``images/<image>`` unless its tag is on the engine already; the Env's ref is
+        the tag. ``platform``: the target's (None: the runner's default, else the engine's)."""
+        info = self.engine.check()
+        if self.fallback is not None:
+            ok, why = self.available(image, platform)
+            if not ok:
+                if on_line:
+                    on_line(f"{why}; using a local virtualenv instead (--runner auto)")
+                return self._local().prepare(image, on_line)
+        base = (self.base_image.get(image) if isinstance(self.base_image, Mapping)
+                else self.base_image)
+        ctx, _built = ensure_image(self.engine, image, base=base,
+                                   platform=platform or self.platform or info.platform,
+                                   on_line=on_line, rebuild=self.rebuild,
+                                   timeout=self.build_timeout, root=self.cache_root,
+                                   images_root=self.images_root)
+        with self._lock:
+            self.contexts[(image, ctx.platform)] = ctx
+        return Env(image=image, runner=self.name, lock_hash=ctx.lock_hash, ref=ctx.tag,
+                   host=self.engine.where, platform=ctx.platform)
+
+    def _local(self) -> Runner:
+        with self._lock:
+            if self._fallback_runner is None:
+                self._fallback_runner = self.fallback()
+            return self._fallback_runner
+
+    def spec(self, env: Env, job: Job, script: str) -> RunSpec:
+        """The container of one step (mounts, environment, user, limits)."""
+        root = Path(job.root).resolve()
+        mounts = [Mount(root, JOB, read_only=False)]
+        paths: dict[str, str | None] = {"model": None, "calib": None, "val": None}
+        for key, path in job.inputs.items():
+            if path is None:
+                continue
+            if key not in IN:
+                raise ValueError(f"unknown job input {key!r} (model, calib, val)")
+            host_path = Path(path).resolve()
+            target = f"{IN[key]}/{host_path.name}" if key == "model" else IN[key]
+            mounts.append(Mount(host_path, target, read_only=True))
+            paths[key] = target
+        step = Path(script).stem
+        # one name per engine, job and step: command() (the manifest), <step>.sh and the run agree
+        key = f"{self.engine.where}|{root}|{script}".encode()
+        name = container_name(step, hashlib.sha256(key).hexdigest()[:8])
+        env_vars = {
+            "EKIT_PATHS": json.dumps(paths, sort_keys=True),
+            "PYTHONPATH": JOB,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HOME": "/tmp",
+        }
+        return RunSpec(image=env.ref, command=(PYTHON, Path(script).as_posix()), step=step,
+                       mounts=tuple(mounts), env=env_vars, workdir=JOB, user=self.user,
+                       network="none", memory=self.memory, platform=env.platform, gpus=self.gpus,
+                       labels={"edgekiln.image": env.image}, name=name)
+
+    def _copy(self) -> bool:
+        return (not self.engine.is_local) if self.copy is None else self.copy
+
+    def command(self, env: Env, job: Job, script: str) -> list[str]:
+        """The exact ``docker run`` of the step (bind mounts); for an engine on another machine
+        the ``docker create`` whose container the job is copied into (the whole sequence is in
+        ``<step>.sh`` beside the step's log). The container name is fixed per engine, job and
+        step, so this is the command ``run`` runs."""
+        if env.runner != self.name:
+            return self._local().command(env, job, script)
+        spec = self.spec(env, job, script)
+        return self.engine.create_argv(spec) if self._copy() else self.engine.run_argv(spec)
+
+    def run(self, env: Env, job: Job, script: str, log: Path, on_line: OnLine | None = None,
+            timeout: float | None = None) -> None:
+        if env.runner != self.name:
+            return self._local().run(env, job, script, log, on_line, timeout)
+        spec = self.spec(env, job, script)
+        # copy mode brings the writable /job back; the host's own logs there are never overwritten
+        try:
+            logs = Path(log).resolve().parent.relative_to(Path(job.root).resolve()).as_posix()
+        except ValueError:
+            logs = "work/logs"
+        result = self.engine.run(spec, log_path=Path(log), on_line=on_line, timeout=timeout,
+                                 copy=self._copy(), exclude_out=(logs,))
+        if result.returncode == 0:
+            return
+        if result.oom_killed:
+            raise StepFailed(f"step {spec.step} ran out of memory (container limit "
+                             f"{self.memory or 'none'}); it was killed",
+                             f"raise --memory, or see the log: {log}")
+        if result.returncode == 137:
+            raise StepFailed(f"step {spec.step} was killed (SIGKILL, exit 137) — from outside "
+                             "the step or by the kernel", f"see the log: {log}")
+        raise step_error(spec.step, result.returncode, Path(log), list(result.tail))

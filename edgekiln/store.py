@@ -1,0 +1,156 @@
+"""The versioned output tree: ``<out>/<model>/<version>/<target>/<precision>/``.
+
+* A version is ``--version`` or derived from the content of everything that shapes the build
+  (model bytes, input spec, calibration and validation images, options, edgekiln's recipes), so it
+  is stable for the same inputs.
+* Each artifact folder holds the artifact files, ``manifest.json``, ``report.json`` and ``build/``
+  (rendered scripts, params, logs, the exact commands). Its build key decides cache hits.
+* Publishing is atomic: everything is staged next to the version folder and moved in with
+  ``rename``; a published artifact is never overwritten, and ``latest`` points at the newest version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import PublishConflict, UsageError
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: Path) -> str:
+    """A file's sha256, or for a folder the hash of its sorted (relative path, file hash) pairs."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path).as_posix()}\0{sha256_file(item)}\n".encode())
+    return digest.hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Location:
+    out: Path
+    model: str
+    version: str
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / self.model
+
+    @property
+    def version_dir(self) -> Path:
+        return self.model_dir / self.version
+
+    def artifact_dir(self, target: str, precision: str) -> Path:
+        return self.version_dir / target / precision
+
+
+def check_version(version: str) -> str:
+    if not version or version in (".", "..", "latest") or "/" in version or "\\" in version \
+            or version.startswith(".") or "\0" in version:
+        raise UsageError(f"--version {version!r} cannot name a folder", "use e.g. 1.2.0 or 2026-11-28")
+    return version
+
+
+def location(out: Path, model: str, version: str) -> Location:
+    loc = Location(out.resolve(), model, check_version(version))
+    if loc.version_dir.resolve().parent.parent != loc.out:  # model names are sanitised; be sure
+        raise UsageError(f"model name {model!r} escapes the output root", "rename the model file")
+    return loc
+
+
+def existing(loc: Location, target: str, precision: str) -> dict | None:
+    path = loc.artifact_dir(target, precision) / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {"build_key": "unreadable"}
+
+
+def cache_state(loc: Location, target: str, precision: str, build_key: str) -> str:
+    """``new``, ``hit`` (same build published) — or raise PublishConflict."""
+    manifest = existing(loc, target, precision)
+    if manifest is None:
+        return "new"
+    if manifest.get("build_key") == build_key:
+        return "hit"
+    raise PublishConflict(
+        f"{loc.artifact_dir(target, precision)} is already published from different inputs",
+        "published versions are never overwritten: pass a new --version")
+
+
+def new_job_dir(out: Path) -> Path:
+    root = out.resolve() / ".edgekiln" / "jobs"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / uuid.uuid4().hex[:12]
+    path.mkdir()
+    return path
+
+
+def publish(loc: Location, staged: Mapping[tuple[str, str], Path]) -> list[Path]:
+    """Move staged artifact folders into the version folder atomically; update ``latest``.
+
+    ``staged`` maps (target, precision) to a folder inside ``loc.model_dir`` (same file system).
+    A new version folder appears in one rename; artifacts added to an existing version appear
+    one rename each. Returns the published folders.
+    """
+    loc.model_dir.mkdir(parents=True, exist_ok=True)
+    published = []
+    staging = loc.model_dir / f".staging-{uuid.uuid4().hex[:8]}"
+    try:
+        for (target, precision), folder in staged.items():
+            dest = staging / target / precision
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(folder, dest)
+        if not loc.version_dir.exists():
+            try:
+                os.rename(staging, loc.version_dir)
+                published = [loc.artifact_dir(t, p) for t, p in staged]
+            except OSError:
+                pass  # a parallel build published this version first: add artifacts one by one
+        if not published:
+            for target, precision in staged:
+                dest = loc.artifact_dir(target, precision)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    continue  # identical build published meanwhile (build keys were checked)
+                os.rename(staging / target / precision, dest)
+                published.append(dest)
+        point_latest(loc)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return published
+
+
+def point_latest(loc: Location) -> None:
+    link = loc.model_dir / "latest"
+    tmp = loc.model_dir / f".latest-{uuid.uuid4().hex[:8]}"
+    os.symlink(loc.version, tmp)
+    os.replace(tmp, link)
+
+
+def file_entries(folder: Path, names: Iterable[str]) -> list[dict[str, Any]]:
+    return [{"path": n, "sha256": sha256_file(folder / n), "size": (folder / n).stat().st_size}
+            for n in names]

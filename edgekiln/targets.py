@@ -1,0 +1,132 @@
+"""Targets are data: one TOML file per target in ``targets/``.
+
+A new target that reuses an image and converters is one TOML file; nothing in the code changes.
+``targets/_sources.toml`` says which step turns each source format into the canonical ONNX.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .errors import TargetError
+from .resources import data_dir
+
+METRICS = ("min_cosine", "max_abs", "mean_abs", "min_top1_agreement", "max_accuracy_drop")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    runtime: str
+    image: str
+    platform: str
+    artifacts: tuple[str, ...]
+    precisions: tuple[str, ...]
+    default_precisions: tuple[str, ...]
+    calibration: tuple[str, ...]  # precisions that need calibration images
+    convert: str  # template
+    validate: str  # template
+    needs: tuple[str, ...] = ()  # host capabilities, e.g. "nvidia-gpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    via: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per source format overrides
+    path: str = ""
+
+    def thresholds_for(self, precision: str) -> dict[str, float]:
+        return dict(self.thresholds.get(precision, {}))
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """How one source format becomes the canonical ONNX plus reference outputs."""
+
+    format: str
+    template: str
+    image: str
+    suffixes: tuple[str, ...]
+
+
+def _tuple(raw: Mapping[str, Any], key: str, default=()) -> tuple:
+    value = raw.get(key, default)
+    if isinstance(value, str):
+        value = [value]
+    return tuple(value)
+
+
+def load_target(path: Path) -> Target:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TargetError(f"target file {path} is not valid TOML: {exc}", "fix the file") from None
+    try:
+        steps = raw.get("steps", {})
+        target = Target(
+            name=raw["name"],
+            description=raw.get("description", ""),
+            runtime=raw["runtime"],
+            image=raw["image"],
+            platform=raw.get("platform", "linux/amd64"),
+            artifacts=_tuple(raw, "artifacts"),
+            precisions=_tuple(raw, "precisions"),
+            default_precisions=_tuple(raw, "default_precisions") or _tuple(raw, "precisions")[:1],
+            calibration=_tuple(raw, "calibration"),
+            convert=steps["convert"],
+            validate=steps["validate"],
+            needs=_tuple(raw, "needs"),
+            options=dict(raw.get("options", {})),
+            thresholds={k: dict(v) for k, v in raw.get("thresholds", {}).items()},
+            via={k: dict(v) for k, v in raw.get("via", {}).items()},
+            path=str(path),
+        )
+    except KeyError as exc:
+        raise TargetError(f"target file {path} lacks the key {exc}", "see targets/onnx.toml") from None
+    for precision, limits in target.thresholds.items():
+        unknown = set(limits) - set(METRICS)
+        if unknown:
+            raise TargetError(f"{path}: unknown threshold(s) {sorted(unknown)} for {precision}",
+                              f"use {', '.join(METRICS)}")
+    return target
+
+
+def all_targets(root: Path | None = None) -> dict[str, Target]:
+    root = root or data_dir("targets")
+    found = {}
+    for path in sorted(root.glob("*.toml")):
+        if path.name.startswith("_"):
+            continue
+        target = load_target(path)
+        found[target.name] = target
+    return found
+
+
+def get_target(name: str, root: Path | None = None) -> Target:
+    targets = all_targets(root)
+    if name not in targets:
+        known = ", ".join(sorted(targets)) or "none"
+        raise TargetError(f"unknown target {name!r}", f"choose one of: {known} (see `edgekiln targets`)")
+    return targets[name]
+
+
+def source_kinds(root: Path | None = None) -> dict[str, SourceKind]:
+    path = (root or data_dir("targets")) / "_sources.toml"
+    raw = tomllib.loads(path.read_text())
+    return {
+        fmt: SourceKind(fmt, entry["template"], entry["image"], _tuple(entry, "suffixes"))
+        for fmt, entry in raw.items()
+    }
+
+
+def host_support(target: Target) -> tuple[bool, str]:
+    """Can this host run the target's conversion and validation? (and why not)."""
+    if "nvidia-gpu" in target.needs and not shutil.which("nvidia-smi"):
+        return False, "needs an NVIDIA GPU with TensorRT (use --docker-host on the device)"
+    return True, "ok"

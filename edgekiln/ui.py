@@ -1,0 +1,145 @@
+"""What the user sees: per-step progress with elapsed time, warnings, and the summary table.
+
+Progress goes to stderr (rich live display on a terminal, plain lines otherwise), so stdout stays
+clean for ``--json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+WARN_PREFIXES = ("warning", "warn:", "[warn")
+
+
+class PlainUI:
+    """Line-based progress (non-terminals, CI logs, ``--json``)."""
+
+    def __init__(self, console: Console | None = None, quiet: bool = False):
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self.quiet = quiet
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+        self._start: dict[str, float] = {}
+
+    def stage(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]·[/] {escape(text)}")
+
+    def step_start(self, key: str, label: str) -> None:
+        self._start[key] = time.monotonic()
+        if not self.quiet:
+            self.console.print(f"[cyan]▶[/] {escape(label)}")
+
+    def step_line(self, key: str, line: str) -> None:
+        if line.lower().lstrip().startswith(WARN_PREFIXES):
+            with self._lock:
+                self.warnings.append(line.strip())
+            self.warn(line.strip(), key)
+
+    def step_done(self, key: str, seconds: float) -> None:
+        if not self.quiet:
+            self.console.print(f"[green]✓[/] {escape(key)} [dim]{seconds:.1f}s[/]")
+
+    def warn(self, text: str, key: str = "") -> None:
+        self.console.print(f"[yellow]![/] {escape(key + ': ' if key else '')}{escape(text)}")
+
+    def close(self) -> None:
+        pass
+
+
+class RichUI(PlainUI):
+    """A live display: one line per step with a spinner, its last log line and elapsed time."""
+
+    def __init__(self, console: Console | None = None):
+        super().__init__(console)
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), TextColumn("[dim]{task.fields[last]}"),
+                                 console=self.console, transient=False)
+        self.tasks: dict[str, Any] = {}
+        self.progress.start()
+
+    def stage(self, text: str) -> None:
+        self.progress.console.print(f"[dim]·[/] {escape(text)}")
+
+    def step_start(self, key: str, label: str) -> None:
+        self.tasks[key] = self.progress.add_task(label, total=1, last="")
+
+    def step_line(self, key: str, line: str) -> None:
+        super().step_line(key, line)
+        if key in self.tasks:
+            self.progress.update(self.tasks[key], last=line.strip()[:70])
+
+    def step_done(self, key: str, seconds: float) -> None:
+        if key in self.tasks:
+            self.progress.update(self.tasks[key], completed=1, last=f"done in {seconds:.1f}s")
+
+    def warn(self, text: str, key: str = "") -> None:
+        self.progress.console.print(f"[yellow]![/] {escape(key + ': ' if key else '')}{escape(text)}")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_ui(json_mode: bool) -> PlainUI:
+    if not json_mode and sys.stderr.isatty():
+        return RichUI()
+    return PlainUI(quiet=False)
+
+
+def fmt_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def fmt(value, spec: str = ".4f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def summary_table(result) -> Table:
+    table = Table(title=f"{result.model} {result.version} ({result.runner} runner, {result.seconds:.1f}s)")
+    for col in ("target", "precision", "status", "size", "agreement", "cosine", "accuracy", "latency"):
+        table.add_column(col, no_wrap=True)
+    for art in result.artifacts:
+        val = art.manifest.get("validation", {})
+        metrics = val.get("metrics") or {}
+        latency = (val.get("latency_ms") or {}).get("median")
+        table.add_row(art.target, art.precision, art.status, fmt_size(val.get("size_bytes")),
+                      fmt(metrics.get("top1_agreement"), ".1%"), fmt(metrics.get("cosine"), ".5f"),
+                      fmt(metrics.get("accuracy"), ".1%"), fmt(latency, ".2f", " ms"))
+    return table
+
+
+def feed_lines(result) -> list[str]:
+    """How to feed each artifact (one line when they are all fed the same way)."""
+    feeds = {}
+    for art in result.artifacts:
+        feed = art.manifest.get("feed") or {}
+        if feed:
+            feeds[f"{art.target}/{art.precision}"] = feed.get("preprocessing") or str(feed)
+    if len(set(feeds.values())) == 1 and len(feeds) > 1:
+        return [f"input of every artifact: {next(iter(feeds.values()))}"]
+    return [f"{key} input: {text}" for key, text in feeds.items()]
+
+
+def result_json(result) -> dict[str, Any]:
+    return {
+        "model": result.model, "version": result.version, "runner": result.runner,
+        "seconds": round(result.seconds, 3),
+        "artifacts": [{"target": a.target, "precision": a.precision, "status": a.status,
+                       "path": str(a.path), "manifest": str(a.path / "manifest.json"),
+                       "size_bytes": a.manifest.get("validation", {}).get("size_bytes"),
+                       "metrics": a.manifest.get("validation", {}).get("metrics"),
+                       "latency_ms": a.manifest.get("validation", {}).get("latency_ms"),
+                       "feed": a.manifest.get("feed")}
+                      for a in result.artifacts],
+    }

@@ -1,0 +1,23 @@
+"""Invoke tasks of edgekiln (`invoke --list`). The library's tasks are the installed `edgekiln`
+program too; `bench` lives here because bench/ exists only in a checkout."""
+
+import sys
+
+from invoke import task
+
+from edgekiln.cli import ns
+
+
+@task(help={"only": "run one benchmark (spine, onnx_quant_choices, openvino, tflite)",
+            "repeats": "repeats of the timed builds"})
+def bench(c, only="", repeats=3):
+    """Run the benchmarks in bench/ (numbers go to bench/results/*.json and *.md)."""
+    scripts = {"spine": f"bench/spine.py --repeats {repeats}", "onnx_quant_choices": "bench/onnx_quant_choices.py",
+               "openvino": "bench/openvino_bench.py", "tflite": "bench/tflite_bench.py"}
+    for name, cmd in scripts.items():
+        if only and name != only:
+            continue
+        c.run(f"{sys.executable} {cmd}", pty=False)
+
+
+ns.add_task(bench)

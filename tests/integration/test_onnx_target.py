@@ -1,0 +1,153 @@
+"""The spine end to end, for real: the CLI in a subprocess, real ImageNet MobileNetV2 weights,
+real labelled photos, real environments (local runner). Nothing here is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, run_json
+
+pytestmark = pytest.mark.integration
+
+MOBILENET = ["--arch", "mobilenet_v2", "--input-shape", "1,3,224,224",
+             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def built(out, weights, photos):
+    """state dict → ONNX → fp32 + int8, validated on the mirrored photos, published."""
+    calib, val = photos
+    start = time.monotonic()
+    result = run_json("build", "--target", "onnx", "--model", weights, *MOBILENET, "--precision", "fp32,int8",
+                      "--calib", calib, "--val", val, "--name", "mobilenet_v2", "--out", out, "--runner", "local")
+    result["_seconds"] = time.monotonic() - start
+    return result
+
+
+def artifact(result, precision):
+    return next(a for a in result["artifacts"] if a["precision"] == precision)
+
+
+def test_fp32_and_int8_agree_with_pytorch(built):
+    fp32, int8 = artifact(built, "fp32"), artifact(built, "int8")
+    assert fp32["status"] == int8["status"] == "built"
+    assert fp32["metrics"]["top1_agreement"] == 1.0
+    assert fp32["metrics"]["cosine"] > 0.99999
+    assert fp32["metrics"]["accuracy"] >= 0.85  # MobileNetV2 on 20 mirrored ImageNet photos
+    assert int8["metrics"]["top1_agreement"] >= 0.85
+    assert int8["metrics"]["cosine"] > 0.97
+    assert int8["size_bytes"] < 0.35 * fp32["size_bytes"]
+    assert int8["metrics"]["accuracy"] >= fp32["metrics"]["accuracy"] - 0.10
+
+
+def test_published_tree_and_manifest(built, out):
+    version = built["version"]
+    root = out / "mobilenet_v2"
+    assert os.readlink(root / "latest") == version
+    for precision in ("fp32", "int8"):
+        folder = root / version / "onnx" / precision
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert (folder / "model.onnx").stat().st_size == manifest["files"][0]["size"]
+        assert manifest["model"]["format"] == "state_dict" and len(manifest["model"]["sha256"]) == 64
+        assert manifest["data"]["calibration"]["sha256"] and manifest["data"]["validation"]["sha256"]
+        assert manifest["input_spec"]["mean"] == [0.485, 0.456, 0.406]
+        assert manifest["io"]["inputs"][0]["shape"] == [1, 3, 224, 224]
+        assert manifest["feed"]["preprocessing"]
+        versions = {k: v for s in manifest["steps"] for k, v in s["tool_versions"].items()}
+        assert {"torch", "onnx", "onnxruntime"} <= set(versions)
+        for step in manifest["steps"]:
+            assert (folder / step["script"]).is_file() and (folder / step["params"]).is_file()
+            assert step["command"] and step["environment"]["lock_sha256"]
+            compile((folder / step["script"]).read_text(), step["script"], "exec")
+        assert (folder / "build" / "ekit.py").is_file()
+        assert manifest["validation"]["passed"] and manifest["validation"]["latency_ms"]["median"] > 0
+    int8 = json.loads((root / version / "onnx" / "int8" / "manifest.json").read_text())
+    quant = int8["io"]["inputs"][0].get("quantization")
+    assert quant is None or quant["scale"]  # QDQ keeps a float interface; scales live in the graph
+    assert not list(out.glob("mobilenet_v2/.stag*")), "staging folders left behind"
+
+
+def test_identical_request_is_a_cache_hit(built, out, weights, photos):
+    calib, val = photos
+    start = time.monotonic()
+    again = run_json("build", "--target", "onnx", "--model", weights, *MOBILENET, "--precision", "fp32,int8",
+                     "--calib", calib, "--val", val, "--name", "mobilenet_v2", "--out", out, "--runner", "local")
+    assert again["version"] == built["version"]
+    assert {a["status"] for a in again["artifacts"]} == {"cached"}
+    assert time.monotonic() - start < built["_seconds"] / 3
+    assert not any((out / ".edgekiln" / "jobs").iterdir()), "a job folder was left behind"
+
+
+def test_onnx_in_directly(built, out, photos, tmp_path):
+    calib, val = photos
+    model = tmp_path / "mobilenet v2 (exported).onnx"
+    model.write_bytes((out / "mobilenet_v2" / built["version"] / "onnx" / "fp32" / "model.onnx").read_bytes())
+    result = run_json("build", "--target", "onnx", "--model", model, "--mean", "0.485,0.456,0.406",
+                      "--std", "0.229,0.224,0.225", "--val", val, "--out", tmp_path / "dist", "--runner", "local")
+    (fp32,) = result["artifacts"]
+    assert result["model"] == "mobilenet_v2_exported"
+    assert fp32["metrics"]["top1_agreement"] == 1.0 and fp32["metrics"]["max_abs"] < 1e-3
+    assert fp32["metrics"]["accuracy"] >= 0.85
+
+
+def test_dry_run_runs_nothing(weights, photos, tmp_path):
+    calib, _ = photos
+    proc = run_cli("build", "--target", "onnx", "--model", weights, *MOBILENET, "--precision", "int8",
+                   "--calib", calib, "--out", tmp_path, "--dry-run", check=0)
+    assert "source" in proc.stdout and "convert" in proc.stdout and "validate" in proc.stdout
+    assert "bin/python steps/" in proc.stdout
+    assert not (tmp_path / "mobilenet_v2-b0353104").exists()
+
+
+def test_ctrl_c_mid_step_publishes_nothing_and_next_run_works(built, out, photos, tmp_path):
+    calib, val = photos
+    model = tmp_path / "m.onnx"
+    model.write_bytes((out / "mobilenet_v2" / built["version"] / "onnx" / "fp32" / "model.onnx").read_bytes())
+    dist = tmp_path / "dist"
+    args = [sys.executable, "-m", "edgekiln", "build", "--target", "onnx", "--model", str(model),
+            "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
+            "--precision", "fp32,int8", "--calib", str(calib), "--out", str(dist), "--runner", "local"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    # wait until a step is running, then Ctrl-C the whole process group like a terminal would
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((dist / ".edgekiln" / "jobs").glob("*/work/logs/*.log")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "nothing was published" in err
+    assert not (dist / "m").exists() or not [p for p in (dist / "m").iterdir() if not p.name.startswith(".")]
+    again = run_json(*args[3:])
+    assert {a["status"] for a in again["artifacts"]} == {"built"}
+
+
+def test_kill_mid_step_publishes_nothing(built, out, photos, tmp_path):
+    calib, _ = photos
+    model = tmp_path / "m.onnx"
+    model.write_bytes((out / "mobilenet_v2" / built["version"] / "onnx" / "fp32" / "model.onnx").read_bytes())
+    dist = tmp_path / "dist"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekiln", "build", "--target", "onnx", "--model", str(model),
+                             "--precision", "int8", "--calib", str(calib), "--out", str(dist), "--runner", "local"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((dist / ".edgekiln" / "jobs").glob("*/work/logs/*convert.log")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert not (dist / "m").exists() or not [p for p in (dist / "m").iterdir() if not p.name.startswith(".")]
