@@ -97,7 +97,7 @@ def build_key(version_key: str, target: Target, artifact: Artifact, plan: Plan) 
 
 
 def arch_file_of(request: BuildRequest) -> Path | None:
-    if request.source_format != "state_dict" or not request.arch:
+    if request.source_format not in ("state_dict", "pickle") or not request.arch:
         return None
     module = request.arch.rpartition(":")[0]
     if module.endswith(".py"):

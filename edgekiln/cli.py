@@ -73,7 +73,8 @@ BUILD_HELP = {
     "dynamic_batch": "export with a dynamic batch dimension",
     "spec": "TOML file with the input spec (default: <model>.edgekiln.toml beside the model)",
     "arch": "architecture of a state dict: built-in name (mobilenet_v2), file.py:factory or module:factory",
-    "trust_pickle": "allow loading a whole pickled nn.Module (runs code from the file: only for files you trust)",
+    "trust_pickle": "allow loading a whole pickled nn.Module (runs code from the file: only for files you trust); "
+                    "--arch FILE.py:fn makes the class importable",
     "opset": "ONNX opset of the PyTorch export (default 17)",
     "simplify": "onnxslim (default), onnxsim or none",
     "max_images": "use at most this many calibration/validation images (default 200)",

@@ -131,7 +131,7 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         names = ", ".join(t.name for t in chosen)
         raise UsageError(f"target {names} has no option(s) {', '.join(unknown)}",
                          f"its options: {', '.join(sorted(known)) or 'none'}")
-    arch = resolve_arch(request.arch) if request.source_format == "state_dict" else None
+    arch = resolve_arch(request.arch) if request.source_format in ("state_dict", "pickle") else None
     base = {
         "source_format": request.source_format,
         "model_name": request.model_name,

@@ -240,10 +240,10 @@ def _zip_names(path: Path) -> list[str]:
 
 
 def _checkpoint_kind(path: Path, arch: str | None, trust_pickle: bool) -> str:
+    if trust_pickle:
+        return "pickle"  # a whole module, or a state dict that --arch (if given) is built for
     if arch:
         return "state_dict"
-    if trust_pickle:
-        return "pickle"
     raise UsageError(
         f"{path.name} is a torch.save checkpoint (weights, not a graph)",
         "pass --arch module:factory (or a built-in like mobilenet_v2) to load it as a state dict, "

@@ -9,6 +9,7 @@ give the same result for the same request.
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable, Mapping
 from ..errors import BY_KIND, StepFailed
 
 ERROR_MARK = "EDGEKILN-ERROR "
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def step_error(step_id: str, returncode: int, log: Path, tail: list[str]) -> Exc
             try:
                 info = json.loads(line[len(ERROR_MARK):])
                 cls = BY_KIND.get(info.get("kind"), StepFailed)
-                return cls(f"{step_id}: {info.get('message')}", info.get("hint") or f"log: {log}")
+                message = ANSI.sub("", str(info.get("message")))
+                return cls(f"{step_id}: {message}", info.get("hint") or f"log: {log}")
             except ValueError:
                 break
     last = next((l for l in reversed(tail) if l.strip()), "")
