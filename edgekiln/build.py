@@ -164,7 +164,8 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runn
             t0 = time.monotonic()
             envs[key] = runner.prepare(step.image, lambda line: ui.step_line(label, line))
             if envs[key].runner != runner.name:
-                ui.warn(f"the {step.image} image cannot be had here: its steps run {envs[key].runner}ly")
+                ui.warn(f"the {step.image} image is not built and its base cannot be pulled: its steps run "
+                        f"{envs[key].runner}ly (`edgekiln images --build {step.image} --base-image …` builds it)")
             ui.step_done(label, time.monotonic() - t0)
         return runner, envs[key]
 
