@@ -140,11 +140,10 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runn
             results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, "cached", path, manifest)
         else:
             todo.append(artifact)
-    default_runner = runner_for(None)
     if not todo:
         ui.stage(f"cache hit: {request.model_name} {loc.version} is already published")
         return BuildResult(request.model_name, loc.version, [results[a.key] for a in plan.artifacts],
-                           time.monotonic() - start, default_runner.name)
+                           time.monotonic() - start, "none (cache hit)")
 
     order = [a.key for a in plan.artifacts]
     needed = {s for a in todo for s in (a.source_step, a.convert_step, a.validate_step)}
@@ -228,7 +227,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runn
         raise
     if not keep_job:
         shutil.rmtree(job.root, ignore_errors=True)
-    used = ", ".join(sorted({env.runner for env in envs.values()})) or default_runner.name
+    used = ", ".join(sorted({env.runner for env in envs.values()}))
     return BuildResult(request.model_name, loc.version, [results[k] for k in order],
                        time.monotonic() - start, used, job.root if keep_job else None)
 

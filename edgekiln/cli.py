@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -198,6 +199,21 @@ def runner_factory(kind: str, docker_host: str | None, ui=None, base_image: str 
                                on_note=(ui.warn if ui is not None else None))
 
 
+class LazyRunners:
+    """runner_for(target), made on first use: a cache hit never probes Docker or environments."""
+
+    def __init__(self, make, ui):
+        self._make, self._ui, self._runner_for = make, ui, None
+        self._lock = threading.Lock()
+
+    def __call__(self, target):
+        with self._lock:
+            if self._runner_for is None:
+                self._runner_for, reason = self._make()
+                self._ui.stage(reason)
+        return self._runner_for(target)
+
+
 class _BuildTask(Task):
     """Long flags only (``--input-shape`` …), except ``-j`` for ``--jobs``."""
 
@@ -240,8 +256,8 @@ def build(c, model, target="onnx", precision="", jobs=1, calib=None, val=None, i
     if dry_run:
         return _dry_run(request, runner, docker_host, json)
     ui = make_ui(json)
-    runner_for, reason = runner_factory(runner, docker_host, ui, base_image, platform, config)
-    ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}; {reason}")
+    ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}")
+    runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, ui, base_image, platform, config), ui)
     try:
         result = run_build(request, ui, runner_for, jobs=int(jobs), keep_job=keep_job)
     finally:
