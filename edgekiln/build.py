@@ -19,7 +19,7 @@ from typing import Any, Callable
 from . import __version__
 from .cmd import quote
 from .errors import StepFailed, ValidationFailed
-from .plan import Artifact, Plan, Step, check_thresholds, plan_build
+from .plan import ARCH_FORMATS, Artifact, Plan, Step, check_thresholds, plan_build
 from .render import copy_support, render_job
 from .request import BuildRequest
 from .resources import data_dir
@@ -97,7 +97,7 @@ def build_key(version_key: str, target: Target, artifact: Artifact, plan: Plan) 
 
 
 def arch_file_of(request: BuildRequest) -> Path | None:
-    if request.source_format not in ("state_dict", "pickle") or not request.arch:
+    if request.source_format not in ARCH_FORMATS or not request.arch:
         return None
     module = request.arch.rpartition(":")[0]
     if module.endswith(".py"):

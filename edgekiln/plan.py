@@ -16,6 +16,7 @@ from .request import BuildRequest
 from .targets import METRICS, SourceKind, Target
 
 ZOO = {"mobilenet_v2": "zoo/mobilenet_v2.py:mobilenet_v2"}
+ARCH_FORMATS = ("state_dict", "pickle")  # source formats whose --arch file travels with the job
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         names = ", ".join(t.name for t in chosen)
         raise UsageError(f"target {names} has no option(s) {', '.join(unknown)}",
                          f"its options: {', '.join(sorted(known)) or 'none'}")
-    arch = resolve_arch(request.arch) if request.source_format in ("state_dict", "pickle") else None
+    arch = resolve_arch(request.arch) if request.source_format in ARCH_FORMATS else None
     base = {
         "source_format": request.source_format,
         "model_name": request.model_name,
