@@ -34,6 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "converters"))
 import ekit  # noqa: E402
+import ekit_onnx  # noqa: E402
 
 
 def quantize(fp32: Path, out: Path, calib: np.ndarray, act: str, method: str, keep_last: bool,
@@ -64,7 +65,7 @@ def quantize(fp32: Path, out: Path, calib: np.ndarray, act: str, method: str, ke
                     break
                 name = n.input[0]
     onnx.save(m, os.fspath(pre))
-    name = ekit.onnx_io(m)["inputs"][0]["name"]
+    name = ekit_onnx.onnx_io(m)["inputs"][0]["name"]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -143,16 +144,16 @@ def main() -> None:
                 rows.append(row)
                 continue
         row["size_bytes"] = path.stat().st_size
-        sessions[label] = ekit.ort_session(path, threads=a.threads)
+        sessions[label] = ekit_onnx.ort_session(path, threads=a.threads)
         rows.append(row)
 
-    ref = {name: ekit.ort_run(sessions["fp32"], d["x"]) for name, d in sets.items()}
+    ref = {name: ekit_onnx.ort_run(sessions["fp32"], d["x"]) for name, d in sets.items()}
     for row in rows:
         if "error" in row:
             continue
         sess = sessions[row["variant"]]
         for name, d in sets.items():
-            m = ekit.compare(ref[name], ekit.ort_run(sess, d["x"]), d["labels"])
+            m = ekit.compare(ref[name], ekit_onnx.ort_run(sess, d["x"]), d["labels"])
             row[name] = {k: m[k] for k in ("top1_agreement", "accuracy", "cosine", "cosine_mean",
                                            "max_abs")}
     # latency: round-robin, 10 rounds of runs/10 per variant after a warm-up

@@ -27,6 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "converters"))
 import ekit  # noqa: E402
+import ekit_onnx  # noqa: E402
 
 TOOLS = ("onnxsim", "onnxslim")
 
@@ -194,7 +195,7 @@ def simplify_worker(tool: str, src: str, dst: str) -> None:
 
     m = onnx.load(src)
     t = time.perf_counter()
-    out, info = ekit.simplify_onnx(m, tool)
+    out, info = ekit_onnx.simplify_onnx(m, tool)
     info["seconds"] = round(time.perf_counter() - t, 2)
     if info["applied"]:
         onnx.save(out, dst)
@@ -234,8 +235,8 @@ def main() -> None:
             continue
 
         def parity(path):
-            sess = ekit.ort_session(path)
-            y = ekit.ort_run(sess, xs)[0]
+            sess = ekit_onnx.ort_session(path)
+            y = ekit_onnx.ort_run(sess, xs)[0]
             res = {"cosine": ekit.compare([ref], [y])["cosine"],
                    "max_abs": float(np.abs(ref - y).max())}
             if dyn:

@@ -1,6 +1,6 @@
 """Benchmark the intel (OpenVINO) target against the plain tools, in one run, on one machine.
 
-edgekiln: the target's own templates (converters/openvino_*.py.jinja, options from
+edgekiln: the target's own templates (converters/openvino/*.py.jinja, options from
 targets/intel.toml), rendered and run as a build would run them.
 plain: what a user types by hand — `ovc model.onnx` (fp16 weights, its default),
 `ovc --compress_to_fp16=False` (fp32) and `nncf.quantize(model, nncf.Dataset(calib))` with

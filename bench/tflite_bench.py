@@ -99,7 +99,7 @@ class Job:
         common = dict(source_format=fmt, model_name="m", input=spec, options=dict(self.options, **options),
                       source_step="01-source")
         secs = self.step(template, "convert", f"rpi-{precision}-convert", precision, **common) if template else None
-        self.step("tflite_validate.py.jinja", "validate", f"rpi-{precision}-validate", precision, **common)
+        self.step("tflite/validate.py.jinja", "validate", f"rpi-{precision}-validate", precision, **common)
         rep = json.loads((self.root / "work" / "rpi" / precision / "report.json").read_text())
         rep["convert_seconds"] = secs
         return rep
@@ -207,8 +207,8 @@ def bench_mobilenet(tmp: Path, tfpy: str, threads: int) -> dict:
             "input_names=['input'], output_names=['logits'])")
     subprocess.run([torchpy, "-c", code, CONVERTERS, mobilenet_weights(), onnx_path], check=True, timeout=600)
     job = Job(tmp / "job-mnv2", tfpy, {"model": str(onnx_path), "calib": str(calib), "val": str(val)}, threads)
-    job.source("source_onnx.py.jinja", "onnx", IMAGENET, options={"simplify": "onnxsim"})
-    ours = {p: job.build("tflite_convert.py.jinja", p, "onnx", IMAGENET)
+    job.source("onnx/source.py.jinja", "onnx", IMAGENET, options={"simplify": "onnxsim"})
+    ours = {p: job.build("tflite/convert.py.jinja", p, "onnx", IMAGENET)
             for p in ("fp32", "fp16", "dynamic", "int8")}
     theirs, o2t_secs = job.onnx2tf_defaults(IMAGENET)
     lat = interleaved_latency(job, list(ours) + list(theirs), threads)
@@ -231,12 +231,12 @@ def bench_fmnist(tmp: Path, tfpy: str, threads: int) -> dict:
            "data": "calibration: 200 training images; judged on the full 10k test set", "training": info}
     job = Job(tmp / "job-fm", tfpy, {"model": str(data / "cnn.keras"), "calib": str(data / "calib"),
                                       "val": str(data / "val")}, threads)
-    job.source("source_tf.py.jinja", "keras", FMNIST, reference_limit=10000)
-    ours = {p: job.build("tflite_from_tf.py.jinja", p, "keras", FMNIST) for p in ("fp32", "fp16", "dynamic", "int8")}
+    job.source("tflite/source_tf.py.jinja", "keras", FMNIST, reference_limit=10000)
+    ours = {p: job.build("tflite/convert_from_tf.py.jinja", p, "keras", FMNIST) for p in ("fp32", "fp16", "dynamic", "int8")}
     qjob = Job(tmp / "job-qat", tfpy, {"model": str(data / "qat.h5"), "calib": None, "val": str(data / "val")},
                threads)
-    qjob.source("source_tf.py.jinja", "keras", FMNIST, reference_limit=10000)
-    q = qjob.build("tflite_from_tf.py.jinja", "int8", "keras", FMNIST)
+    qjob.source("tflite/source_tf.py.jinja", "keras", FMNIST, reference_limit=10000)
+    q = qjob.build("tflite/convert_from_tf.py.jinja", "int8", "keras", FMNIST)
     (job.root / "work" / "rpi" / "qat-int8").mkdir(parents=True, exist_ok=True)
     shutil.copy(qjob.root / "work" / "rpi" / "int8" / "model.tflite", job.root / "work" / "rpi" / "qat-int8")
     lat = interleaved_latency(job, list(ours) + ["qat-int8"], threads, rounds=20)

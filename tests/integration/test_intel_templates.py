@@ -1,4 +1,4 @@
-"""The intel target's templates (converters/openvino_*.py.jinja), for real.
+"""The intel target's templates (converters/openvino/*.py.jinja), for real.
 
 A contract-shaped work/source/ is made once from the real ImageNet MobileNetV2 weights and the
 real labelled photos (calibration: the 20 photos; validation: their mirror images, held out), in

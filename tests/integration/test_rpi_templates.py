@@ -91,7 +91,7 @@ class Job:
         opts = dict(OPTIONS, **options)
         common = dict(source_format=fmt, model_name="m", input=spec, options=opts, source_step="01-source")
         self.ok(convert_template, "convert", f"rpi-{precision}-convert", precision, **common)
-        self.ok("tflite_validate.py.jinja", "validate", f"rpi-{precision}-validate", precision, **common)
+        self.ok("tflite/validate.py.jinja", "validate", f"rpi-{precision}-validate", precision, **common)
         return json.loads((self.root / "work" / "rpi" / precision / "report.json").read_text())
 
 
@@ -122,9 +122,9 @@ def fmnist(tmp_path_factory, tfpy) -> Path:
 def keras_reports(fmnist, tfpy, tmp_path_factory):
     job = Job(tmp_path_factory.mktemp("job-keras"), tfpy,
               {"model": str(fmnist / "cnn.keras"), "calib": str(fmnist / "calib"), "val": str(fmnist / "val")})
-    job.ok("source_tf.py.jinja", "source", "source-tflite", source_format="keras", model_name="cnn",
+    job.ok("tflite/source_tf.py.jinja", "source", "source-tflite", source_format="keras", model_name="cnn",
            input=FMNIST_SPEC, options={}, calib_limit=500, reference_limit=1000)
-    return {p: job.build("tflite_from_tf.py.jinja", p, "keras", FMNIST_SPEC)
+    return {p: job.build("tflite/convert_from_tf.py.jinja", p, "keras", FMNIST_SPEC)
             for p in ("fp32", "fp16", "dynamic", "int8")}
 
 
@@ -162,10 +162,10 @@ def test_keras_int8_takes_raw_pixels(keras_reports):
 
 def test_qat_keras_to_int8(fmnist, tfpy, tmp_path):
     job = Job(tmp_path, tfpy, {"model": str(fmnist / "qat.h5"), "calib": None, "val": str(fmnist / "val")})
-    job.ok("source_tf.py.jinja", "source", "source-tflite", source_format="keras", model_name="qat",
+    job.ok("tflite/source_tf.py.jinja", "source", "source-tflite", source_format="keras", model_name="qat",
            input=FMNIST_SPEC, options={}, reference_limit=1000)
     assert not (tmp_path / "work" / "source" / "calib.npy").exists()  # no calibration images at all
-    r = job.build("tflite_from_tf.py.jinja", "int8", "keras", FMNIST_SPEC)
+    r = job.build("tflite/convert_from_tf.py.jinja", "int8", "keras", FMNIST_SPEC)
     # measured: cosine 0.99968, agreement 0.998 (PTQ of the same CNN: 0.9965 / 0.968)
     assert r["metrics"]["cosine"] > 0.995 and r["metrics"]["top1_agreement"] >= 0.98
     q = r["io"]["inputs"][0]["quantization"]
@@ -183,14 +183,14 @@ def test_savedmodel_source_and_calibration_batch(fmnist, tfpy, tmp_path):
     for f in sorted((fmnist / "calib").glob("*.png"))[:3]:
         shutil.copy(f, few / f.name)
     job = Job(tmp_path / "job", tfpy, {"model": str(sm), "calib": str(few), "val": str(fmnist / "val")})
-    err = error_of(job.step("source_tf.py.jinja", "source", "source-tflite", source_format="saved_model",
+    err = error_of(job.step("tflite/source_tf.py.jinja", "source", "source-tflite", source_format="saved_model",
                             model_name="sm", input=FMNIST_SPEC, options={}, reference_limit=300))
     assert err["kind"] == "data" and "3 calibration image(s)" in err["message"] and "batch of 4" in err["message"]
     # enough images: the fixed-batch SavedModel converts and validates in batches of 4
     job.paths["calib"] = str(fmnist / "calib")
-    job.ok("source_tf.py.jinja", "source", "source-tflite", source_format="saved_model", model_name="sm",
+    job.ok("tflite/source_tf.py.jinja", "source", "source-tflite", source_format="saved_model", model_name="sm",
            input=FMNIST_SPEC, options={}, reference_limit=300)
-    r = job.build("tflite_from_tf.py.jinja", "int8", "saved_model", FMNIST_SPEC)
+    r = job.build("tflite/convert_from_tf.py.jinja", "int8", "saved_model", FMNIST_SPEC)
     assert r["feed"]["shape"] == [4, 28, 28, 1] and r["latency_ms"]["batch"] == 4
     assert r["metrics"]["top1_agreement"] >= 0.93
 
@@ -212,7 +212,7 @@ def bad(tmp_path_factory, tfpy) -> Path:
 ])
 def test_bad_tf_sources(bad, tfpy, tmp_path, name, fmt, kind, words):
     job = Job(tmp_path, tfpy, {"model": str(bad / name), "calib": None, "val": None})
-    err = error_of(job.step("source_tf.py.jinja", "source", "source-tflite", source_format=fmt,
+    err = error_of(job.step("tflite/source_tf.py.jinja", "source", "source-tflite", source_format=fmt,
                             model_name="bad", input=FMNIST_SPEC, options={}))
     assert err["kind"] == kind and words in err["message"]
     assert not (tmp_path / "work" / "source" / "reference.npz").exists()
@@ -230,7 +230,7 @@ def test_onnx_op_onnx2tf_cannot_convert(bad, tfpy, tmp_path):
     np.savez(src / "reference.npz", x=x, pixels=np.zeros((2, 8, 8, 3), np.uint8),
              labels=np.full(2, -1), files=np.asarray(["a", "b"]), y0=np.maximum(x, 0))
     job = Job(tmp_path, tfpy, {"model": str(bad / "unsupported.onnx"), "calib": None, "val": None})
-    err = error_of(job.step("tflite_convert.py.jinja", "convert", "rpi-fp32-convert", "fp32",
+    err = error_of(job.step("tflite/convert.py.jinja", "convert", "rpi-fp32-convert", "fp32",
                             source_format="onnx", model_name="bad", input=spec, options=OPTIONS,
                             source_step="01-source"))
     assert err["kind"] == "unsupported" and "CastLike" in err["message"]
@@ -252,14 +252,14 @@ def mobilenet_job(tmp_path_factory, tfpy, weights, photos):
                    timeout=600)
     calib, val = photos  # calibrate on the 20 photos, validate on their mirror images (held out)
     job = Job(root, tfpy, {"model": str(onnx_path), "calib": str(calib), "val": str(val)})
-    job.ok("source_onnx.py.jinja", "source", "source-onnx", source_format="onnx", model_name="mobilenet_v2",
+    job.ok("onnx/source.py.jinja", "source", "source-onnx", source_format="onnx", model_name="mobilenet_v2",
            input=IMAGENET_SPEC, options={"simplify": "onnxsim"})
     return job
 
 
 @pytest.fixture(scope="module")
 def mobilenet_reports(mobilenet_job):
-    return {p: mobilenet_job.build("tflite_convert.py.jinja", p, "onnx", IMAGENET_SPEC)
+    return {p: mobilenet_job.build("tflite/convert.py.jinja", p, "onnx", IMAGENET_SPEC)
             for p in ("fp32", "fp16", "dynamic", "int8")}
 
 

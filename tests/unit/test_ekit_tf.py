@@ -92,17 +92,17 @@ def test_rpi_target_and_sources_load():
     assert t.runtime == "litert" and t.image == "tflite" and t.platform == "linux/arm64"
     assert t.precisions == ("fp32", "fp16", "dynamic", "int8", "int8x16")
     assert set(t.calibration) == {"int8", "int8x16"} and t.artifacts == ("model.tflite",)
-    assert t.via["keras"]["convert"] == "tflite_from_tf.py.jinja"
-    assert t.via["saved_model"]["source"] == "source_tf.py.jinja"
+    assert t.via["keras"]["convert"] == "tflite/convert_from_tf.py.jinja"
+    assert t.via["saved_model"]["source"] == "tflite/source_tf.py.jinja"
     kinds = source_kinds(TARGETS)
     assert kinds["keras"].suffixes == (".keras", ".h5") and kinds["saved_model"].image == "tflite"
     for p in t.precisions:
         assert t.thresholds_for(p), p
 
 
-@pytest.mark.parametrize("template", ["tflite_convert.py.jinja", "tflite_validate.py.jinja",
-                                      "tflite_from_tf.py.jinja", "source_tf.py.jinja",
-                                      "source_tf_onnx.py.jinja"])
+@pytest.mark.parametrize("template", ["tflite/convert.py.jinja", "tflite/validate.py.jinja",
+                                      "tflite/convert_from_tf.py.jinja", "tflite/source_tf.py.jinja",
+                                      "tflite/source_tf_onnx.py.jinja"])
 def test_templates_render_to_python(template):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from edgekiln.render import render_text
@@ -113,4 +113,4 @@ def test_templates_render_to_python(template):
     compile(text, template, "exec")
     assert json.dumps(evil) in text  # only ever as a JSON string literal
     if template.startswith("source_tf"):
-        assert ("WRITE_ONNX = True" in text) == (template == "source_tf_onnx.py.jinja")
+        assert ("WRITE_ONNX = True" in text) == (template == "tflite/source_tf_onnx.py.jinja")

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("jinja2")
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ["openvino_convert.py.jinja", "openvino_validate.py.jinja"]
+TEMPLATES = ["openvino/convert.py.jinja", "openvino/validate.py.jinja"]
 
 
 def render(name, step="02-intel-int8-convert", target="intel", precision="int8"):

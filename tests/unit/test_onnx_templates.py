@@ -11,8 +11,8 @@ import pytest
 jinja2 = pytest.importorskip("jinja2")
 
 CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
-TEMPLATES = ["source_onnx.py.jinja", "source_torch.py.jinja", "onnx_convert.py.jinja",
-             "onnx_validate.py.jinja"]
+TEMPLATES = ["onnx/source.py.jinja", "torch/source.py.jinja", "onnx/convert.py.jinja",
+             "onnx/validate.py.jinja"]
 
 
 def render(name: str, step: str) -> str:

@@ -69,7 +69,7 @@ def test_every_template_renders_and_compiles_for_every_plan(tmp_path):
             assert params["model_name"] == EVIL
             assert EVIL not in scripts[step.id]  # the name is in params, never pasted raw
         assert (job / "ekit.py").is_file()
-    assert {"source_onnx.py.jinja", "onnx_convert.py.jinja", "onnx_validate.py.jinja"} <= seen
+    assert {"onnx/source.py.jinja", "onnx/convert.py.jinja", "onnx/validate.py.jinja"} <= seen
 
 
 def test_templates_only_print_through_tojson():

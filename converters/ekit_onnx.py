@@ -1,0 +1,133 @@
+"""ekit_onnx — ONNX and ONNX Runtime helpers for converter scripts (copied next to them, beside
+ekit.py, ekit_tf.py and ekit_ov.py). onnx / onnxruntime / the simplifiers are imported inside the
+functions: only environments that have them call these.
+
+* model facts: ``onnx_io``, ``node_count``; saving as one file: ``save_onnx``;
+* running: ``ort_session``, ``ort_run``; simplifying: ``simplify_onnx``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ekit import fail
+
+
+def onnx_io(model) -> dict:
+    """``{"inputs": [...], "outputs": [...]}`` of a ModelProto: name, shape (int, or the
+    symbolic name / None for a dynamic dim) and numpy dtype name. Initializers are not inputs."""
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+
+    def one(v):
+        t = v.type.tensor_type
+        dims = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        try:
+            dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
+        except Exception:
+            dt = str(t.elem_type)
+        return {"name": v.name, "shape": dims, "dtype": dt}
+
+    return {"inputs": [one(v) for v in model.graph.input if v.name not in inits],
+            "outputs": [one(v) for v in model.graph.output]}
+
+
+def node_count(model) -> int:
+    return len(model.graph.node)
+
+
+def ort_session(model, threads: int | None = None, optimization: str = "all"):
+    """An onnxruntime CPU session for a path, bytes or ModelProto."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    so.log_severity_level = 3
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def ort_run(sess, x: np.ndarray, batch: int = 1, input_name: str | None = None) -> list:
+    """Run ``x`` ([N, ...]) through a session ``batch`` samples at a time; outputs stacked on
+    axis 0 (one array per model output)."""
+    name = input_name or sess.get_inputs()[0].name
+    outs: list[list[np.ndarray]] = []
+    for i in range(0, x.shape[0], batch):
+        ys = sess.run(None, {name: x[i:i + batch]})
+        if not outs:
+            outs = [[] for _ in ys]
+        for k, y in enumerate(ys):
+            outs[k].append(np.asarray(y))
+    return [np.concatenate(o, axis=0) for o in outs]
+
+
+def simplify_onnx(model, tool: str):
+    """Simplify with ``tool`` ("onnxslim" | "onnxsim" | "none"). Never raises: on any failure
+    the original model comes back and ``info["error"]`` says why.
+    -> (model, {"tool", "applied", "nodes_before", "nodes_after", "seconds", "error"})."""
+    import onnx
+
+    info = {"tool": tool, "applied": False, "nodes_before": node_count(model),
+            "nodes_after": node_count(model), "seconds": 0.0, "error": None}
+    if tool in (None, "", "none"):
+        return model, info
+    t = time.perf_counter()
+    try:
+        if tool == "onnxslim":
+            import onnxslim
+
+            out = onnxslim.slim(model)
+        elif tool == "onnxsim":
+            import onnxsim
+
+            out, ok = onnxsim.simplify(model)
+            if not ok:
+                raise RuntimeError("onnxsim's own check failed")
+        else:
+            raise ValueError(f"unknown simplifier {tool!r} (onnxslim|onnxsim|none)")
+        if out is None:
+            raise RuntimeError("the simplifier returned nothing")
+        onnx.checker.check_model(out)
+    except ImportError as e:
+        info["error"] = f"{tool} is not installed in this environment ({e})"
+        return model, info
+    except Exception as e:  # a simplifier bug must not lose the model
+        info["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+        info["seconds"] = round(time.perf_counter() - t, 3)
+        return model, info
+    info.update(applied=True, nodes_after=node_count(out), seconds=round(time.perf_counter() - t, 3))
+    return out, info
+
+
+def save_onnx(model, path) -> Path:
+    """Save a ModelProto as ONE file (no external data); ``unsupported`` above protobuf's 2 GB."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() >= 2 ** 31 - 1:
+        fail("unsupported", f"the model is {model.ByteSize() / 2**30:.1f} GB: a single-file "
+                            "ONNX is limited to 2 GB")
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(model, os.fspath(tmp), save_as_external_data=False)
+    os.replace(tmp, path)
+    return path
