@@ -5,7 +5,8 @@ openvino, tensorrt images), so anything heavier is imported lazily inside a func
 
 What it gives a script (see converters/README.md for the contract):
 
-* the job: ``params(__file__)``, ``paths()``, ``work()``, ``finish(__file__, versions, **extra)``,
+* the job: ``step(__file__)`` (params, options, source/output folders, the resolved input spec),
+  ``params(__file__)``, ``paths()``, ``work()``, ``finish(__file__, versions, **extra)``,
   ``fail(kind, message, hint)``, ``log(msg)``, ``warn(msg)``;
 * images: ``list_images``, ``load_rgb``, ``load_set``, ``synthetic_set``, ``preprocess``,
   ``describe_preprocessing``, ``input_hw``;
@@ -53,6 +54,53 @@ def params(script_file: str | os.PathLike) -> dict:
     path = Path(script_file).with_suffix(".json")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+class Options(dict):
+    """A step's options (the target file's [options] + per-build overrides). Defaults live ONLY in
+    targets/<target>.toml: a key missing here is a bug in the target file, said loudly."""
+
+    def __missing__(self, key):
+        fail("usage", f"option {key!r} is not set: targets/<target>.toml [options] must define it",
+             "add it to the target file's [options] table")
+
+
+class StepContext:
+    """What every convert/validate script starts from (``ekit.step(__file__)``):
+
+    * ``params`` — the step's params; ``options`` — ``Options`` (missing key: a loud failure);
+    * ``target``, ``precision``;
+    * ``src`` — ``work/source`` (the source step's outputs), ``out`` — ``work/<target>/<precision>``
+      (created);
+    * ``io`` — ``work/source/io.json`` (``{}`` before the source step wrote it);
+    * ``spec`` — THE resolved input spec: ``io.json``'s ``input_spec`` (what the source step
+      resolved against the model) over the requested ``params["input"]`` — one merge rule for all.
+    """
+
+    def __init__(self, script_file: str | os.PathLike):
+        self.params = params(script_file)
+        self.options = Options(self.params.get("options") or {})
+        self.target = self.params.get("target")
+        self.precision = self.params.get("precision")
+        self.src = work() / "source"
+        self.out = work() / self.target / self.precision if self.target and self.precision else None
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        io_path = self.src / "io.json"
+        self.io = json.loads(io_path.read_text()) if io_path.is_file() else {}
+        self.spec = resolved_spec(self.params.get("input") or {}, self.io)
+
+
+def resolved_spec(requested: dict, io: dict) -> dict:
+    """The input spec a convert/validate step uses: the source step's resolved ``input_spec``
+    (io.json) wins key by key over the requested one (params["input"])."""
+    spec = dict(requested or {})
+    spec.update((io or {}).get("input_spec") or {})
+    return spec
+
+
+def step(script_file: str | os.PathLike) -> StepContext:
+    return StepContext(script_file)
 
 
 def paths() -> dict:
