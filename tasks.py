@@ -8,12 +8,13 @@ from invoke import task
 from edgekiln.cli import ns
 
 
-@task(help={"only": "run one benchmark (spine, onnx_quant_choices, openvino, tflite)",
+@task(help={"only": "run one benchmark (spine, onnx_quant_choices, openvino, tflite, demo_matrix)",
             "repeats": "repeats of the timed builds"})
 def bench(c, only="", repeats=3):
     """Run the benchmarks in bench/ (numbers go to bench/results/*.json and *.md)."""
     scripts = {"spine": f"bench/spine.py --repeats {repeats}", "onnx_quant_choices": "bench/onnx_quant_choices.py",
-               "openvino": "bench/openvino_bench.py", "tflite": "bench/tflite_bench.py"}
+               "openvino": "bench/openvino_bench.py", "tflite": "bench/tflite_bench.py",
+               "demo_matrix": "bench/demo_matrix.py"}  # last: it rewrites README.md's measured table
     for name, cmd in scripts.items():
         if only and name != only:
             continue

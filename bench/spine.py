@@ -47,7 +47,7 @@ def request(out: Path, calib: Path, val: Path) -> BuildRequest:
 
 def bare(req: BuildRequest, runner: LocalRunner, workdir: Path) -> float:
     """The same rendered scripts, run directly with each environment's python (no edgekiln)."""
-    plan = prepare(req)[0]
+    plan = prepare(req).plan
     render_job(plan, workdir)
     job = Job(workdir, {"model": req.model, "calib": req.calib, "val": req.val})
     envs = {img: runner.prepare(img) for img in plan.images}

@@ -70,8 +70,8 @@ class StepContext:
 
     * ``params`` — the step's params; ``options`` — ``Options`` (missing key: a loud failure);
     * ``target``, ``precision``;
-    * ``src`` — ``work/source`` (the source step's outputs), ``out`` — ``work/<target>/<precision>``
-      (created);
+    * ``src`` — ``work/source`` (the source step's outputs), ``out`` — the plan's ``out_dir``,
+      ``work/<target>/<precision>`` (made by the script when it writes: a failed step leaves none);
     * ``io`` — ``work/source/io.json`` (``{}`` before the source step wrote it);
     * ``spec`` — THE resolved input spec: ``io.json``'s ``input_spec`` (what the source step
       resolved against the model) over the requested ``params["input"]`` — one merge rule for all.
@@ -83,9 +83,9 @@ class StepContext:
         self.target = self.params.get("target")
         self.precision = self.params.get("precision")
         self.src = work() / "source"
-        self.out = work() / self.target / self.precision if self.target and self.precision else None
-        if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
+        out_dir = self.params.get("out_dir")  # the plan's; work/<target>/<precision>
+        self.out = (Path.cwd() / out_dir if out_dir else
+                    work() / self.target / self.precision if self.target and self.precision else None)
         io_path = self.src / "io.json"
         self.io = json.loads(io_path.read_text()) if io_path.is_file() else {}
         self.spec = resolved_spec(self.params.get("input") or {}, self.io)
@@ -124,8 +124,14 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+_WARNED: set[str] = set()
+
+
 def warn(msg: str) -> None:
-    log(f"warning: {msg}")
+    """A warning the host shows the user (``warning: `` lines); the same one only once."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        log(f"warning: {msg}")
 
 
 def fail(kind: str, message: str, hint: str | None = None):

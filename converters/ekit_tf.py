@@ -53,6 +53,54 @@ ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 # --------------------------------------------------------------------------- layout / pixels
 
+def int8_options(opts) -> tuple[str, str]:
+    """The int8 I/O options of a TFLite convert step, checked: (int8_io, int8_input)."""
+    int8_io, int8_input = str(opts["int8_io"]), str(opts["int8_input"])
+    if int8_io not in ("uint8", "int8", "float32"):
+        ekit.fail("usage", f"option int8_io={int8_io!r}: use uint8, int8 or float32")
+    if int8_input not in ("pixels", "tensor"):
+        ekit.fail("usage", f"option int8_input={int8_input!r}: use pixels or tensor")
+    return int8_io, int8_input
+
+
+def load_calibration(src, precision: str, opts, notes: list, needs: bool):
+    """``work/source/calib.npy`` cut to ``calib_count`` (None when the source step wrote none); a
+    ``data`` failure when ``needs`` and there is none; a warning below ``calib_warn_below``."""
+    path = Path(src) / "calib.npy"
+    calib = np.load(path) if path.is_file() else None
+    if needs and calib is None:
+        ekit.fail("data", f"{precision} needs calibration images and the source step wrote none",
+                  "pass --calib FOLDER")
+    if calib is not None:
+        calib = calib[:int(opts["calib_count"])]
+        if needs and calib.shape[0] < int(opts["calib_warn_below"]):
+            ekit.warn(f"{precision}: only {calib.shape[0]} calibration image(s); ranges from few images "
+                      "clip outliers (200 representative images are the default)")
+            notes.append(f"calibrated on only {calib.shape[0]} image(s)")
+    return calib
+
+
+def build_and_describe(conv, precision: str, artifact, fold: bool, int8_io: str, notes: list) -> dict:
+    """Convert, write ``artifact`` atomically, and read back from the file what it takes:
+    ``{"size_bytes", "convert_seconds", "io", "feed_mode"}``."""
+    t = time.perf_counter()
+    blob = convert(conv, precision)
+    seconds = round(time.perf_counter() - t, 1)
+    artifact = Path(artifact)
+    tmp = artifact.with_name(artifact.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(artifact)
+    ekit.log(f"{precision}: {artifact.name} {len(blob) / 1e6:.2f} MB in {seconds} s")
+    spec = io_specs(interpreter(artifact, 1))
+    qin = spec["inputs"][0]["quantization"]
+    if fold and qin and (abs(qin["scale"][0] - 1.0) > 1e-6
+                         or qin["zero_point"][0] != (0 if int8_io == "uint8" else -128)):
+        notes.append(f"input quantization is scale={qin['scale'][0]:g}, zero_point={qin['zero_point'][0]}, "
+                     "not the pixel identity: quantize pixels with them")
+    feed_mode = "pixels" if fold else ("quantized_tensor" if qin else "float_tensor")
+    return {"size_bytes": len(blob), "convert_seconds": seconds, "io": spec, "feed_mode": feed_mode}
+
+
 def to_nhwc(x: np.ndarray) -> np.ndarray:
     """[N,C,H,W] -> [N,H,W,C] (other ranks unchanged)."""
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x

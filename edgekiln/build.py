@@ -19,14 +19,14 @@ from typing import Any, Callable
 from . import __version__
 from .cmd import quote
 from .errors import StepFailed, ValidationFailed
-from .plan import ARCH_FORMATS, Artifact, Plan, Step, check_thresholds, plan_build
+from .plan import Artifact, Plan, Step, evaluate_thresholds, plan_build
 from .render import copy_support, render_job
 from .request import BuildRequest
 from .resources import data_dir
 from .runners.base import Env, Job, Runner
-from .store import (Location, cache_state, file_entries, location, new_job_dir, publish, sha256_file,
-                    sha256_json, sha256_tree)
-from .targets import Target, all_targets, source_kinds
+from .store import (Location, cache_state, file_entries, location, mark_job, new_job_dir, publish,
+                    sha256_file, sha256_json, sha256_tree)
+from .targets import Target, all_targets, arch_formats, source_kinds
 
 
 @dataclass
@@ -96,8 +96,8 @@ def build_key(version_key: str, target: Target, artifact: Artifact, plan: Plan) 
                         "recipes": recipe_hash([f for f in files if f.exists()])})
 
 
-def arch_file_of(request: BuildRequest) -> Path | None:
-    if request.source_format not in ARCH_FORMATS or not request.arch:
+def arch_file_of(request: BuildRequest, sources) -> Path | None:
+    if request.source_format not in arch_formats(sources) or not request.arch:
         return None
     module = request.arch.rpartition(":")[0]
     if module.endswith(".py"):
@@ -112,24 +112,69 @@ def arch_file_of(request: BuildRequest) -> Path | None:
 # ---------------------------------------------------------------- the build
 
 
-def prepare(request: BuildRequest):
+@dataclass(frozen=True)
+class Prepared:
+    """A planned and keyed request: everything a build or a dry run needs, nothing run yet.
+    The target registry is read once per build, here."""
+
+    plan: Plan
+    arch_file: Path | None
+    hashes: dict
+    loc: Location
+    keys: dict  # artifact key -> build key
+    targets: dict  # name -> Target
+
+
+def prepare(request: BuildRequest) -> Prepared:
     """Plan and key a request (no environments, no conversions)."""
-    plan = plan_build(request, all_targets(), source_kinds())
-    arch_file = arch_file_of(request)
+    from .images import image_facts
+
+    targets, sources = all_targets(), source_kinds()
+    plan = plan_build(request, targets, sources, image_facts())
+    arch_file = arch_file_of(request, sources)
     hashes = input_hashes(request, arch_file)
     version = request.version or derive_version(request, hashes, plan)
     loc = location(request.out, request.model_name, version)
-    targets = all_targets()
     keys = {a.key: build_key(sha256_json([hashes, version]), targets[a.target], a, plan)
             for a in plan.artifacts}
-    return plan, arch_file, hashes, loc, keys
+    return Prepared(plan, arch_file, hashes, loc, keys, targets)
 
 
-def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runner],
+def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) -> dict[str, Any]:
+    """What a build of ``request`` would run, exactly: the plan, each step's command as the
+    runner will run it (the line ``commands.sh`` gets), the rendered scripts' names and where each
+    artifact would be published. Renders into a temporary job folder that is removed again; no
+    environment is made, no image built, nothing published."""
+    import tempfile
+
+    prep = prepare(request)
+    job_root = Path(tempfile.mkdtemp(prefix="edgekiln-dry-run-"))
+    try:
+        job = Job(job_root, {"model": request.model, "calib": request.calib, "val": request.val})
+        render_job(prep.plan, job_root, prep.arch_file)
+        steps = []
+        for s in prep.plan.steps:
+            runner = runner_for(s)
+            env = runner.planned_env(s.image, getattr(runner, "platform", None), local_ok=s.local)
+            steps.append({"id": s.id, "kind": s.kind, "image": s.image, "template": s.template,
+                          "runner": env.runner, "platform": s.platform, "environment": env.ref,
+                          "command": quote(runner.command(env, job, s.script))})
+    finally:
+        shutil.rmtree(job_root, ignore_errors=True)
+    return {"model": request.model_name, "format": request.source_format, "version": prep.loc.version,
+            "input": request.input.to_json(), "steps": steps,
+            "artifacts": [{"target": a.target, "precision": a.precision, "files": list(a.files),
+                           "publish_to": str(prep.loc.artifact_dir(a.target, a.precision)),
+                           "thresholds": a.thresholds, "build_key": prep.keys[a.key]}
+                          for a in prep.plan.artifacts]}
+
+
+def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Runner],
               jobs: int = 1, keep_job: bool = False) -> BuildResult:
     """Build every artifact of ``request`` that is not published yet, or fail and publish nothing."""
     start = time.monotonic()
-    plan, arch_file, hashes, loc, keys = prepare(request)
+    prep = prepare(request)
+    plan, arch_file, hashes, loc, keys = prep.plan, prep.arch_file, prep.hashes, prep.loc, prep.keys
     results: dict[str, ArtifactResult] = {}
     todo: list[Artifact] = []
     for artifact in plan.artifacts:
@@ -155,17 +200,27 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runn
     commands: dict[str, str] = {}
 
     def env_for(step: Step) -> tuple[Runner, Env]:
-        runner = runner_for(step.target)
+        runner = runner_for(step)
         key = env_key(runner, step.image)
         if key not in envs:
             label = f"env:{step.image}"
-            ui.step_start(label, f"environment {step.image} ({runner.name})")
+            ui.step_start(label, f"environment {step.image}")
             t0 = time.monotonic()
-            envs[key] = runner.prepare(step.image, lambda line: ui.step_line(label, line))
-            if envs[key].runner != runner.name:
-                ui.warn(f"the {step.image} image is not built and its base cannot be pulled: its steps run "
-                        f"{envs[key].runner}ly (`edgekiln images --build {step.image} --base-image …` builds it)")
-            ui.step_done(label, time.monotonic() - t0)
+            said: list[str] = []  # the engine's/pip's lines go to the log; the reason of a fallback is kept
+
+            def on_line(line: str) -> None:
+                said.append(line)
+                ui.step_line(label, line)
+
+            envs[key] = runner.prepare(step.image, on_line, local_ok=step.local)
+            env = envs[key]
+            where = (f"local virtualenv {Path(env.ref).parent.parent}" if env.runner == "local"
+                     else f"Docker image {env.ref}" + (f" on {env.host}" if env.host else ""))
+            ui.step_done(label, time.monotonic() - t0, f"environment {step.image}: {where}")
+            if env.runner != runner.name:
+                why = next((l for l in reversed(said) if "instead" in l), "the image cannot be had here")
+                ui.warn(f"{why.split('; using')[0]}: the {step.image} steps run in a local virtualenv. "
+                        f"To run them in Docker, build the image once: edgekiln images --build {step.image}")
         return runner, envs[key]
 
     def run_step(step: Step) -> None:
@@ -198,10 +253,12 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runn
             for artifact in todo:
                 chain(artifact)
 
-        failures = {}
+        failures, verdicts = {}, {}
         for artifact in todo:
             report = read_json(job.work / artifact.work_dir / "report.json", artifact.validate_step)
-            missed = check_thresholds(report.get("metrics", {}), artifact.thresholds)
+            verdicts[artifact.key] = evaluate_thresholds(report.get("metrics", {}), artifact.thresholds)
+            missed = [threshold_sentence(v, request) for v in verdicts[artifact.key]
+                      if v["passed"] is False or (v["passed"] is None and asked_for(v, artifact, request))]
             if missed:
                 failures[artifact.key] = missed
         if failures:
@@ -210,7 +267,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runn
                                    f"inspect {job.root / 'work'}; loosen with --threshold only if the numbers are acceptable")
 
         staged = {}
-        record = Record(plan, job, request, hashes, loc, envs, timings, commands, runner_for)
+        record = Record(plan, job, request, hashes, loc, envs, timings, commands, runner_for, verdicts)
         for artifact in todo:
             folder = loc.model_dir / f".stage-{job.root.name}-{artifact.target}-{artifact.precision}"
             manifest = stage_artifact(folder, artifact, record, keys[artifact.key])
@@ -220,12 +277,15 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[str | None], Runn
                                                    manifest)
         publish(loc, staged)
     except BaseException:
+        mark_job(job.root, "failed")
         if loc.model_dir.exists():
             for folder in loc.model_dir.glob(f".stage-{job.root.name}-*"):
                 shutil.rmtree(folder, ignore_errors=True)
         ui.stage(f"nothing published; the job is kept for inspection: {job.root}")
         raise
-    if not keep_job:
+    if keep_job:
+        mark_job(job.root, "kept")
+    else:
         shutil.rmtree(job.root, ignore_errors=True)
     used = ", ".join(sorted({env.runner for env in envs.values()}))
     return BuildResult(request.model_name, loc.version, [results[k] for k in order],
@@ -249,6 +309,21 @@ class Record:
     timings: dict
     commands: dict
     runner_for: Callable
+    verdicts: dict  # artifact key -> evaluate_thresholds(...)
+
+
+def asked_for(verdict: dict, artifact: Artifact, request: BuildRequest) -> bool:
+    """Did the user set this threshold on the command line? A gate they asked for that cannot be
+    computed fails the build; a target default that cannot be computed is reported as not applicable."""
+    name = verdict["threshold"]
+    return name in request.thresholds or f"{artifact.precision}.{name}" in request.thresholds
+
+
+def threshold_sentence(verdict: dict, request: BuildRequest) -> str:
+    name = verdict["threshold"].replace("_", " ")
+    if verdict["passed"] is None:
+        return f"{name} {verdict['limit']:g} was asked for but is {verdict['reason']}"
+    return f"{name} {verdict['limit']:g} missed: got {verdict['value']:.6g}"
 
 
 SYNTHETIC = ("validated on seeded noise images: no --val or --calib was given, so parity is checked "
@@ -293,7 +368,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     source_result = results.get(artifact.source_step, {})
     env_of = {}
     for step in steps:
-        env = envs.get(env_key(rec.runner_for(step.target), step.image))
+        env = envs.get(env_key(rec.runner_for(step), step.image))
         if env:
             env_of[step.id] = {"runner": env.runner, "image": env.image, "lock_sha256": env.lock_hash,
                                "ref": env.ref, "host": env.host, "platform": env.platform}
@@ -318,6 +393,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
             "skipped": source_result.get("skipped", []),
             "metrics": report.get("metrics"),
             "thresholds": artifact.thresholds,
+            "gates": rec.verdicts.get(artifact.key, []),
             "latency_ms": report.get("latency_ms"),
             "size_bytes": report.get("size_bytes"),
             "runtime": report.get("runtime"),
@@ -331,8 +407,11 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
                    "environment": env_of.get(s.id),
                    "tool_versions": results.get(s.id, {}).get("versions", {})}
                   for s in steps],
-        "notes": ([SYNTHETIC] if source_result.get("inputs") == "synthetic" else [])
-        + [n for s in steps for n in results.get(s.id, {}).get("notes", [])] + report.get("notes", []),
+        "notes": list(dict.fromkeys(  # each note once, in order
+            ([SYNTHETIC] if source_result.get("inputs") == "synthetic" else [])
+            + [n for s in steps for n in results.get(s.id, {}).get("notes", [])] + report.get("notes", [])
+            + [f"{v['threshold']}: {v['reason']}" for v in rec.verdicts.get(artifact.key, [])
+               if v["passed"] is None])),
         "not_executed": report.get("not_executed", []),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

@@ -8,11 +8,9 @@ code (edgekiln.errors); ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import functools
-import json
-import os
+import json as _json
 import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
 
@@ -58,7 +56,7 @@ def guarded(fn):
 
 BUILD_HELP = {
     "model": "model file (.onnx, TorchScript .pt, torch.export .pt2, state dict .pth with --arch) or SavedModel folder",
-    "target": "target name(s), comma-separated (see `targets`)",
+    "target": "target name(s), comma-separated (see `edgekiln targets`)",
     "precision": "precision(s), comma-separated, e.g. fp32,int8 (default: the target's default)",
     "jobs": "build this many artifacts in parallel",
     "calib": "folder of calibration images (needed for int8)",
@@ -79,8 +77,11 @@ BUILD_HELP = {
     "opset": "ONNX opset of the PyTorch export (default 17)",
     "simplify": "onnxslim (default), onnxsim or none",
     "max_images": "use at most this many calibration/validation images (default 200)",
-    "option": "target option override key=value (repeatable), e.g. quant_activation=int8",
+    "option": "target option key=value (repeatable; see the target's file), e.g. quant_activation=int8, "
+              "device=NPU, bake_preprocessing=true",
     "threshold": "threshold override [precision.]metric=value (repeatable), e.g. int8.min_top1_agreement=0.9",
+    "max_drop": "shorthand for --threshold int8.max_accuracy_drop=X: allowed top-1 accuracy drop in points "
+                "(needs labelled --val; intel aims at it with NNCF's accuracy control)",
     "version": "version folder name (default: derived from the inputs' content)",
     "name": "model name in the output tree (default: the model file's name)",
     "out": "output root (default ./dist)",
@@ -88,130 +89,15 @@ BUILD_HELP = {
     "base_image": "base image of the Docker images built for this build (default: images/_bases.toml)",
     "platform": "run the Docker steps on this platform, e.g. linux/arm64 (buildx + qemu on x86)",
     "config": "project config with a [docker.hosts] map target -> host (default: edgekiln.toml, pyproject.toml)",
-    "device": "intel: deployment device CPU|GPU|NPU (recorded; validation runs on CPU here)",
-    "max_drop": "allowed top-1 accuracy drop in points for int8 (needs labelled --val); intel uses NNCF accuracy control",
-    "allow_drop": "publish even when --max-drop cannot be met (the manifest says so)",
-    "bake_preprocessing": "intel: put layout/colour/mean/std into the IR (it then takes uint8 NHWC pixels)",
     "docker_host": "Docker host for the conversion, e.g. ssh://user@jetson or tcp://gpu-box:2376",
-    "dry_run": "print the plan and the exact commands, render the scripts, run nothing",
+    "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
     "json": "print the result as JSON on stdout",
     "keep_job": "keep the job folder after a successful build",
     "debug": "show tracebacks",
 }
-
-
-def _make_request(model, target, precision, calib, val, input_shape, layout, mean, std, bgr, pixel_scale,
-                  resize, input_name, dynamic_batch, spec, arch, trust_pickle, opset, simplify, max_images,
-                  option, threshold, version, name, out, flags=None):
-    from .request import (BuildRequest, detect_format, input_spec, load_sidecar, parse_assignments,
-                          parse_list, safe_name)
-    from .errors import DataError, UsageError
-
-    model_path = Path(model).expanduser()
-    fmt = detect_format(model_path, arch=arch, trust_pickle=trust_pickle)
-    sidecar_path = Path(spec) if spec else model_path.with_name(model_path.name + ".edgekiln.toml")
-    if spec and not sidecar_path.is_file():
-        raise UsageError(f"input spec file {spec} does not exist", "check --spec")
-    sidecar = load_sidecar(sidecar_path) if sidecar_path.is_file() else None
-    default_layout = "nhwc" if fmt in ("saved_model", "keras") else "nchw"
-    ispec = input_spec(shape=input_shape, layout=layout, mean=mean, std=std, bgr=bgr or None,
-                       scale=pixel_scale, resize=resize, name=input_name,
-                       dynamic_batch=dynamic_batch or None, sidecar=sidecar, default_layout=default_layout)
-    for label, folder in (("--calib", calib), ("--val", val)):
-        if folder is not None:
-            check_image_folder(Path(folder), label)
-    if simplify not in ("onnxslim", "onnxsim", "none"):
-        raise UsageError(f"--simplify {simplify!r} is unknown", "use onnxslim, onnxsim or none")
-    if int(max_images) < 1:
-        raise UsageError("--max-images must be at least 1", "e.g. --max-images 200")
-    targets_asked = parse_list(target, "target")
-    options = parse_assignments(option, "option")
-    if flags:
-        from .targets import all_targets
-
-        known = {k for name, t in all_targets().items() if name in targets_asked for k in t.options}
-        for key, value in flags.items():
-            if key in known:
-                options.setdefault(key, value)
-            elif key in ("device", "bake_preprocessing"):
-                raise UsageError(f"--{key.replace('_', '-')} is an option of targets that declare it "
-                                 f"(intel), not of {', '.join(targets_asked)}", "drop it or add --target intel")
-    return BuildRequest(
-        model=model_path.resolve(),
-        model_name=safe_name(name or (model_path.name if model_path.is_dir() else model_path.stem)),
-        source_format=fmt,
-        targets=targets_asked,
-        precisions=parse_list(precision, "precision") or None,
-        input=ispec,
-        calib=Path(calib).resolve() if calib else None,
-        val=Path(val).resolve() if val else None,
-        arch=arch,
-        trust_pickle=bool(trust_pickle),
-        opset=int(opset),
-        simplify=simplify,
-        max_images=int(max_images),
-        options=options,
-        thresholds=parse_assignments(threshold, "threshold"),
-        out=Path(out).expanduser(),
-        version=version,
-    )
-
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
-
-
-def check_image_folder(folder: Path, label: str) -> None:
-    """Fail early (before any environment) on a missing, unreadable or image-less folder."""
-    from .errors import DataError
-
-    if not folder.is_dir():
-        raise DataError(f"{label} {folder} is not a folder", "give a folder of images")
-    if not os.access(folder, os.R_OK | os.X_OK):
-        raise DataError(f"{label} {folder} cannot be read (permission denied)", "check its permissions")
-    try:
-        found = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
-    except OSError as exc:
-        raise DataError(f"{label} {folder} cannot be read: {exc.strerror}", "check its permissions") from None
-    if not found:
-        raise DataError(f"{label} {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
-                        "point it at a folder of real images")
-
-
-def runner_factory(kind: str, docker_host: str | None, ui=None, base_image: str | None = None,
-                   platform: str | None = None, config: str | None = None):
-    """(runner_for(target) -> Runner, reason): local, or Docker per target (``--docker-host``,
-    else the project's ``[docker.hosts]`` map in edgekiln.toml / pyproject.toml, else default)."""
-    from .docker import load_host_map
-    from .runners import runners_for_targets
-
-    host_map = {}
-    for path in ([Path(config)] if config else [Path("edgekiln.toml"), Path("pyproject.toml")]):
-        host_map = load_host_map(path)
-        if host_map:
-            break
-    docker_options = {}
-    if base_image:
-        docker_options["base_image"] = base_image
-    if platform:
-        docker_options["platform"] = platform
-    return runners_for_targets(kind, docker_host, host_map=host_map, docker_options=docker_options,
-                               strict_platform=bool(platform),
-                               on_note=(ui.warn if ui is not None else None))
-
-
-class LazyRunners:
-    """runner_for(target), made on first use: a cache hit never probes Docker or environments."""
-
-    def __init__(self, make, ui):
-        self._make, self._ui, self._runner_for = make, ui, None
-        self._lock = threading.Lock()
-
-    def __call__(self, target):
-        with self._lock:
-            if self._runner_for is None:
-                self._runner_for, reason = self._make()
-                self._ui.stage(reason)
-        return self._runner_for(target)
+REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
+                "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "opset",
+                "simplify", "max_images", "option", "threshold", "max_drop", "version", "name", "out")
 
 
 class _BuildTask(Task):
@@ -227,37 +113,26 @@ class _BuildTask(Task):
 
 @task(klass=_BuildTask, auto_shortflags=False, iterable=["option", "threshold"], help=BUILD_HELP)
 @guarded
-def build(c, model, target="onnx", precision="", jobs=1, calib=None, val=None, input_shape=None,
+def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=None, input_shape=None,
           layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None, input_name=None,
           dynamic_batch=False, spec=None, arch=None, trust_pickle=False, opset=17, simplify="onnxslim",
-          max_images=200, option=None, threshold=None, version=None, name=None, out="dist",
-          runner="auto", docker_host=None, base_image=None, platform=None, config=None, device=None,
-          max_drop=None, allow_drop=False, bake_preprocessing=False, dry_run=False, json=False,
-          keep_job=False, debug=False):
+          max_images=200, option=None, threshold=None, max_drop=None, version=None, name=None, out="dist",
+          runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
+          json=False, keep_job=False, debug=False):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
-    threshold = list(threshold or [])
-    flags = {}  # flags that are target options: given to the targets that declare them
-    if device:
-        flags["device"] = device
-    if bake_preprocessing:
-        flags["bake_preprocessing"] = True
-    if max_drop is not None:
-        flags["max_drop"] = float(max_drop)
-        if not allow_drop:
-            threshold.append(f"max_accuracy_drop={float(max_drop)}")
-    if allow_drop:
-        flags["allow_drop"] = True
-    from .build import run_build
+    from .build import dry_run as plan_only, run_build
+    from .request import make_request
+    from .runners import LazyRunners, runner_factory
     from .ui import feed_lines, make_ui, result_json, summary_table
 
-    request = _make_request(model, target, precision, calib, val, input_shape, layout, mean, std, bgr,
-                            pixel_scale, resize, input_name, dynamic_batch, spec, arch, trust_pickle,
-                            opset, simplify, max_images, option, threshold, version, name, out, flags)
+    values = dict(locals())
+    request = make_request(**{k: values[k] for k in REQUEST_KEYS})
+    ui = make_ui(json or dry_run)
+    runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, base_image=base_image, platform=platform,
+                                                    config=config, on_note=ui.warn), ui.stage)
     if dry_run:
-        return _dry_run(request, runner, docker_host, json)
-    ui = make_ui(json)
+        return _print_dry_run(plan_only(request, runner_for), json)
     ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}")
-    runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, ui, base_image, platform, config), ui)
     try:
         result = run_build(request, ui, runner_for, jobs=int(jobs), keep_job=keep_job)
     finally:
@@ -277,37 +152,21 @@ def build(c, model, target="onnx", precision="", jobs=1, calib=None, val=None, i
     for art in result.artifacts:
         for note in art.manifest.get("not_executed", []):
             console.print(f"[yellow]not executed[/] {art.target}/{art.precision}: {note}")
+    return result
 
 
-def _dry_run(request, runner_kind, docker_host, as_json):
-    from .build import prepare
-    from .cmd import quote
-    from .render import render_job
-    from .store import new_job_dir
-
-    plan, arch_file, _hashes, loc, keys = prepare(request)
-    job_root = new_job_dir(request.out)
-    render_job(plan, job_root, arch_file)
-    steps = [{"id": s.id, "kind": s.kind, "image": s.image, "template": s.template,
-              "script": str(job_root / s.script), "params": str(job_root / "steps" / f"{s.id}.json"),
-              "command": f"cd {quote([str(job_root)])} && PYTHONPATH=. <env:{s.image}>/bin/python {s.script}"}
-             for s in plan.steps]
-    info = {"model": request.model_name, "format": request.source_format, "version": loc.version,
-            "input": request.input.to_json(), "job": str(job_root), "steps": steps,
-            "artifacts": [{"target": a.target, "precision": a.precision, "files": list(a.files),
-                           "publish_to": str(loc.artifact_dir(a.target, a.precision)),
-                           "thresholds": a.thresholds, "build_key": keys[a.key]} for a in plan.artifacts]}
+def _print_dry_run(info: dict, as_json: bool) -> None:
     if as_json:
         console.print_json(data=info)
         return
-    console.print(f"[bold]plan[/] {request.model_name} ({request.source_format}) version {loc.version}; nothing runs")
-    console.print(f"input spec: {json.dumps(info['input'])}", markup=False)
-    for s in steps:
-        console.print(f"  {s['id']:<28} {s['kind']:<9} image={s['image']:<9} {s['template']}", markup=False)
-        console.print(f"      $ {s['command']}", markup=False)
+    console.print(f"[bold]plan[/] {info['model']} ({info['format']}) version {info['version']}; nothing runs")
+    console.print(f"input spec: {_json.dumps(info['input'])}", markup=False)
+    console.print("commands (from the job folder; the same lines as build/commands.sh):", markup=False)
+    for s in info["steps"]:
+        console.print(f"  {s['id']:<28} {s['kind']:<9} {s['runner']}:{s['image']:<9} {s['template']}", markup=False)
+        console.print(f"      {s['command']}", markup=False)
     for a in info["artifacts"]:
-        console.print(f"  → {a['publish_to']}  thresholds {json.dumps(a['thresholds'])}", markup=False)
-    console.print(f"rendered scripts and params: {job_root}/steps", markup=False)
+        console.print(f"  → {a['publish_to']}  thresholds {_json.dumps(a['thresholds'])}", markup=False)
 
 
 @task(help={"json": "print as JSON"})
@@ -337,18 +196,51 @@ def targets(c, json=False):
     console.print(table)
 
 
-@task(help={"out": "output root (default ./dist)", "runner": "auto, docker or local",
+@task(help={"target": "target(s), comma-separated (default onnx)",
+            "precision": "precision(s), comma-separated (default fp32,int8)",
+            "data_dir": "copy the demo's model and photos into this folder first, and build from there",
+            "out": "output root (default ./dist)", "runner": "auto, docker or local",
             "json": "print the result as JSON", "debug": "show tracebacks"})
 @guarded
-def demo(c, out="dist", runner="auto", json=False, debug=False):
-    """Build the real ImageNet MobileNetV2 (fp32 + int8), calibrated and validated on real photos."""
-    from .demo import demo_request
+def demo(c, target="onnx", precision="fp32,int8", data_dir=None, out="dist", runner="auto", json=False,
+         debug=False):
+    """Build the real ImageNet MobileNetV2, calibrated and validated on real photos, for any target."""
+    from .demo import as_command, demo_build_args, demo_data
 
-    request = demo_request(Path(out))
-    return build.body(c, model=str(request["model"]), target="onnx", precision="fp32,int8",
-                      calib=str(request["calib"]), val=str(request["val"]), arch="mobilenet_v2",
-                      input_shape="1,3,224,224", mean="0.485,0.456,0.406", std="0.229,0.224,0.225",
-                      name="mobilenet_v2", out=out, runner=runner, json=json, debug=debug)
+    data = demo_data(Path(data_dir) if data_dir else None)
+    args = demo_build_args(data, target, precision, out)
+    if not json:
+        err.print(f"demo data: model {data['model']}, photos {data['calib']} (labelled), "
+                  f"held-out {data['val']} (their mirror images)", markup=False, highlight=False)
+        err.print(f"the same build by hand: {as_command(args)}", markup=False, highlight=False)
+    return build.body(c, runner=runner, json=json, debug=debug, **args)
+
+
+@task(help={"out": "output root whose job folders to clean (default ./dist)",
+            "older_than": "remove job folders older than this many days",
+            "failed": "remove every failed build's job folder",
+            "dry_run": "list what would be removed; remove nothing",
+            "json": "print as JSON", "debug": "show tracebacks"})
+@guarded
+def clean(c, out="dist", older_than=None, failed=False, dry_run=False, json=False, debug=False):
+    """Remove job folders under <out>/.edgekiln/jobs (all but running builds', unless narrowed)."""
+    from .errors import UsageError
+    from .store import prune_jobs
+
+    try:
+        days = None if older_than is None else float(older_than)
+    except ValueError:
+        raise UsageError(f"--older-than {older_than!r} is not a number of days", "e.g. --older-than 7") from None
+    removed = prune_jobs(Path(out), older_than_days=days, failed=failed, dry_run=dry_run)
+    if json:
+        console.print_json(data=[{"path": str(j.path), "state": j.state, "age_days": j.age_days,
+                                  "size_bytes": j.size_bytes} for j in removed])
+        return
+    verb = "would remove" if dry_run else "removed"
+    for j in removed:
+        console.print(f"{verb} {j.path} ({j.state}, {j.age_days:g} days, {j.size_bytes / 1e6:.1f} MB)", markup=False)
+    total = sum(j.size_bytes for j in removed) / 1e6
+    console.print(f"{verb} {len(removed)} job folder(s), {total:.1f} MB", markup=False)
 
 
 @task(help={
@@ -362,22 +254,93 @@ def demo(c, out="dist", runner="auto", json=False, debug=False):
 @guarded
 def images(c, build="", base_image=None, platform=None, docker_host=None, rebuild=False, smoke=False,
            json=False, debug=False):
-    """List the images (name, tag, built?, size, base, platform), or build those a target needs."""
-    from .images import images_command
+    """List every image for each platform it can be built for (the targets that use it, tag, built?
+    and the built image's own platform, size, base), or build those a target needs."""
+    from json import dumps  # `json` is the flag here
 
-    images_command(build=build, base_image=base_image, platform=platform, docker_host=docker_host,
-                   rebuild=rebuild, smoke=smoke, json=json)
+    from rich.table import Table
+
+    from .docker import DockerEngine
+    from .images import build_images, list_images
+    from .targets import all_targets
+    from .ui import fmt_size
+
+    uses = {t.name: (t.image, t.platform) for t in all_targets().values()}
+    engine = DockerEngine(docker_host)
+    if build:
+        done = build_images(engine, build, uses, base=base_image, platform=platform,
+                            rebuild=rebuild, smoke=smoke,
+                            on_line=None if json else (lambda line: console.print(line, markup=False)))
+        for row in [] if json else done:
+            smoke_line = f" smoke ok: {dumps(row['smoke'])}" if smoke else ""
+            console.print(f"{'built' if row['built_now'] else 'up to date'}: {row['tag']} "
+                          f"({row['platform']}){smoke_line}", markup=False)
+        if json:
+            console.print_json(data=done)
+        return
+    rows = [r for r in list_images(engine, base=base_image) if not platform or r.platform == platform]
+    if json:
+        console.print_json(data=[r.__dict__ for r in rows])
+        return
+    used_by: dict[tuple, list[str]] = {}
+    for name, key in uses.items():
+        used_by.setdefault(key, []).append(name)
+    where = engine.where if rows and rows[0].built is not None else "no Docker engine answers"
+    bases = sorted({r.base for r in rows})  # one base for all: said once, in the title
+    table = Table(title=f"edgekiln images ({where}" + (f"; base {bases[0]})" if len(bases) == 1 else ")"))
+    cols = ("image", "platform", "targets", "tag", "built (as)", "size", "local venv") + (
+        ("base",) if len(bases) > 1 else ())
+    for col in cols:
+        table.add_column(col, no_wrap=col != "base", overflow="fold")
+    for r in rows:
+        built = "-" if r.built is None else (f"yes ({r.built_platform})" if r.built else "no")
+        cells = [r.name, r.platform, ", ".join(used_by.get((r.name, r.platform), [])) or "-", r.tag,
+                 built, fmt_size(r.size), "yes" if r.local else "no"]
+        table.add_row(*cells, *([r.base] if len(bases) > 1 else []))
+    console.print(table)
 
 
 ns = Collection()
-for _t in (build, targets, images, demo):
+for _t in (build, targets, images, demo, clean):
     ns.add_task(_t)
 
-program = Program(namespace=ns, version=__version__, name="edgekiln", binary="edgekiln")
+
+class EdgekilnProgram(Program):
+    """Invoke's Program with edgekiln's help: ``edgekiln build --help``/``-h`` and ``edgekiln help
+    build`` print the task's help; ``edgekiln --help`` lists the commands and edgekiln's own flags
+    only (Invoke's shell-runner flags mean nothing here)."""
+
+    def run(self, argv=None, exit=True):
+        argv = list(sys.argv if argv is None else (argv.split() if isinstance(argv, str) else argv))
+        words = argv[1:]
+        names = set(self.namespace.task_names) if self.namespace else set()
+        if words[:1] == ["help"]:
+            argv = [argv[0], "--help"] + words[1:2]
+        elif words and words[0] in names and any(w in ("-h", "--help") for w in words[1:]):
+            argv = [argv[0], "--help", words[0]]
+        return super().run(argv, exit)
+
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} <command> [--options]   ({self.binary} help <command> for its options)")
+        print()
+        print("Commands:")
+        for name in self.namespace.task_names:
+            doc = (self.namespace[name].__doc__ or "").strip().splitlines()[0]
+            print(f"  {name:<10} {doc}")
+        print()
+        print("Options:")
+        print("  -h, --help [COMMAND]   show this help, or a command's")
+        print("  -V, --version          show the version")
+
+
+program = EdgekilnProgram(namespace=ns, version=__version__, name="edgekiln", binary="edgekiln")
 
 
 def main() -> None:  # the installed `edgekiln` command
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:  # `edgekiln build --help | head`
+        sys.stderr.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

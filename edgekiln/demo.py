@@ -97,6 +97,43 @@ def photo_folders(root: Path | None = None) -> tuple[Path, Path]:
     return calib, val
 
 
-def demo_request(out: Path) -> dict:
+# The demo model's input spec and name: torchvision's ImageNet preprocessing.
+DEMO_BUILD = {"arch": "mobilenet_v2", "input_shape": "1,3,224,224", "mean": "0.485,0.456,0.406",
+              "std": "0.229,0.224,0.225", "name": "mobilenet_v2"}
+
+
+def demo_data(data_dir: Path | None = None) -> dict[str, Path]:
+    """The demo's model and photo folders: in the cache, or copied into ``data_dir`` (a folder
+    a user can keep and point their own builds at)."""
     calib, val = photo_folders()
-    return {"model": mobilenet_weights(), "calib": calib, "val": val, "out": out}
+    found = {"model": mobilenet_weights(), "calib": calib, "val": val}
+    if data_dir is None:
+        return found
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    copied = {"model": data_dir / found["model"].name, "calib": data_dir / "photos",
+              "val": data_dir / "photos-mirrored"}
+    shutil.copy2(found["model"], copied["model"])
+    for key in ("calib", "val"):
+        shutil.rmtree(copied[key], ignore_errors=True)
+        shutil.copytree(found[key], copied[key])
+    return copied
+
+
+def demo_build_args(data: dict[str, Path], target: str, precision: str, out: str) -> dict[str, str]:
+    """The ``edgekiln build`` arguments of the demo (the same request a user can type)."""
+    return dict(DEMO_BUILD, model=str(data["model"]), calib=str(data["calib"]), val=str(data["val"]),
+                target=target, precision=precision, out=out)
+
+
+def as_command(args: dict[str, str]) -> str:
+    """The demo's build as one ``edgekiln build`` line a user can paste (shell-quoted)."""
+    from .cmd import quote
+
+    order = ("model", "arch", "target", "precision", "input_shape", "mean", "std", "calib", "val",
+             "name", "out")
+    words = ["edgekiln", "build"]
+    for key in order:
+        if args.get(key):
+            words += [f"--{key.replace('_', '-')}", str(args[key])]
+    return quote(words)

@@ -682,15 +682,6 @@ def write_script(path: Path, commands: Sequence[Sequence[str] | str], what: str)
     return path
 
 
-def probe(host: str | None = None, timeout: float = 3.0) -> tuple[EngineInfo | None, str]:
-    """Quick check for ``--runner auto``: (info, "") when an engine answers, else (None, why)."""
-    engine = DockerEngine(host, check_timeout=timeout)
-    try:
-        return engine.check(), ""
-    except EnvironmentFailed as exc:
-        return None, exc.message
-
-
 def resolve_host(target: str | None = None, cli_host: str | None = None,
                  host_map: Mapping[str, str] | None = None) -> str | None:
     """Which engine builds ``target``: ``--docker-host`` wins, then the project's per-target host

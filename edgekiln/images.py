@@ -1,13 +1,18 @@
 """Images: one folder per image in ``images/`` (jetson-containers' layout), built on demand.
 
-    images/_bases.toml            the ONE pinned place for default base images (+ platforms)
-    images/<name>/Dockerfile.jinja  the recipe (Jinja, StrictUndefined; only ``base`` and label
-                                  values come in, each checked)
+    images/_bases.toml            the ONE pinned place for default base images (+ platforms, and
+                                  ``local = false`` for images that cannot have a local virtualenv)
+    images/_base.Dockerfile.jinja the Dockerfile body every image shares (``_*`` in images/ is
+                                  never an image)
+    images/<name>/Dockerfile.jinja  the recipe: extends the shared body, fills only what differs
+                                  (Jinja, StrictUndefined; only ``base`` and label values come in,
+                                  each checked)
     images/<name>/requirements.txt  the full pinned lock (the local runner uses the same file)
     images/<name>/smoke.py        runs INSIDE the built image: imports, prints versions
 
-A recipe is rendered into a build context (``<cache>/contexts/<name>-<digest12>/``): every
-``*.jinja`` rendered (suffix dropped), every other file copied byte for byte, plus ``wheelhouse/``
+A recipe is rendered into a build context (``<cache>/contexts/<name>-<digest12>/``): every file
+of the image folder ending in ``.jinja`` rendered (suffix dropped; shared templates of images/ may
+be extended or included), every other file copied byte for byte, plus ``wheelhouse/``
 with the local wheels of pinned packages (PIP_FIND_LINKS / EDGEKILN_WHEELHOUSE; this is how the
 CPU torch wheel reaches a build that cannot see the host's disk). The image tag is
 ``edgekiln/<name>:<sha256 of platform + every context file>[:12]``: an unchanged recipe is never
@@ -16,6 +21,8 @@ rebuilt, and a changed lock, base, smoke test or wheel gives a new tag.
 The base is, in order: the ``base`` argument (``--base-image``), the environment variable
 ``EDGEKILN_BASE_IMAGE`` (one base for every image; CI here sets the stand-in base), the pin in
 ``images/_bases.toml``.
+
+Nothing here prints: the CLI (``edgekiln images``) prints what these functions return.
 """
 
 from __future__ import annotations
@@ -95,44 +102,68 @@ def _label(value: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Recipe:
-    """``images/<name>``: its folder, default base and the platforms it can be built for."""
+    """``images/<name>``: its folder, default base, the platforms it can be built for, and
+    whether it can have a local virtualenv (``local``)."""
 
     name: str
     directory: Path
     base: str
     platforms: tuple[str, ...]
-    python: str | None = None
+    local: bool = True
 
     @property
     def lock(self) -> Path:
-        return self.directory / "requirements.txt"
+        return lock_file(self.name, self.directory.parent)
 
     def lock_hash(self) -> str:
-        return lock_hash(self.directory)
+        return lock_hash(self.name, self.directory.parent)
 
 
-def lock_hash(image_dir: Path) -> str:
-    """sha256 of ``<image>/requirements.txt``'s bytes (the Env.lock_hash of both runners)."""
-    path = Path(image_dir) / "requirements.txt"
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        raise EnvironmentFailed(f"image {Path(image_dir).name} has no lock ({path})",
-                                "add the pinned requirements.txt") from None
+def lock_file(name: str, images_root: Path | None = None) -> Path:
+    """``images/<name>/requirements.txt``, the full pinned lock of both runners."""
+    path = (images_root or data_dir("images")) / name / "requirements.txt"
+    if not path.is_file():
+        raise EnvironmentFailed(f"image {name!r} has no requirements lock ({path})",
+                                "every images/<name>/ folder needs a pinned requirements.txt")
+    return path
+
+
+def lock_hash(name: str, images_root: Path | None = None) -> str:
+    """sha256 of ``images/<name>/requirements.txt``'s bytes: the Env.lock_hash of every runner
+    and the image's ``edgekiln.lock-hash`` label."""
+    return hashlib.sha256(lock_file(name, images_root).read_bytes()).hexdigest()
 
 
 def load_bases(images_root: Path | None = None) -> dict[str, dict]:
     path = (images_root or data_dir("images")) / BASES
     try:
-        return tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}") from None
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: {name} is not a table", f"write it as [{name}] base = \"...\"")
+        if not isinstance(entry.get("local", True), bool):
+            raise UsageError(f"{path}: [{name}] local must be true or false",
+                             "local = false marks an image that cannot have a local virtualenv")
+    return data
+
+
+def _platforms(entry: dict) -> tuple[str, ...]:
+    return tuple(check_platform(p) for p in entry.get("platforms", ["linux/amd64"]))
+
+
+def image_facts(images_root: Path | None = None) -> dict[str, dict]:
+    """What the plan needs of every image in ``_bases.toml`` (with or without a folder yet):
+    ``{name: {"local": bool, "platforms": [...]}}``."""
+    return {name: {"local": entry.get("local", True), "platforms": list(_platforms(entry))}
+            for name, entry in load_bases(images_root).items()}
 
 
 def recipes(images_root: Path | None = None) -> dict[str, Recipe]:
-    """Every image folder that has a Dockerfile.jinja, by name."""
+    """Every image folder that has a Dockerfile.jinja, by name (``_*`` and ``.*`` are not images)."""
     root = images_root or data_dir("images")
     bases = load_bases(root)
     found = {}
@@ -143,10 +174,9 @@ def recipes(images_root: Path | None = None) -> dict[str, Recipe]:
         if not entry or "base" not in entry:
             raise UsageError(f"image {folder.name} has no base in {root / BASES}",
                              f"add [{folder.name}] base = \"...\" there")
-        found[folder.name] = Recipe(
-            name=folder.name, directory=folder, base=check_base(entry["base"]),
-            platforms=tuple(check_platform(p) for p in entry.get("platforms", ["linux/amd64"])),
-            python=entry.get("python"))
+        found[folder.name] = Recipe(name=folder.name, directory=folder,
+                                    base=check_base(entry["base"]), platforms=_platforms(entry),
+                                    local=entry.get("local", True))
     return found
 
 
@@ -249,11 +279,12 @@ class Context:
 
 
 def render(recipe: Recipe, *, base: str | None = None, platform: str | None = None) -> dict[str, bytes]:
-    """The context's files (``*.jinja`` rendered, the rest as they are), without wheels."""
+    """The context's files (the image folder's ``*.jinja`` rendered, the rest as they are),
+    without wheels. Templates may extend or include the shared ones of images/ (``_*.jinja``)."""
     base = check_base(base or recipe.base)
     platform = check_platform(platform or host_platform())
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(recipe.directory)),
-                             undefined=jinja2.StrictUndefined, autoescape=False,
+    loader = jinja2.FileSystemLoader([str(recipe.directory), str(recipe.directory.parent)])
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
                              keep_trailing_newline=True)
     values = {
         "name": _label(recipe.name, "image name"),
@@ -262,14 +293,13 @@ def render(recipe: Recipe, *, base: str | None = None, platform: str | None = No
         "lock_hash": recipe.lock_hash(),
         "version": _label(__version__, "version"),
         "source": _label(SOURCE_URL, "source"),
-        "python": recipe.python,
     }
     files: dict[str, bytes] = {}
     for path in sorted(recipe.directory.rglob("*")):
         rel = path.relative_to(recipe.directory)
         if not path.is_file() or any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
             continue
-        if path.suffix == ".jinja":
+        if path.name.endswith(".jinja"):
             try:
                 text = env.get_template(rel.as_posix()).render(**values)
             except jinja2.TemplateError as exc:
@@ -284,9 +314,10 @@ def render(recipe: Recipe, *, base: str | None = None, platform: str | None = No
 
 def render_context(name: str, *, base: str | None = None, platform: str | None = None,
                    images_root: Path | None = None, root: Path | None = None,
-                   wheel_dirs: list[Path] | None = None) -> Context:
+                   wheel_dirs: list[Path] | None = None, write: bool = True) -> Context:
     """Render ``images/<name>`` for ``platform`` (default: this machine's) into a build context
-    under ``<cache>/contexts`` (reused when the same content was rendered before)."""
+    under ``<cache>/contexts`` (reused when the same content was rendered before). ``write=False``
+    only computes it (tag, digest, where it would be): what a dry run needs, no file written."""
     recipe = get_recipe(name, images_root)
     platform = check_platform(platform or host_platform())
     if platform not in recipe.platforms:
@@ -301,46 +332,52 @@ def render_context(name: str, *, base: str | None = None, platform: str | None =
     for rel in sorted(hashes):
         h.update(f"{rel}\0{hashes[rel]}\n".encode())
     digest = h.hexdigest()
-    contexts = (root or cache_dir()) / "contexts"
-    directory = contexts / f"{name}-{digest[:12]}"
-    if not directory.is_dir():
-        contexts.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=contexts))
-        try:
-            for rel, data in files.items():
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(data)
-            house = tmp / "wheelhouse"
-            house.mkdir(exist_ok=True)
-            (house / "README").write_text("Local wheels of pinned packages (may be empty).\n")
-            for whl in wheels:
-                try:
-                    os.link(whl, house / whl.name)
-                except OSError:
-                    shutil.copy2(whl, house / whl.name)
-            (tmp / ".dockerignore").write_text("*.build.log\n*.build.sh\n")
-            os.replace(tmp, directory)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not directory.is_dir():  # another process may have won the rename
-                raise
+    directory = (root or cache_dir()) / "contexts" / f"{name}-{digest[:12]}"
+    if write and not directory.is_dir():
+        _write_context(directory, files, wheels)
     return Context(name=name, tag=f"{REPO}/{name}:{digest[:12]}", digest=digest, base=base,
                    platform=platform, directory=directory, lock_hash=recipe.lock_hash(),
                    wheels=tuple(w.name for w in wheels), files=hashes)
+
+
+def _write_context(directory: Path, files: Mapping[str, bytes], wheels: list[Path]) -> None:
+    """Write the context atomically (a temporary folder renamed into place)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        for rel, data in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+        house = tmp / "wheelhouse"
+        house.mkdir(exist_ok=True)
+        (house / "README").write_text("Local wheels of pinned packages (may be empty).\n")
+        for whl in wheels:
+            try:
+                os.link(whl, house / whl.name)
+            except OSError:
+                shutil.copy2(whl, house / whl.name)
+        (tmp / ".dockerignore").write_text("*.build.log\n*.build.sh\n")
+        os.replace(tmp, directory)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not directory.is_dir():  # another process may have won the rename
+            raise
 
 
 # -- engine side -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ImageStatus:
-    """One row of ``invoke images``."""
+    """One row of ``edgekiln images``: an image for one of its platforms."""
 
     name: str
+    platform: str  # the platform this tag is for (one of the image's platforms)
     tag: str
     built: bool | None  # None: no engine answered
     size: int | None  # bytes
     base: str
-    platform: str
+    local: bool  # can it have a local virtualenv too?
+    built_platform: str | None = None  # os/arch[/variant] of the built image, as the engine says
     created: str | None = None
 
 
@@ -401,49 +438,45 @@ def smoke_test(engine: DockerEngine, ctx: Context, *, log_path: Path | None = No
 
 
 def list_images(engine: DockerEngine | None = None, *, base: str | Mapping[str, str] | None = None,
-                platforms: Mapping[str, str] | None = None,
-                images_root: Path | None = None) -> list[ImageStatus]:
-    """Every image: its tag for this checkout, whether the engine has it, size, base, platform.
-    ``base``: one override for all or a map image -> base; ``platforms``: image -> platform
-    (default: the engine's). With no engine (None, or one that does not answer) ``built`` is None."""
-    info = None
+                 images_root: Path | None = None) -> list[ImageStatus]:
+    """Every image for every platform it can be built for: the tag this checkout gives it,
+    whether the engine has it (and the platform the built image really is), size, base.
+    ``base``: one override for all or a map image -> base. With no engine (None, or one that
+    does not answer) ``built`` is None. Nothing is written or built."""
     if engine is not None:
         try:
-            info = engine.check()
+            engine.check()
         except EnvironmentFailed:
             engine = None
     rows = []
     for name, recipe in recipes(images_root).items():
         b = base.get(name) if isinstance(base, Mapping) else base
-        plat = (platforms or {}).get(name) or (info.platform if info else host_platform())
-        if plat not in recipe.platforms:
-            plat = recipe.platforms[0]
-        ctx = render_context(name, base=b, platform=plat, images_root=images_root)
-        built = size = created = None
-        if engine is not None:
-            data = engine.image_inspect(ctx.tag)
-            built = data is not None
+        for plat in recipe.platforms:
+            ctx = render_context(name, base=b, platform=plat, images_root=images_root, write=False)
+            data = engine.image_inspect(ctx.tag) if engine is not None else None
+            built_platform = None
             if data:
-                size, created = data.get("Size"), data.get("Created")
-        rows.append(ImageStatus(name, ctx.tag, built, size, ctx.base, ctx.platform, created))
+                built_platform = "/".join(x for x in (data.get("Os"), data.get("Architecture"),
+                                                      data.get("Variant")) if x)
+            rows.append(ImageStatus(
+                name=name, platform=plat, tag=ctx.tag, built=None if engine is None else data is not None,
+                size=(data or {}).get("Size"), base=ctx.base, local=recipe.local,
+                built_platform=built_platform, created=(data or {}).get("Created")))
     return rows
 
 
-# -- `invoke images` ---------------------------------------------------------------------------------
-
-def resolve_build_names(names: str, *, images_root: Path | None = None) -> list[tuple[str, str | None]]:
-    """``--build`` values (comma-separated target or image names, or ``all``) as
-    (image, platform) pairs: a target brings its own platform, an image name the engine's (None)."""
-    from .targets import all_targets
-
+def resolve_build_names(names: str, targets: Mapping[str, tuple[str, str | None]], *,
+                        images_root: Path | None = None) -> list[tuple[str, str | None]]:
+    """``--build`` values (comma-separated target or image names, or ``all``) as (image, platform)
+    pairs. ``targets``: target name -> (image, platform) (a target brings its own platform; an
+    image name the engine's: None)."""
     known = recipes(images_root)
-    targets = all_targets()
     wanted: list[tuple[str, str | None]] = []
     for raw in [n.strip() for n in names.split(",") if n.strip()]:
         if raw == "all":
             wanted += [(name, None) for name in known]
         elif raw in targets:
-            wanted.append((targets[raw].image, targets[raw].platform))
+            wanted.append(tuple(targets[raw]))
         elif raw in known:
             wanted.append((raw, None))
         else:
@@ -452,57 +485,20 @@ def resolve_build_names(names: str, *, images_root: Path | None = None) -> list[
     return list(dict.fromkeys(wanted))
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
-def images_command(build="", base_image=None, platform=None, docker_host=None, rebuild=False,
-                   smoke=False, json=False) -> None:
-    """`edgekiln images`: list the images, or build those the named targets/images need."""
-    import json as _json
-    import sys
-
-    from rich.console import Console
-
-    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-
-    engine = DockerEngine(docker_host)
-    if build:
-        engine.check()
-        done = []
-        for image, plat in resolve_build_names(build):
-            ctx, built = ensure_image(engine, image, base=base_image, platform=platform or plat,
-                                      rebuild=rebuild,
-                                      on_line=None if json else (lambda l: out.print(l, markup=False)))
-            row = {"name": image, "tag": ctx.tag, "built_now": built, "platform": ctx.platform,
-                   "base": ctx.base, "build_log": str(ctx.build_log)}
-            if smoke:
-                row["smoke"] = smoke_test(engine, ctx)
-            done.append(row)
-            if not json:
-                out.print(f"{'built' if built else 'up to date'}: {ctx.tag} ({ctx.platform})"
-                          + (f" smoke ok: {_json.dumps(row['smoke'])}" if smoke else ""),
-                          markup=False)
-        if json:
-            out.print_json(data=done)
-        return
-    rows = list_images(engine, base=base_image)
-    if json:
-        out.print_json(data=[r.__dict__ for r in rows])
-        return
-    from rich.table import Table
-
-    where = engine.where if rows and rows[0].built is not None else "no Docker engine answers"
-    table = Table(title=f"edgekiln images ({where})")
-    for col in ("image", "tag", "built", "size", "base", "platform"):
-        table.add_column(col)
-    for r in rows:
-        built = "-" if r.built is None else ("yes" if r.built else "no")
-        table.add_row(r.name, r.tag, built, _size(r.size), r.base, r.platform)
-    out.print(table)
+def build_images(engine: DockerEngine, names: str, targets: Mapping[str, tuple[str, str | None]], *,
+                 base: str | None = None, platform: str | None = None, rebuild: bool = False,
+                 smoke: bool = False, on_line: OnLine | None = None,
+                 images_root: Path | None = None) -> list[dict]:
+    """``edgekiln images --build``: build (or find built) what ``names`` need; one dict per image
+    (name, tag, built_now, platform, base, build_log, smoke when asked)."""
+    engine.check()
+    done = []
+    for image, plat in resolve_build_names(names, targets, images_root=images_root):
+        ctx, built = ensure_image(engine, image, base=base, platform=platform or plat,
+                                  rebuild=rebuild, on_line=on_line, images_root=images_root)
+        row = {"name": image, "tag": ctx.tag, "built_now": built, "platform": ctx.platform,
+               "base": ctx.base, "build_log": str(ctx.build_log)}
+        if smoke:
+            row["smoke"] = smoke_test(engine, ctx)
+        done.append(row)
+    return done

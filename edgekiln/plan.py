@@ -13,10 +13,9 @@ from typing import Any, Mapping
 
 from .errors import DataError, TargetError, UsageError
 from .request import BuildRequest
-from .targets import METRICS, SourceKind, Target
+from .targets import METRICS, SourceKind, Target, arch_formats
 
 ZOO = {"mobilenet_v2": "zoo/mobilenet_v2.py:mobilenet_v2"}
-ARCH_FORMATS = ("state_dict", "pickle")  # source formats whose --arch file travels with the job
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,10 @@ class Step:
     target: str | None
     precision: str | None
     params_json: str  # the step's params (frozen as canonical JSON text)
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # ids of the steps that must run first
+    platform: str | None = None  # the platform the step's image is made for (None: the engine's own)
+    local: bool = True  # the image can have a local virtualenv (false: TensorRT images)
+    gpu: bool = False  # the step needs an NVIDIA GPU (the runner asks the engine for one)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -111,7 +113,15 @@ def split_thresholds(overrides: Mapping[str, Any], precision: str) -> dict[str, 
 
 
 def plan_build(request: BuildRequest, targets: Mapping[str, Target],
-               sources: Mapping[str, SourceKind]) -> Plan:
+               sources: Mapping[str, SourceKind],
+               images: Mapping[str, Mapping[str, Any]] | None = None) -> Plan:
+    """``images``: facts per image (``edgekiln.images.image_facts``: ``local``); an image not
+    listed can have a local environment."""
+    images = images or {}
+
+    def local_ok(image: str) -> bool:
+        return bool(images.get(image, {}).get("local", True))
+
     if not request.targets:
         raise UsageError("no target given", "pass --target, e.g. --target onnx (see `edgekiln targets`)")
     chosen = []
@@ -132,7 +142,7 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         names = ", ".join(t.name for t in chosen)
         raise UsageError(f"target {names} has no option(s) {', '.join(unknown)}",
                          f"its options: {', '.join(sorted(known)) or 'none'}")
-    arch = resolve_arch(request.arch) if request.source_format in ARCH_FORMATS else None
+    arch = resolve_arch(request.arch) if request.source_format in arch_formats(sources) else None
     base = {
         "source_format": request.source_format,
         "model_name": request.model_name,
@@ -171,7 +181,8 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
                           options=source_options, reference_limit=request.max_images,
                           calib_limit=request.max_images, calib_min=1, seed=0, synthetic_count=8,
                           allow_synthetic=request.calib is None and request.val is None)
-            steps.append(Step(step_id, "source", template, image, None, None, _canon(params)))
+            steps.append(Step(step_id, "source", template, image, None, None, _canon(params),
+                              local=local_ok(image)))
             source_ids[(template, image)] = step_id
         return source_ids[(template, image)]
 
@@ -193,44 +204,59 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         via = target.via.get(request.source_format, {})
         for precision in precisions:
             work_dir = f"{target.name}/{precision}"
+            limits = target.thresholds_for(precision)
+            limits.update(split_thresholds(request.thresholds, precision))
+            # The thresholds travel to the convert step too: a converter that can aim at a
+            # gate (NNCF's accuracy control at max_accuracy_drop) reads it there — one place.
             common = dict(base, target=target.name, precision=precision, options=options,
-                          artifacts=list(target.artifacts), out_dir=f"work/{work_dir}",
-                          source_step=src)
+                          thresholds=limits, artifacts=list(target.artifacts),
+                          out_dir=f"work/{work_dir}", source_step=src)
+            where = dict(platform=target.platform, local=local_ok(target.image),
+                         gpu="nvidia-gpu" in target.needs)
             conv_id = next_id(f"{target.name}-{precision}-convert")
             steps.append(Step(conv_id, "convert", via.get("convert", target.convert), target.image,
                               target.name, precision,
-                              _canon(dict(common, step=conv_id, kind="convert")), (src,)))
+                              _canon(dict(common, step=conv_id, kind="convert")), (src,), **where))
             val_id = next_id(f"{target.name}-{precision}-validate")
             steps.append(Step(val_id, "validate", via.get("validate", target.validate), target.image,
                               target.name, precision,
-                              _canon(dict(common, step=val_id, kind="validate")), (conv_id,)))
-            limits = target.thresholds_for(precision)
-            limits.update(split_thresholds(request.thresholds, precision))
-            if options.get("allow_drop"):
-                limits.pop("max_accuracy_drop", None)  # the user accepted the drop (recorded in options)
+                              _canon(dict(common, step=val_id, kind="validate")), (conv_id,), **where))
             artifacts.append(Artifact(target.name, precision, target.artifacts, work_dir, src, conv_id,
                                       val_id, _canon(limits)))
     return Plan(tuple(steps), tuple(artifacts))
 
 
+# threshold -> (the metric it reads, the comparison, why it cannot be computed when missing)
+GATES = {
+    "min_cosine": ("cosine", "min", "no comparable output"),
+    "min_top1_agreement": ("top1_agreement", "min", "the outputs are not [N, classes] scores"),
+    "max_abs": ("max_abs", "max", "no comparable output"),
+    "mean_abs": ("mean_abs", "max", "no comparable output"),
+    "max_accuracy_drop": ("accuracy_drop", "max", "needs labelled validation images (--val with labels) "
+                                                   "and a classifier output"),
+}
+
+
+def evaluate_thresholds(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Every threshold with its verdict: ``{"threshold", "limit", "metric", "value", "passed",
+    "reason"}``; ``passed`` is None when the metric cannot be computed for this model (then
+    ``reason`` says why) — never silently dropped."""
+    metrics = dict(metrics or {})
+    acc, src = metrics.get("accuracy"), metrics.get("source_accuracy")
+    if acc is not None and src is not None:
+        metrics["accuracy_drop"] = (src - acc) * 100.0  # percentage points
+    verdicts = []
+    for name, limit in limits.items():
+        metric, kind, why = GATES.get(name, (name, "min" if name.startswith("min_") else "max", "unknown metric"))
+        value = metrics.get(metric)
+        slack = 1e-9 * max(1.0, abs(limit))  # (0.95 - 0.90) * 100 is 5.000000000000004, not above 5
+        passed = None if value is None else (value >= limit - slack if kind == "min" else value <= limit + slack)
+        verdicts.append({"threshold": name, "limit": limit, "metric": metric, "value": value,
+                         "passed": passed, "reason": None if value is not None else f"not applicable: {why}"})
+    return verdicts
+
+
 def check_thresholds(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> list[str]:
     """The thresholds an artifact misses, as readable sentences (empty: it passes)."""
-    failures = []
-    for name, limit in limits.items():
-        if name == "min_cosine":
-            value, ok = metrics.get("cosine"), lambda v: v >= limit
-        elif name == "min_top1_agreement":
-            value, ok = metrics.get("top1_agreement"), lambda v: v >= limit
-        elif name in ("max_abs", "mean_abs"):
-            value, ok = metrics.get(name), lambda v: v <= limit
-        elif name == "max_accuracy_drop":
-            acc, src = metrics.get("accuracy"), metrics.get("source_accuracy")
-            value = None if acc is None or src is None else (src - acc) * 100.0
-            ok = lambda v: v <= limit  # noqa: E731 - percentage points
-        else:
-            continue
-        if value is None:
-            continue  # not measurable for this model (e.g. no labels, not a classifier)
-        if not ok(value):
-            failures.append(f"{name.replace('_', ' ')} {limit:g} missed: got {value:.6g}")
-    return failures
+    return [f"{v['threshold'].replace('_', ' ')} {v['limit']:g} missed: got {v['value']:.6g}"
+            for v in evaluate_thresholds(metrics, limits) if v["passed"] is False]

@@ -6,6 +6,7 @@ detect its format (``detect_format``) and reading an optional sidecar spec file.
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 import zipfile
@@ -18,7 +19,8 @@ try:
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import InvalidModel, ModelNotFound, UsageError
+from .errors import DataError, InvalidModel, ModelNotFound, UsageError
+from .targets import SourceKind, source_kinds
 
 LAYOUTS = ("nchw", "nhwc")
 RESIZES = ("crop", "stretch")
@@ -188,8 +190,14 @@ def _floats_from(value, what):
 # ---------------------------------------------------------------- model files
 
 
-def detect_format(path: Path, *, arch: str | None, trust_pickle: bool) -> str:
-    """The source format of a model file or folder; raises a clear error for anything else."""
+def detect_format(path: Path, *, arch: str | None, trust_pickle: bool,
+                  sources: Mapping[str, SourceKind] | None = None) -> str:
+    """The source format of a model file or folder; raises a clear error for anything else.
+    Suffixes come from targets/_sources.toml; torch.save files (``by_content``) are told apart
+    by what is inside them."""
+    sources = sources if sources is not None else source_kinds()
+    decisive = {suf: fmt for fmt, k in sources.items() if not k.by_content for suf in k.suffixes}
+    torch_suffixes = {suf for k in sources.values() if k.by_content for suf in k.suffixes}
     if not path.exists():
         raise ModelNotFound(f"model {path} does not exist", "check the path given to --model")
     if path.is_dir():
@@ -205,12 +213,8 @@ def detect_format(path: Path, *, arch: str | None, trust_pickle: bool) -> str:
     if not head:
         raise InvalidModel(f"model {path} is empty (0 bytes)", "re-export or re-download it")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix in (".keras", ".h5", ".hdf5"):
-        return "keras"
-    if suffix == ".pt2":
-        return "torch_export"
+    if suffix in decisive:
+        return decisive[suffix]
     if zipfile.is_zipfile(path):
         names = _zip_names(path)
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
@@ -224,7 +228,7 @@ def detect_format(path: Path, *, arch: str | None, trust_pickle: bool) -> str:
         return _checkpoint_kind(path, arch, trust_pickle)
     if head[:4] == b"\x89HDF":
         return "keras"
-    if suffix in (".pt", ".pth", ".bin", ".ts"):
+    if suffix in torch_suffixes:
         raise InvalidModel(f"{path} is not a PyTorch file (not a zip archive nor a pickle)",
                            "save it with torch.save, torch.jit.save or torch.export.save")
     raise InvalidModel(f"{path} is not a model edgekiln can read",
@@ -249,3 +253,85 @@ def _checkpoint_kind(path: Path, arch: str | None, trust_pickle: bool) -> str:
         "pass --arch module:factory (or a built-in like mobilenet_v2) to load it as a state dict, "
         "or --trust-pickle if it is a whole pickled module you trust")
 
+
+
+# ---------------------------------------------------------------- the whole request
+
+SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
+
+
+def make_request(*, model, target="onnx", precision=None, calib=None, val=None, input_shape=None,
+                 layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None,
+                 input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False,
+                 opset=17, simplify="onnxslim", max_images=200, option=(), threshold=(),
+                 max_drop=None, version=None, name=None, out="dist",
+                 sources: Mapping[str, SourceKind] | None = None) -> BuildRequest:
+    """A checked BuildRequest from command-line values (strings as typed). Every user error is
+    raised here, before any environment or Docker engine is touched.
+
+    ``max_drop`` is shorthand for the threshold ``int8.max_accuracy_drop`` (percentage points)."""
+    if not model:
+        raise UsageError("no model given", "pass --model FILE (see `edgekiln build --help`)")
+    sources = sources if sources is not None else source_kinds()
+    model_path = Path(model).expanduser()
+    fmt = detect_format(model_path, arch=arch, trust_pickle=trust_pickle, sources=sources)
+    sidecar_path = Path(spec) if spec else model_path.with_name(model_path.name + ".edgekiln.toml")
+    if spec and not sidecar_path.is_file():
+        raise UsageError(f"input spec file {spec} does not exist", "check --spec")
+    sidecar = load_sidecar(sidecar_path) if sidecar_path.is_file() else None
+    ispec = input_spec(shape=input_shape, layout=layout, mean=mean, std=std, bgr=bgr or None,
+                       scale=pixel_scale, resize=resize, name=input_name,
+                       dynamic_batch=dynamic_batch or None, sidecar=sidecar,
+                       default_layout=sources[fmt].layout if fmt in sources else "nchw")
+    for label, folder in (("--calib", calib), ("--val", val)):
+        if folder is not None:
+            check_image_folder(Path(folder), label)
+    if simplify not in SIMPLIFIERS:
+        raise UsageError(f"--simplify {simplify!r} is unknown", f"use {', '.join(SIMPLIFIERS)}")
+    try:
+        max_images, opset = int(max_images), int(opset)
+    except (TypeError, ValueError):
+        raise UsageError("--max-images and --opset take whole numbers", "e.g. --max-images 200") from None
+    if max_images < 1:
+        raise UsageError("--max-images must be at least 1", "e.g. --max-images 200")
+    thresholds = parse_assignments(threshold, "threshold")
+    if max_drop is not None:
+        try:
+            thresholds["int8.max_accuracy_drop"] = float(max_drop)
+        except (TypeError, ValueError):
+            raise UsageError(f"--max-drop {max_drop!r} is not a number", "e.g. --max-drop 1.0 (points)") from None
+    return BuildRequest(
+        model=model_path.resolve(),
+        model_name=safe_name(name or (model_path.name if model_path.is_dir() else model_path.stem)),
+        source_format=fmt,
+        targets=parse_list(target, "target"),
+        precisions=parse_list(precision, "precision") or None,
+        input=ispec,
+        calib=Path(calib).resolve() if calib else None,
+        val=Path(val).resolve() if val else None,
+        arch=arch,
+        trust_pickle=bool(trust_pickle),
+        opset=opset,
+        simplify=simplify,
+        max_images=max_images,
+        options=parse_assignments(option, "option"),
+        thresholds=thresholds,
+        out=Path(out).expanduser(),
+        version=version,
+    )
+
+
+def check_image_folder(folder: Path, label: str) -> None:
+    """Fail early (before any environment) on a missing, unreadable or image-less folder."""
+    if not folder.is_dir():
+        raise DataError(f"{label} {folder} is not a folder", "give a folder of images")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise DataError(f"{label} {folder} cannot be read (permission denied)", "check its permissions")
+    try:
+        found = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+    except OSError as exc:
+        raise DataError(f"{label} {folder} cannot be read: {exc.strerror}", "check its permissions") from None
+    if not found:
+        raise DataError(f"{label} {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                        "point it at a folder of real images")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +102,79 @@ def cache_state(loc: Location, target: str, precision: str, build_key: str) -> s
         "published versions are never overwritten: pass a new --version")
 
 
+JOB_STATES = ("running", "failed", "kept")
+
+
+def jobs_root(out: Path) -> Path:
+    return out.resolve() / ".edgekiln" / "jobs"
+
+
 def new_job_dir(out: Path) -> Path:
-    root = out.resolve() / ".edgekiln" / "jobs"
+    """A fresh job folder with ``job.json`` saying which process runs it (``edgekiln clean``
+    never removes the folder of a build that is still running)."""
+    root = jobs_root(out)
     root.mkdir(parents=True, exist_ok=True)
     path = root / uuid.uuid4().hex[:12]
     path.mkdir()
+    mark_job(path, "running")
     return path
+
+
+def mark_job(path: Path, state: str) -> None:
+    (path / "job.json").write_text(json.dumps({"state": state, "pid": os.getpid(),
+                                               "time": time.time()}) + "\n")
+
+
+def job_state(path: Path) -> tuple[str, float]:
+    """(state, age in seconds) of a job folder; a "running" job whose process is gone failed."""
+    try:
+        info = json.loads((path / "job.json").read_text())
+    except (OSError, ValueError):
+        info = {"state": "failed", "pid": None, "time": path.stat().st_mtime}
+    state = info.get("state", "failed")
+    if state == "running" and not _alive(info.get("pid")):
+        state = "failed"  # killed before it could say so
+    return state, max(0.0, time.time() - float(info.get("time") or path.stat().st_mtime))
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class JobFolder:
+    path: Path
+    state: str
+    age_days: float
+    size_bytes: int
+
+
+def prune_jobs(out: Path, *, older_than_days: float | None = None, failed: bool = False,
+               dry_run: bool = False) -> list[JobFolder]:
+    """Remove job folders under ``<out>/.edgekiln/jobs``: those older than ``older_than_days``
+    and/or (``failed``) every failed one; never a running build's. Returns what was (or, with
+    ``dry_run``, would be) removed. With neither criterion, every job that is not running."""
+    root = jobs_root(out)
+    chosen = []
+    for path in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+        state, age = job_state(path)
+        if state == "running":
+            continue
+        days = age / 86400.0
+        old = older_than_days is not None and days >= older_than_days
+        if old or (failed and state == "failed") or (older_than_days is None and not failed):
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+            chosen.append(JobFolder(path, state, round(days, 2), size))
+    if not dry_run:
+        for job in chosen:
+            shutil.rmtree(job.path, ignore_errors=True)
+    return chosen
 
 
 def publish(loc: Location, staged: Mapping[tuple[str, str], Path]) -> list[Path]:

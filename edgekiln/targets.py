@@ -47,12 +47,16 @@ class Target:
 
 @dataclass(frozen=True)
 class SourceKind:
-    """How one source format becomes the canonical ONNX plus reference outputs."""
+    """How one source format becomes the canonical ONNX plus reference outputs, and the facts
+    about the format (targets/_sources.toml is the one place they live)."""
 
     format: str
     template: str
     image: str
     suffixes: tuple[str, ...]
+    by_content: bool = False  # the suffix alone does not decide: the file's content is read
+    arch: bool = False  # carries an --arch file
+    layout: str = "nchw"  # default input layout
 
 
 def _tuple(raw: Mapping[str, Any], key: str, default=()) -> tuple:
@@ -108,21 +112,20 @@ def all_targets(root: Path | None = None) -> dict[str, Target]:
     return found
 
 
-def get_target(name: str, root: Path | None = None) -> Target:
-    targets = all_targets(root)
-    if name not in targets:
-        known = ", ".join(sorted(targets)) or "none"
-        raise TargetError(f"unknown target {name!r}", f"choose one of: {known} (see `edgekiln targets`)")
-    return targets[name]
-
-
 def source_kinds(root: Path | None = None) -> dict[str, SourceKind]:
     path = (root or data_dir("targets")) / "_sources.toml"
     raw = tomllib.loads(path.read_text())
     return {
-        fmt: SourceKind(fmt, entry["template"], entry["image"], _tuple(entry, "suffixes"))
+        fmt: SourceKind(fmt, entry["template"], entry["image"], _tuple(entry, "suffixes"),
+                        bool(entry.get("by_content", False)), bool(entry.get("arch", False)),
+                        entry.get("layout", "nchw"))
         for fmt, entry in raw.items()
     }
+
+
+def arch_formats(sources: Mapping[str, SourceKind]) -> tuple[str, ...]:
+    """The source formats whose --arch file travels with the job."""
+    return tuple(fmt for fmt, kind in sources.items() if kind.arch)
 
 
 def host_support(target: Target) -> tuple[bool, str]:

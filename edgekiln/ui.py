@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-WARN_PREFIXES = ("warning", "warn:", "[warn")
+# Only edgekiln's own warnings (ekit.warn prints "warning: ...") reach the screen; pip's index
+# warnings, TensorFlow's absl lines and other tools' noise stay in the step's log.
+WARN_PREFIX = "warning: "
 
 
 class PlainUI:
@@ -27,6 +29,7 @@ class PlainUI:
         self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._start: dict[str, float] = {}
+        self._labels: dict[str, str] = {}
 
     def stage(self, text: str) -> None:
         if not self.quiet:
@@ -34,18 +37,22 @@ class PlainUI:
 
     def step_start(self, key: str, label: str) -> None:
         self._start[key] = time.monotonic()
+        self._labels[key] = label
         if not self.quiet:
             self.console.print(f"[cyan]▶[/] {escape(label)}")
 
     def step_line(self, key: str, line: str) -> None:
-        if line.lower().lstrip().startswith(WARN_PREFIXES):
+        if line.startswith(WARN_PREFIX):
+            text = line[len(WARN_PREFIX):].strip()
             with self._lock:
-                self.warnings.append(line.strip())
-            self.warn(line.strip(), key)
+                if text in self.warnings:
+                    return  # each warning once per build
+                self.warnings.append(text)
+            self.warn(text, key)
 
-    def step_done(self, key: str, seconds: float) -> None:
+    def step_done(self, key: str, seconds: float, text: str | None = None) -> None:
         if not self.quiet:
-            self.console.print(f"[green]✓[/] {escape(key)} [dim]{seconds:.1f}s[/]")
+            self.console.print(f"[green]✓[/] {escape(text or self._labels.get(key, key))} [dim]{seconds:.1f}s[/]")
 
     def warn(self, text: str, key: str = "") -> None:
         self.console.print(f"[yellow]![/] {escape(key + ': ' if key else '')}{escape(text)}")
@@ -78,9 +85,10 @@ class RichUI(PlainUI):
         if key in self.tasks:
             self.progress.update(self.tasks[key], last=line.strip()[:70])
 
-    def step_done(self, key: str, seconds: float) -> None:
+    def step_done(self, key: str, seconds: float, text: str | None = None) -> None:
         if key in self.tasks:
-            self.progress.update(self.tasks[key], completed=1, last=f"done in {seconds:.1f}s")
+            update = {"description": text} if text else {}
+            self.progress.update(self.tasks[key], completed=1, last=f"done in {seconds:.1f}s", **update)
 
     def warn(self, text: str, key: str = "") -> None:
         self.progress.console.print(f"[yellow]![/] {escape(key + ': ' if key else '')}{escape(text)}")

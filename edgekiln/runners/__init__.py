@@ -11,7 +11,8 @@ from .base import Env, Job, Runner, step_error
 
 KINDS = ("auto", "docker", "local")
 
-__all__ = ["Env", "Job", "Runner", "step_error", "choose_runner", "runners_for_targets", "KINDS"]
+__all__ = ["Env", "Job", "Runner", "step_error", "choose_runner", "runners_for_targets", "KINDS",
+           "LazyRunners", "runner_factory"]
 
 
 def _local(options: Mapping[str, Any]) -> Runner:
@@ -64,18 +65,18 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
                         local_options: Mapping[str, Any] | None = None,
                         strict_platform: bool = False,
                         on_note: Callable[[str], None] | None = None):
-    """``(runner_for(target=None) -> Runner, reason)`` for a multi-target build (``target``: a
-    Target, its name, or None for the source step).
+    """``(runner_for(step=None) -> Runner, reason)`` for a multi-target build. ``step`` is a
+    plan Step (or anything with ``target``, ``platform`` and ``gpu``); None: the default runner.
 
     Each target gets the engine of ``--docker-host``, else of the per-target ``host_map``
     (``edgekiln.docker.load_host_map``: target -> ssh://…/tcp://…/context, ``"*"`` for all), else
     the default one; one DockerRunner per host, so targets on different hosts run in parallel.
-    A target whose platform the engine can build (natively or with buildx + qemu) gets images for
-    that platform; otherwise its steps run on the engine's own platform (the conversions are
+    A step whose platform the engine can build (natively or with buildx + qemu) gets images for
+    that platform; otherwise it runs on the engine's own platform (the conversions are
     architecture-independent) and ``on_note`` is told why — unless ``strict_platform``: then
     EnvironmentFailed says what to install. With ``auto`` the default engine's runner sends
     images that cannot be had to the local runner (see choose_runner); with the local runner
-    every target gets it.
+    every step gets it. The step carries everything needed: runners never look targets up.
     """
     from ..docker import resolve_host
 
@@ -83,29 +84,24 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
     runner, reason = choose_runner(kind, docker_host, docker_options=docker_options,
                                    local_options=local_options)
     if runner.name != "docker":
-        return (lambda target=None: runner), reason
+        return (lambda step=None: runner), reason
     runners: dict[str | None, Runner] = {docker_host: runner}  # one per host
     guard = threading.Lock()
     noted: set = set()
 
-    def runner_for(target=None) -> Runner:
-        """``target``: a Target, a target name, or None (the source step: the default engine)."""
-        if isinstance(target, str):
-            from ..targets import get_target
-
-            target = get_target(target)
-        name = getattr(target, "name", None)
+    def runner_for(step=None) -> Runner:
+        name = getattr(step, "target", None)
         host = resolve_host(name, docker_host, host_map)
         with guard:
             if host not in runners:
                 runners[host], _ = choose_runner("docker", host, docker_options=docker_options)
             base = runners[host]
-        if target is None:
+        if step is None or name is None:
             return base
         wants = {}
-        if "nvidia-gpu" in (getattr(target, "needs", ()) or ()):
+        if getattr(step, "gpu", False):
             wants["gpus"] = "all"  # TensorRT: the host needs the NVIDIA container toolkit
-        platform = getattr(target, "platform", None)
+        platform = getattr(step, "platform", None)
         if platform:
             ok, why = base.supports(platform)
             if ok:
@@ -130,3 +126,43 @@ def _variant(runner: Runner, **attrs) -> Runner:
     for key, value in attrs.items():
         setattr(twin, key, value)
     return twin
+
+
+def runner_factory(kind: str, docker_host: str | None, *, base_image: str | None = None,
+                   platform: str | None = None, config: str | None = None,
+                   on_note: Callable[[str], None] | None = None):
+    """``(runner_for(step) -> Runner, reason)`` for ``--runner``/``--docker-host``/``--base-image``/
+    ``--platform``/``--config``: local, or Docker per target (``--docker-host``, else the project's
+    ``[docker.hosts]`` map in edgekiln.toml / pyproject.toml, else the default engine)."""
+    from pathlib import Path
+
+    from ..docker import load_host_map
+
+    host_map = {}
+    for path in ([Path(config)] if config else [Path("edgekiln.toml"), Path("pyproject.toml")]):
+        host_map = load_host_map(path)
+        if host_map:
+            break
+    docker_options = {}
+    if base_image:
+        docker_options["base_image"] = base_image
+    if platform:
+        docker_options["platform"] = platform
+    return runners_for_targets(kind, docker_host, host_map=host_map, docker_options=docker_options,
+                               strict_platform=bool(platform), on_note=on_note)
+
+
+class LazyRunners:
+    """runner_for(step), made on first use: a cache hit never probes Docker or environments.
+    ``on_reason`` hears, once, which runner was chosen and why."""
+
+    def __init__(self, make: Callable[[], tuple[Callable, str]], on_reason: Callable[[str], None]):
+        self._make, self._on_reason, self._runner_for = make, on_reason, None
+        self._lock = threading.Lock()
+
+    def __call__(self, step=None) -> Runner:
+        with self._lock:
+            if self._runner_for is None:
+                self._runner_for, reason = self._make()
+                self._on_reason(reason)
+        return self._runner_for(step)

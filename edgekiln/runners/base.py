@@ -55,8 +55,14 @@ class Runner(ABC):
     name: str = "?"
 
     @abstractmethod
-    def prepare(self, image: str, on_line: OnLine | None = None) -> Env:
-        """Make (or reuse) the environment of ``images/<image>``; raise EnvironmentFailed."""
+    def prepare(self, image: str, on_line: OnLine | None = None, *, local_ok: bool = True) -> Env:
+        """Make (or reuse) the environment of ``images/<image>``; raise EnvironmentFailed.
+        ``local_ok`` False: the image cannot be a local virtualenv (a step's ``local``)."""
+
+    @abstractmethod
+    def planned_env(self, image: str, platform: str | None = None, on_line: OnLine | None = None, *,
+                    local_ok: bool = True) -> Env:
+        """The Env ``prepare`` would give, without making anything (for the dry run)."""
 
     @abstractmethod
     def command(self, env: Env, job: Job, script: str) -> list[str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..docker import DockerEngine, Mount, RunSpec, container_name
-from ..errors import StepFailed
-from ..images import Context, ensure_image
+from ..errors import EnvironmentFailed, StepFailed
+from ..images import BASE_ENV, Context, ensure_image, get_recipe, render_context
 from .base import Env, Job, OnLine, Runner, step_error
 
 JOB = "/job"
@@ -40,7 +40,8 @@ class DockerRunner(Runner):
     cache_root, images_root   where contexts are rendered / recipes are read (tests)
     fallback    makes the runner for images that cannot be had here (``--runner auto``: the
                 local runner): ``prepare`` then returns that runner's Env (``runner="local"``)
-                and ``command``/``run`` hand such Envs to it
+                and ``command``/``run`` hand such Envs to it — except for an image with
+                ``local = false`` (images/_bases.toml): that is an EnvironmentFailed
     """
 
     name = "docker"
@@ -71,26 +72,30 @@ class DockerRunner(Runner):
     def __repr__(self) -> str:
         return f"DockerRunner(host={self.engine.where!r})"
 
-    def describe(self) -> str:
-        info = self.engine.check()
-        return f"Docker {info.server_version} at {info.endpoint} ({info.platform})"
-
     def supports(self, platform: str) -> tuple[bool, str]:
         """Can this engine build and run ``platform`` images? (True, "native"|"buildx+qemu") or
         (False, what to install). Lets the planner run architecture-independent steps of a
         foreign-platform target on the engine's own platform."""
         return self.engine.can_build_for(platform)
 
+    def _where(self, image: str, platform: str | None) -> dict:
+        """Base, platform and folders of ``image`` as this runner builds it (prepare and
+        planned_env share them, so they agree on the tag)."""
+        base = (self.base_image.get(image) if isinstance(self.base_image, Mapping)
+                else self.base_image)
+        return dict(base=base, platform=platform or self.platform or self.engine.check().platform,
+                    root=self.cache_root, images_root=self.images_root)
+
+    def _context(self, image: str, platform: str | None) -> Context:
+        """The build context ``prepare(image, platform=platform)`` builds: its tag and digest
+        only (nothing is written)."""
+        return render_context(image, **self._where(image, platform), write=False)
+
     def available(self, image: str, platform: str | None = None) -> tuple[bool, str]:
         """Can ``images/<image>`` be had on this engine without surprises? Its tag is there, or
         its base is there, or the base's registry answers (``docker manifest inspect``)."""
-        from ..images import BASE_ENV, render_context
-
         info = self.engine.check()
-        base = (self.base_image.get(image) if isinstance(self.base_image, Mapping)
-                else self.base_image)
-        ctx = render_context(image, base=base, platform=platform or self.platform or info.platform,
-                             root=self.cache_root, images_root=self.images_root)
+        ctx = self._context(image, platform)
         if self.engine.has_image(ctx.tag):
             return True, f"{ctx.tag} is built"
         if self.engine.has_image(ctx.base):
@@ -101,28 +106,54 @@ class DockerRunner(Runner):
                        f"{info.endpoint} nor reachable in a registry (docker load it, or set "
                        f"--base-image / {BASE_ENV})")
 
+    def _falls_back(self, image: str, platform: str | None, on_line: OnLine | None,
+                    local_ok: bool = True) -> bool:
+        """Does ``--runner auto`` run ``image`` in a local virtualenv (it cannot be had here)?
+        An image that cannot have one (``local = false`` in its data, or the step's
+        ``local_ok`` False) is an EnvironmentFailed instead, saying why Docker cannot have it."""
+        if self.fallback is None:
+            return False
+        ok, why = self.available(image, platform)
+        if ok:
+            return False
+        if not (local_ok and get_recipe(image, self.images_root).local):
+            raise EnvironmentFailed(f"{why}; it cannot have a local virtualenv either",
+                                    "load its base on this engine, or use --docker-host with an "
+                                    "engine that has it")
+        if on_line:
+            on_line(f"{why}; using a local virtualenv instead (--runner auto)")
+        return True
+
     # -- Runner ----------------------------------------------------------------------------------
 
     def prepare(self, image: str, on_line: OnLine | None = None, *,
-                platform: str | None = None) -> Env:
+                platform: str | None = None, local_ok: bool = True) -> Env:
         """Build ``images/<image>`` unless its tag is on the engine already; the Env's ref is
-        the tag. ``platform``: the target's (None: the runner's default, else the engine's)."""
-        info = self.engine.check()
-        if self.fallback is not None:
-            ok, why = self.available(image, platform)
-            if not ok:
-                if on_line:
-                    on_line(f"{why}; using a local virtualenv instead (--runner auto)")
-                return self._local().prepare(image, on_line)
-        base = (self.base_image.get(image) if isinstance(self.base_image, Mapping)
-                else self.base_image)
-        ctx, _built = ensure_image(self.engine, image, base=base,
-                                   platform=platform or self.platform or info.platform,
-                                   on_line=on_line, rebuild=self.rebuild,
-                                   timeout=self.build_timeout, root=self.cache_root,
-                                   images_root=self.images_root)
+        the tag. ``platform``: the target's (None: the runner's default, else the engine's).
+        ``local_ok``: the plan's word (a step's ``local``) whether a local fallback is possible."""
+        self.engine.check()
+        if self._falls_back(image, platform, on_line, local_ok):
+            return self._local().prepare(image, on_line, local_ok=local_ok)
+        ctx, _built = ensure_image(self.engine, image, **self._where(image, platform),
+                                   on_line=on_line, rebuild=self.rebuild, timeout=self.build_timeout)
         with self._lock:
             self.contexts[(image, ctx.platform)] = ctx
+        return self._env(image, ctx)
+
+    def planned_env(self, image: str, platform: str | None = None, on_line: OnLine | None = None,
+                    *, local_ok: bool = True) -> Env:
+        """The Env ``prepare(image, platform=platform)`` gives, with nothing built or written:
+        the tag is the content hash of the context it would render, so ``command(planned_env(
+        image), job, script)`` is the exact argument list the run uses (the dry run). An image
+        ``--runner auto`` runs locally gets the local runner's planned Env (``runner="local"``;
+        ``on_line`` is told why). Like ``prepare`` it asks the engine once (its platform and
+        address are part of the command)."""
+        self.engine.check()
+        if self._falls_back(image, platform, on_line, local_ok):
+            return self._local().planned_env(image)
+        return self._env(image, self._context(image, platform))
+
+    def _env(self, image: str, ctx: Context) -> Env:
         return Env(image=image, runner=self.name, lock_hash=ctx.lock_hash, ref=ctx.tag,
                    host=self.engine.where, platform=ctx.platform)
 

@@ -21,20 +21,9 @@ from pathlib import Path
 
 from ..cmd import call, stream
 from ..errors import EnvironmentFailed
-from ..resources import cache_dir, data_dir
+from ..images import lock_file, lock_hash
+from ..resources import cache_dir
 from .base import Env, Job, OnLine, Runner, step_error
-
-
-def lock_file(image: str) -> Path:
-    path = data_dir("images") / image / "requirements.txt"
-    if not path.exists():
-        raise EnvironmentFailed(f"image {image!r} has no requirements lock ({path})",
-                                "every images/<name>/ folder needs a pinned requirements.txt")
-    return path
-
-
-def lock_hash(image: str) -> str:
-    return hashlib.sha256(lock_file(image).read_bytes()).hexdigest()
 
 
 def python_for_envs() -> str:
@@ -56,10 +45,18 @@ class LocalRunner(Runner):
         key = hashlib.sha256(f"{lock_hash(image)}\n{version}".encode()).hexdigest()[:12]
         return self.root / f"{image}-{key}"
 
-    def prepare(self, image: str, on_line: OnLine | None = None) -> Env:
+    def planned_env(self, image: str, platform: str | None = None, on_line: OnLine | None = None, *,
+                    local_ok: bool = True) -> Env:
+        """The Env ``prepare`` gives, without making anything (the dry run's commands)."""
+        if not local_ok:
+            raise EnvironmentFailed(f"image {image} cannot be a local virtualenv (its runtime is not on the "
+                                    "package index)", "use a Docker engine that can build it: --docker-host")
+        return Env(image=image, runner=self.name, lock_hash=lock_hash(image),
+                   ref=str(self.env_dir(image) / "bin" / "python"))
+
+    def prepare(self, image: str, on_line: OnLine | None = None, *, local_ok: bool = True) -> Env:
+        env = self.planned_env(image, local_ok=local_ok)
         path = self.env_dir(image)
-        digest = lock_hash(image)
-        env = Env(image=image, runner=self.name, lock_hash=digest, ref=str(path / "bin" / "python"))
         if (path / "ready").exists():
             return env
         self.root.mkdir(parents=True, exist_ok=True)

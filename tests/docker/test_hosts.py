@@ -52,12 +52,11 @@ def test_two_hosts_fan_out(engine, engine2, tiny_images, cache_root, tmp_path):
 
 def test_runners_for_targets_maps_hosts_and_platforms(engine, engine2):
     from edgekiln.runners import runners_for_targets
-    from edgekiln.targets import Target
+    from edgekiln.plan import Step
 
-    def target(name, platform):
-        return Target(name=name, description="", runtime="x", image="onnx", platform=platform,
-                      artifacts=(), precisions=("fp32",), default_precisions=("fp32",),
-                      calibration=(), convert="c", validate="v")
+    def target(name, platform):  # the step of a target: runners read only what the step carries
+        return Step(id=f"02-{name}-fp32-convert", kind="convert", template="c", image="onnx", target=name,
+                    precision="fp32", params_json="{}", platform=platform)
 
     notes = []
     runner_for, reason = runners_for_targets("auto", host_map={"far": SECOND_HOST},
@@ -81,7 +80,10 @@ def test_auto_falls_back_to_local_for_an_image_that_cannot_be_had(engine, monkey
         name = "local"
         ran = []
 
-        def prepare(self, image, on_line=None):
+        def prepare(self, image, on_line=None, *, local_ok=True):
+            return self.planned_env(image)
+
+        def planned_env(self, image, platform=None, on_line=None, *, local_ok=True):
             return Env(image=image, runner="local", lock_hash="x", ref="/venv/bin/python")
 
         def command(self, env, job, script):

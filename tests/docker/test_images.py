@@ -9,9 +9,11 @@ import pytest
 
 from edgekiln.docker import DockerEngine
 from edgekiln.errors import EnvironmentFailed
-from edgekiln.images import ensure_image, list_images, render_context, smoke_test
+from edgekiln.images import BASE_ENV, ensure_image, list_images, render_context, smoke_test
+from edgekiln.runners.base import Env, Runner
+from edgekiln.runners.docker import DockerRunner
 
-from .conftest import STAND_IN
+from .conftest import STAND_IN, make_job
 
 
 def test_onnx_image_builds_on_stand_in_base_and_passes_its_smoke_test(engine, onnx_image):
@@ -43,10 +45,73 @@ def test_tag_is_stable_and_an_existing_tag_is_not_rebuilt(engine, tiny_images, c
     other = render_context("tiny", base="python:3.11-slim-bookworm", platform=first.platform,
                            images_root=tiny_images, root=cache_root)
     assert other.tag != first.tag
-    rows = {r.name: r for r in list_images(engine, base=STAND_IN, images_root=tiny_images)}
-    assert rows["tiny"].built is True and rows["tiny"].size > 0
-    assert rows["tiny"].tag == first.tag and rows["tiny"].platform == "linux/amd64"
-    assert rows["broken"].built is False
+    rows = {(r.name, r.platform): r for r in list_images(engine, base=STAND_IN,
+                                                          images_root=tiny_images)}
+    assert set(rows) == {("tiny", "linux/amd64"), ("tiny", "linux/arm64"), ("broken", "linux/amd64")}
+    tiny = rows[("tiny", first.platform)]
+    assert tiny.built is True and tiny.size > 0 and tiny.tag == first.tag
+    assert tiny.built_platform == first.platform == engine.check().platform  # what the engine says
+    foreign = rows[("tiny", "linux/arm64" if first.platform == "linux/amd64" else "linux/amd64")]
+    assert foreign.tag != first.tag and foreign.built is False and foreign.built_platform is None
+    assert rows[("broken", "linux/amd64")].built is False
+
+
+def test_planned_env_is_exactly_what_prepare_builds(engine, tiny_images, cache_root, tmp_path,
+                                                     monkeypatch):
+    """The dry run's commands: planned_env (nothing built) gives the Env, hence the argument
+    list, that prepare (a real build) gives."""
+    monkeypatch.delenv(BASE_ENV, raising=False)
+    root = tmp_path / "images"
+    shutil.copytree(tiny_images, root)
+    (root / "tiny" / "nonce.txt").write_text(uuid.uuid4().hex + "\n")  # never built before
+    runner = DockerRunner(engine=engine, cache_root=cache_root, images_root=root)
+    job = make_job(tmp_path / "job", "print(1)\n")
+    planned = runner.planned_env("tiny")
+    argv = runner.command(planned, job, "steps/01-probe.py")
+    assert not engine.has_image(planned.ref), "planning must not build"
+    env = runner.prepare("tiny")
+    assert engine.has_image(env.ref)
+    assert env == planned and runner.command(env, job, "steps/01-probe.py") == argv
+
+
+class _Local(Runner):  # the fallback's side is not under test here: what it is asked is
+    name = "local"
+
+    def prepare(self, image, on_line=None, *, local_ok=True):
+        assert local_ok, "a step that cannot be local must never reach the local runner"
+        return self.planned_env(image)
+
+    def planned_env(self, image, platform=None):
+        return Env(image=image, runner="local", lock_hash="x", ref="/venv/bin/python")
+
+    def command(self, env, job, script):
+        return [env.ref, script]
+
+    def run(self, env, job, script, log, on_line=None, timeout=None):
+        raise AssertionError("not run here")
+
+
+def test_auto_never_sends_an_image_without_a_local_venv_to_one(engine, tiny_images, cache_root,
+                                                               tmp_path, monkeypatch):
+    monkeypatch.delenv(BASE_ENV, raising=False)
+    root = tmp_path / "images"
+    shutil.copytree(tiny_images, root)
+    unreachable = "localhost:1/edgekiln/no-such-base:never"  # no engine has it, no registry answers
+    with open(root / "_bases.toml", "a") as fh:
+        fh.write(f'[gpuonly]\nbase = "{unreachable}"\nlocal = false\n'
+                 f'[plain]\nbase = "{unreachable}"\n')
+    for name in ("gpuonly", "plain"):
+        shutil.copytree(root / "tiny", root / name)
+    runner = DockerRunner(engine=engine, cache_root=cache_root, images_root=root, fallback=_Local)
+    for way, image, local_ok in [(runner.prepare, "gpuonly", True), (runner.planned_env, "gpuonly", True),
+                                 (runner.prepare, "plain", False), (runner.planned_env, "plain", False)]:
+        with pytest.raises(EnvironmentFailed, match="cannot have a local virtualenv") as info:
+            way(image, local_ok=local_ok)  # the image's data, or the step, says so
+        assert unreachable in info.value.message and "--docker-host" in info.value.hint
+    lines = []
+    env = runner.planned_env("plain", None, lines.append)
+    assert env.runner == "local" and env == runner.prepare("plain")
+    assert len(lines) == 1 and "using a local virtualenv instead" in lines[0]
 
 
 def test_failing_build_is_a_clear_environment_error(engine, tiny_images, cache_root):

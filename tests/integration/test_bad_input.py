@@ -118,6 +118,7 @@ def test_awkward_images_are_converted_or_skipped(onnx_model, photos, tmp_path):
     result = run_cli("build", "--model", onnx_model, "--precision", "fp32,int8", "--calib", odd,
                      "--out", tmp_path / "d", "--runner", "local", "--json", check=0)
     assert "corrupt.jpg" in result.stderr and "text.png" in result.stderr  # each skipped file is named
+    assert result.stderr.count("corrupt.jpg") == 1 and result.stderr.count("text.png") == 1  # once
     built = json.loads(result.stdout)
     assert {a["status"] for a in built["artifacts"]} == {"built"}
     broken = tmp_path / "broken"

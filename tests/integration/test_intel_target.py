@@ -20,7 +20,7 @@ def test_intel_fp32_fp16_int8(weights, photos, tmp_path):
     calib, val = photos
     result = run_json("build", "--target", "intel", "--model", weights, *MOBILENET, "--name", "mnv2",
                       "--precision", "fp32,fp16,int8", "--calib", calib, "--val", val,
-                      "--device", "NPU", "--max-drop", "5", "--out", tmp_path, "--runner", "local")
+                      "--option", "device=NPU", "--max-drop", "5", "--out", tmp_path, "--runner", "local")
     arts = {a["precision"]: a for a in result["artifacts"]}
     assert set(arts) == {"fp32", "fp16", "int8"}
     assert arts["fp32"]["metrics"]["top1_agreement"] == 1.0 and arts["fp32"]["metrics"]["cosine"] > 0.9999
@@ -39,4 +39,5 @@ def test_intel_fp32_fp16_int8(weights, photos, tmp_path):
         assert report["inference_precision"]  # the numbers say which precision they were taken at
         if precision != "int8":
             assert "f32" in json.dumps(report["inference_precision"]).lower()
-        assert manifest["validation"]["thresholds"].get("max_accuracy_drop") == 5.0
+        # --max-drop is int8.max_accuracy_drop: the int8 gate (and NNCF's accuracy control aims at it)
+        assert manifest["validation"]["thresholds"].get("max_accuracy_drop") == (5.0 if precision == "int8" else None)

@@ -104,10 +104,28 @@ def test_onnx_in_directly(built, out, photos, tmp_path):
 def test_dry_run_runs_nothing(weights, photos, tmp_path):
     calib, _ = photos
     proc = run_cli("build", "--target", "onnx", "--model", weights, *MOBILENET, "--precision", "int8",
-                   "--calib", calib, "--out", tmp_path, "--dry-run", check=0)
+                   "--calib", calib, "--out", tmp_path, "--runner", "local", "--dry-run", check=0)
     assert "source" in proc.stdout and "convert" in proc.stdout and "validate" in proc.stdout
-    assert "bin/python steps/" in proc.stdout
+    assert "bin/python steps/" in proc.stdout and "EKIT_PATHS=" in proc.stdout and "<env:" not in proc.stdout
     assert not (tmp_path / "mobilenet_v2-b0353104").exists()
+    assert not (tmp_path / ".edgekiln" / "jobs").exists() or not any((tmp_path / ".edgekiln" / "jobs").iterdir())
+
+
+def test_dry_run_prints_the_commands_the_build_ran(built, out, weights, photos):
+    """The dry run's commands are byte for byte the lines of the real build's commands.sh."""
+    calib, val = photos
+    plan = run_json("build", "--target", "onnx", "--model", weights, *MOBILENET, "--precision", "fp32,int8",
+                    "--calib", calib, "--val", val, "--name", "mobilenet_v2", "--out", out, "--runner", "local",
+                    "--dry-run")
+    planned = {s["id"]: s["command"] for s in plan["steps"]}
+    for precision in ("fp32", "int8"):
+        folder = Path(artifact(built, precision)["path"])
+        manifest = json.loads((folder / "manifest.json").read_text())
+        ran = [line for line in (folder / "build" / "commands.sh").read_text().splitlines()
+               if line and not line.startswith("#")]
+        ids = [s["id"] for s in manifest["steps"]]
+        assert ran == [planned[i] for i in ids]
+        assert [s["command"] for s in manifest["steps"]] == ran
 
 
 def test_ctrl_c_mid_step_publishes_nothing_and_next_run_works(built, out, photos, tmp_path):
@@ -149,3 +167,23 @@ def test_kill_mid_step_publishes_nothing(built, out, photos, tmp_path):
     proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert not (dist / "m").exists() or not [p for p in (dist / "m").iterdir() if not p.name.startswith(".")]
+
+
+def test_demo_data_dir_and_the_same_build_by_hand(tmp_path):
+    """`demo --data-dir` copies the real model and photos out; the build line it prints, pasted,
+    is the same request (a cache hit)."""
+    import shlex
+
+    data, out = tmp_path / "demo-data", tmp_path / "dist"
+    proc = run_cli("demo", "--data-dir", data, "--precision", "fp32", "--out", out, "--runner", "local",
+                   "--json", check=0)
+    assert (data / "mobilenet_v2-b0353104.pth").is_file() and (data / "photos" / "labels.csv").is_file()
+    assert len(list((data / "photos-mirrored").glob("*.jpg"))) == 20
+    first = json.loads(proc.stdout)
+    assert first["artifacts"][0]["status"] == "built" and first["model"] == "mobilenet_v2"
+    proc = run_cli("demo", "--data-dir", data, "--precision", "fp32", "--out", out, "--runner", "local", check=0)
+    line = next(l for l in proc.stderr.splitlines() if l.startswith("the same build by hand: "))
+    words = shlex.split(line.split(": ", 1)[1])
+    assert words[:2] == ["edgekiln", "build"]
+    again = run_json(*words[1:], "--runner", "local")
+    assert again["version"] == first["version"] and again["artifacts"][0]["status"] == "cached"

@@ -10,7 +10,7 @@ def test_invoke_lists_the_tasks_in_the_checkout():
     proc = subprocess.run([sys.executable, "-m", "invoke", "--list"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for name in ("build", "targets", "images", "demo", "bench"):
+    for name in ("build", "targets", "images", "demo", "clean", "bench"):
         assert f"  {name} " in proc.stdout
 
 
@@ -25,3 +25,53 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" in proc.stderr  # --debug shows it
     proc = run_cli("build", "--model", tmp_path / "missing.onnx", check=3)
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: model")
+
+
+def test_build_help_every_way():
+    for args in (("build", "--help"), ("build", "-h"), ("help", "build"), ("--help", "build"),
+                 ("build", "--target", "onnx", "--help")):
+        proc = run_cli(*args, check=0)
+        assert "--model" in proc.stdout and "--precision" in proc.stdout, args
+        assert "--prompt-for-sudo-password" not in proc.stdout
+
+
+def test_top_level_help_shows_edgekiln_only():
+    proc = run_cli("--help", check=0)
+    for name in ("build", "targets", "images", "demo", "clean"):
+        assert f"  {name} " in proc.stdout
+    for invoke_only in ("--prompt-for-sudo-password", "--pty", "--write-pyc", "--echo"):
+        assert invoke_only not in proc.stdout
+
+
+def test_missing_model_is_a_usage_error():
+    proc = run_cli("build", "--target", "onnx", check=2)
+    assert proc.stderr.strip() == "error: no model given — pass --model FILE (see `edgekiln build --help`)"
+
+
+def test_target_specific_flags_are_options_now(tmp_path):
+    proc = run_cli("build", "--model", tmp_path / "m.onnx", "--device", "NPU", check=None)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+def test_clean_removes_failed_and_old_jobs_never_running_ones(tmp_path):
+    import json
+    import os
+    import time
+
+    jobs = tmp_path / ".edgekiln" / "jobs"
+    for name, state, pid, age in (("failed1", "failed", 1, 0), ("kept1", "kept", 1, 0),
+                                  ("running", "running", os.getpid(), 0),
+                                  ("dead", "running", 2 ** 22 + 7, 0), ("oldkept", "kept", 1, 10 * 86400)):
+        (jobs / name / "work").mkdir(parents=True)
+        (jobs / name / "work" / "blob").write_bytes(b"x" * 1000)
+        (jobs / name / "job.json").write_text(json.dumps({"state": state, "pid": pid, "time": time.time() - age}))
+    proc = run_cli("clean", "--out", tmp_path, "--failed", "--dry-run", check=0)
+    assert "would remove 2 job folder(s)" in proc.stdout  # failed1 and dead (its process is gone)
+    assert (jobs / "failed1").exists()
+    run_cli("clean", "--out", tmp_path, "--older-than", "7", check=0)
+    assert not (jobs / "oldkept").exists() and (jobs / "kept1").exists() and (jobs / "failed1").exists()
+    run_cli("clean", "--out", tmp_path, "--failed", check=0)
+    assert sorted(p.name for p in jobs.iterdir()) == ["kept1", "running"]
+    run_cli("clean", "--out", tmp_path, check=0)
+    assert sorted(p.name for p in jobs.iterdir()) == ["running"]
+    run_cli("clean", "--out", tmp_path, "--older-than", "soon", check=2)

@@ -95,7 +95,7 @@ def test_rpi_target_and_sources_load():
     assert t.via["keras"]["convert"] == "tflite/convert_from_tf.py.jinja"
     assert t.via["saved_model"]["source"] == "tflite/source_tf.py.jinja"
     kinds = source_kinds(TARGETS)
-    assert kinds["keras"].suffixes == (".keras", ".h5") and kinds["saved_model"].image == "tflite"
+    assert kinds["keras"].suffixes == (".keras", ".h5", ".hdf5") and kinds["keras"].layout == "nhwc" and kinds["saved_model"].image == "tflite"
     for p in t.precisions:
         assert t.thresholds_for(p), p
 

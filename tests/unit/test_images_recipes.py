@@ -1,18 +1,26 @@
-"""Image recipes without Docker: base references, rendering, tags, local wheels, hosts."""
+"""Image recipes without Docker: base references, the shared Dockerfile body, rendering, tags,
+image facts, the lock hash, planned Envs, local wheels, hosts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 
-from edgekiln.docker import (DockerEngine, Mount, RunSpec, _mount_arg, load_host_map,
+from edgekiln.docker import (DockerEngine, EngineInfo, Mount, RunSpec, _mount_arg, load_host_map,
                              resolve_host, write_script)
-from edgekiln.errors import UsageError
-from edgekiln.images import (check_base, local_wheels, pinned, recipes, render,
-                             render_context)
+from edgekiln.errors import EnvironmentFailed, UsageError
+from edgekiln.images import (check_base, image_facts, local_wheels, lock_hash, pinned, recipes,
+                             render, render_context, resolve_build_names)
 from edgekiln.resources import data_dir
+from edgekiln.runners.base import Job
+from edgekiln.runners.docker import DockerRunner
 
 
 @pytest.mark.parametrize("ref", [
@@ -44,6 +52,87 @@ def test_every_recipe_has_a_pinned_base_a_lock_and_a_smoke_test():
         assert "Dockerfile.jinja" not in files
 
 
+def _body(dockerfile: bytes) -> list[str]:
+    """The instructions of a rendered Dockerfile (comments and the image's own apt step out)."""
+    lines = [line for line in dockerfile.decode().splitlines() if not line.startswith("#")]
+    if "apt-get" in "\n".join(lines):  # tflite's system packages: one RUN of three lines
+        start = next(i for i, line in enumerate(lines) if "apt-get" in line) - 1
+        assert lines[start].startswith("RUN ")
+        del lines[start:start + 3]
+    return lines
+
+
+def test_images_share_one_dockerfile_body_and_keep_only_what_differs():
+    found = recipes()
+    assert not any(n.startswith("_") for n in found), "a shared template is not an image"
+    bodies = {}
+    for name, recipe in found.items():
+        own = (recipe.directory / "Dockerfile.jinja").read_text()
+        assert own.startswith('{% extends "_base.Dockerfile.jinja" %}'), name
+        assert "FROM" not in own and "LABEL" not in own, f"{name} repeats the shared body"
+        files = render(recipe, base="debian:bookworm", platform=recipe.platforms[0])
+        assert files["Dockerfile"].decode().count("FROM debian:bookworm") == 2  # the two stages
+        bodies[name] = [line.replace(f'"{name}"', '"X"').replace(f"/{name}\"", '/X"')
+                        for line in _body(files["Dockerfile"])
+                        if "lock-hash" not in line and "edgekiln.platform" not in line]
+    assert "apt-get install" in render(found["tflite"], platform="linux/amd64")["Dockerfile"].decode()
+    assert "apt-get" not in render(found["onnx"], platform="linux/amd64")["Dockerfile"].decode()
+    first = next(iter(bodies.values()))
+    assert all(body == first for body in bodies.values()), "the stages differ between images"
+
+
+def test_only_jinja_files_render_and_shared_folders_are_not_images(images_copy, tmp_path):
+    (images_copy / "_shared").mkdir()
+    (images_copy / "_shared" / "Dockerfile.jinja").write_text("FROM {{ base }}\n")
+    (images_copy / "onnx" / "notes.txt").write_text("{{ not rendered }}\n")
+    (images_copy / "onnx" / "extra.txt.jinja").write_text("{{ name | tojson }}\n")
+    assert set(recipes(images_copy)) == set(recipes())
+    files = render(recipes(images_copy)["onnx"], platform="linux/amd64")
+    assert files["notes.txt"] == b"{{ not rendered }}\n"
+    assert files["extra.txt"] == b'"onnx"\n' and "extra.txt.jinja" not in files
+    # StrictUndefined: a value that is not given (the old `python`) fails the render loudly
+    (images_copy / "onnx" / "extra.txt.jinja").write_text("{{ python }}\n")
+    with pytest.raises(EnvironmentFailed, match="python"):
+        render(recipes(images_copy)["onnx"], platform="linux/amd64")
+
+
+def test_image_facts_cover_every_base_entry_and_local_is_checked(images_copy):
+    facts = image_facts()
+    assert facts["onnx"] == {"local": True, "platforms": ["linux/amd64", "linux/arm64"]}
+    assert facts["tensorrt-x86"] == {"local": False, "platforms": ["linux/amd64"]}
+    assert facts["tensorrt-jetson"]["local"] is False
+    assert set(facts) >= set(recipes())
+    assert all(not r.local for r in recipes().values() if r.name.startswith("tensorrt"))
+    bases = images_copy / "_bases.toml"
+    bases.write_text(bases.read_text() + '\n[bad]\nbase = "debian:bookworm"\nlocal = "no"\n')
+    with pytest.raises(UsageError, match=r"\[bad\] local must be true or false"):
+        image_facts(images_copy)
+
+
+def test_one_lock_hash_by_image_name(images_copy):
+    lock = images_copy / "onnx" / "requirements.txt"
+    assert lock_hash("onnx", images_copy) == hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert lock_hash("onnx") == recipes()["onnx"].lock_hash()
+    lock.unlink()
+    with pytest.raises(EnvironmentFailed, match="has no requirements lock"):
+        lock_hash("onnx", images_copy)
+
+
+def test_images_module_neither_prints_nor_imports_targets():
+    code = ("import sys, edgekiln.images; "
+            "print(sorted(m for m in sys.modules if m in ('rich', 'edgekiln.targets')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_build_names_take_the_targets_platform_from_the_caller():
+    uses = {"rpi": ("tflite", "linux/arm64"), "onnx": ("onnx", "linux/amd64")}
+    assert resolve_build_names("rpi,torch,rpi", uses) == [("tflite", "linux/arm64"), ("torch", None)]
+    assert ("openvino", None) in resolve_build_names("all", uses)
+    with pytest.raises(UsageError, match="neither a target nor an image"):
+        resolve_build_names("nope", uses)
+
+
 @pytest.fixture()
 def images_copy(tmp_path):
     root = tmp_path / "images"
@@ -59,10 +148,35 @@ def test_tag_is_a_content_hash(images_copy, tmp_path):
     assert (a.directory / "Dockerfile").is_file() and (a.directory / "wheelhouse").is_dir()
     assert render_context("onnx", base="debian:bookworm", **kw).tag != a.tag
     assert render_context("onnx", **{**kw, "platform": "linux/arm64"}).tag != a.tag
+    planned = render_context("onnx", base="debian:bookworm", **{**kw, "root": tmp_path / "dry"},
+                             write=False)
+    assert not (tmp_path / "dry").exists(), "computing a tag writes nothing"
+    assert planned.tag == render_context("onnx", base="debian:bookworm", **kw).tag
     lock = images_copy / "onnx" / "requirements.txt"
     lock.write_text(lock.read_text() + "extra-package==1.0\n")
     changed = render_context("onnx", **kw)
     assert changed.tag != a.tag and changed.lock_hash != a.lock_hash
+
+
+def test_planned_env_gives_the_command_without_building(images_copy, tmp_path):
+    """The dry run's commands: planned_env needs no build and writes no context (the equality
+    with a real prepare() is tested on an engine in tests/docker/test_images.py)."""
+    engine = DockerEngine("unix:///nonexistent/edgekiln.sock")
+    engine.info = EngineInfo("unix:///nonexistent/edgekiln.sock", "0", "0", "linux/amd64", "0")
+    runner = DockerRunner(engine=engine, base_image="debian:bookworm", copy=False,
+                          cache_root=tmp_path / "cache", images_root=images_copy)
+    env = runner.planned_env("tflite", platform="linux/arm64")
+    ctx = render_context("tflite", base="debian:bookworm", platform="linux/arm64",
+                         images_root=images_copy, write=False)
+    assert (env.runner, env.ref, env.platform, env.lock_hash) == (
+        "docker", ctx.tag, "linux/arm64", ctx.lock_hash)
+    assert not (tmp_path / "cache").exists()
+    job = Job(root=tmp_path / "job", inputs={"model": tmp_path / "m.onnx", "calib": None, "val": None})
+    argv = runner.command(env, job, "steps/02-rpi-int8-convert.py")
+    assert argv[:2] == ["docker", "-H"] and "run" in argv
+    assert argv[argv.index(ctx.tag) + 1:] == ["/opt/venv/bin/python", "steps/02-rpi-int8-convert.py"]
+    assert argv[argv.index("--platform") + 1] == "linux/arm64"
+    assert runner.planned_env("onnx").platform == "linux/amd64"  # no platform: the engine's
 
 
 def test_unknown_platform_and_image(images_copy, tmp_path):
@@ -123,3 +237,19 @@ def test_run_argv_is_locked_down_and_scripts_quote(tmp_path):
     assert script.stat().st_mode & stat.S_IXUSR
     assert "'a b.py'" in script.read_text()
     assert "--network" not in eng.create_argv(spec, "n")[:3]
+
+
+def test_targets_and_images_tell_one_truth_about_platforms(tmp_path):
+    """`edgekiln images` lists every image once per platform it can be built for, so the
+    (image, platform) that `edgekiln targets` names is a row of it (no engine here: built None)."""
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock",
+           "EDGEKILN_CACHE": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "edgekiln.cli"]
+    targets = json.loads(subprocess.run(cli + ["targets", "--json"], env=env,
+                                                      capture_output=True, check=True).stdout)
+    rows = json.loads(subprocess.run(cli + ["images", "--json"], env=env,
+                                                   capture_output=True, check=True).stdout)
+    listed = {(r["name"], r["platform"]) for r in rows}
+    assert {(t["image"], t["platform"]) for t in targets} <= listed
+    assert ("tflite", "linux/arm64") in listed and ("tflite", "linux/amd64") in listed
+    assert all(r["built"] is None and r["built_platform"] is None for r in rows)

@@ -26,7 +26,7 @@ def test_renders_to_python(name):
     code = render(name)
     tree = ast.parse(code)
     assert "Params read" in ast.get_docstring(tree)
-    assert "ekit.finish(__file__" in code and "ekit.params(__file__)" in code
+    assert "ekit.finish(__file__" in code and "ekit.step(__file__)" in code
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -48,7 +48,8 @@ def test_target_file_loads_and_names_these_templates():
     assert (t.convert, t.validate) == tuple(TEMPLATES)
     assert t.artifacts == ("model.xml", "model.bin") and t.calibration == ("int8",)
     assert {"device", "bake_preprocessing", "subset_size", "preset", "fast_bias_correction",
-            "ignored_scopes", "model_type", "max_drop", "allow_drop", "latency_runs"} <= set(t.options)
+            "ignored_scopes", "model_type", "max_ac_iterations", "latency_runs"} <= set(t.options)
+    assert t.thresholds["int8"]["max_accuracy_drop"] == 5.0  # the one place the drop lives
     assert set(t.thresholds) == {"fp32", "fp16", "int8"}
     assert (ROOT / "images" / "openvino" / "requirements.txt").is_file()
 

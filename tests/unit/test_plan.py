@@ -91,3 +91,17 @@ def test_thresholds():
     assert split_thresholds({"min_cosine": 0.9, "int8.max_abs": 1}, "int8") == {"min_cosine": 0.9, "max_abs": 1.0}
     with pytest.raises(UsageError):
         split_thresholds({"min_cosinus": 1}, "fp32")
+
+
+def test_thresholds_at_the_limit_pass_and_missing_metrics_are_not_applicable():
+    from edgekiln.plan import evaluate_thresholds
+
+    # one image in 20 lost: (0.95 - 0.90) * 100 == 5.000000000000004 in floating point
+    assert check_thresholds({"accuracy": 0.90, "source_accuracy": 0.95}, {"max_accuracy_drop": 5.0}) == []
+    assert check_thresholds({"accuracy": 0.85, "source_accuracy": 0.95}, {"max_accuracy_drop": 5.0})
+    verdicts = evaluate_thresholds({"cosine": 0.5}, {"min_cosine": 0.9, "min_top1_agreement": 0.9,
+                                                     "max_accuracy_drop": 1.0})
+    by = {v["threshold"]: v for v in verdicts}
+    assert by["min_cosine"]["passed"] is False
+    assert by["min_top1_agreement"]["passed"] is None and "not applicable" in by["min_top1_agreement"]["reason"]
+    assert by["max_accuracy_drop"]["passed"] is None and "labelled" in by["max_accuracy_drop"]["reason"]
