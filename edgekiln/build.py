@@ -158,7 +158,9 @@ def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) 
             env = runner.planned_env(s.image, getattr(runner, "platform", None), local_ok=s.local)
             steps.append({"id": s.id, "kind": s.kind, "image": s.image, "template": s.template,
                           "runner": env.runner, "platform": s.platform, "environment": env.ref,
-                          "command": quote(runner.command(env, job, s.script))})
+                          # local: byte for byte the line commands.sh gets; Docker: the same but for
+                          # the job folder (made at build time), shown as <job>
+                          "command": quote(runner.command(env, job, s.script)).replace(str(job_root.resolve()), "<job>")})
     finally:
         shutil.rmtree(job_root, ignore_errors=True)
     return {"model": request.model_name, "format": request.source_format, "version": prep.loc.version,
