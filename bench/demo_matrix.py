@@ -65,13 +65,15 @@ def measure(out: Path) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], cpu: str) -> str:
+def table(rows: list[dict], cpu: str, load: float | None = None) -> str:
     def frac(v, n):
         return "-" if v is None else f"{round(v * n)}/{n}"
 
     lines = [f"Measured by `bench/demo_matrix.py` on {cpu} (2 cores, no GPU; numbers in "
              "`bench/results/demo_matrix.json`): the demo MobileNetV2, calibrated on 20 ImageNet photos, "
-             "validated on their mirror images, local runner.", "",
+             "validated on their mirror images, local runner."
+             + (f" Load average during the run: {load:.1f} on 2 cores" + (" — latencies are noisy, compare "
+                "them within one run only." if load > 1.5 else ".") if load is not None else ""), "",
              "| target | precision | size | top-1 agreement with PyTorch | top-1 (PyTorch: {}) | min cosine | latency |"
              .format(frac(rows[0]["source_accuracy"], rows[0]["n"]) if rows else "-"),
              "|---|---|---|---|---|---|---|"]
@@ -96,13 +98,17 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
     args = parser.parse_args()
     cpu = cpu_model()
+    import os
+
+    before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="edgekiln-demo-matrix-") as tmp:
         rows = measure(Path(tmp))
+    load = max(before, os.getloadavg()[0])
     data = {"cpu": cpu, "cores": __import__("os").cpu_count(), "python": platform.python_version(),
-            "measured": time.strftime("%Y-%m-%d"), "rows": rows}
+            "measured": time.strftime("%Y-%m-%d"), "load_average": round(load, 2), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "demo_matrix.json").write_text(json.dumps(data, indent=2) + "\n")
-    text = table(rows, cpu)
+    text = table(rows, cpu, load)
     (RESULTS / "demo_matrix.md").write_text("# Demo matrix\n\n" + text + "\n")
     if not args.no_readme:
         write_readme(text)

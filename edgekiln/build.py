@@ -222,7 +222,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             if env.runner != runner.name:
                 why = next((l for l in reversed(said) if "instead" in l), "the image cannot be had here")
                 ui.warn(f"{why.split('; using')[0]}: the {step.image} steps run in a local virtualenv. "
-                        f"To run them in Docker, build the image once: edgekiln images --build {step.image}")
+                        f"To run them in Docker, make that base available, then: edgekiln images --build {step.image}")
         return runner, envs[key]
 
     def run_step(step: Step) -> None:
