@@ -99,7 +99,7 @@ def measure(name: str, fp32: Path, calib: np.ndarray, x: np.ndarray, ref: list, 
 
     rows = []
     fixed = tmp / f"{name}-fixed.onnx"
-    onnx.save(ekit_trt.fix_batch(onnx.load(str(fp32))), str(fixed))
+    onnx.save(ekit_trt.fix_shape(onnx.load(str(fp32)), calib[0:1].shape), str(fixed))
     variants = VARIANTS + [("fp16-autocast", "-")]
     for tool, method in variants:
         out = tmp / f"{name}-{tool}-{method}.onnx"

@@ -158,12 +158,13 @@ def shape_range(inputs: list[dict], shapes: str | None) -> dict | None:
     return {"input": inp["name"], "min": dims[0], "opt": dims[1], "max": dims[2]}
 
 
-def fix_batch(model, batch: int = 1):
-    """Give symbolic leading dims of the inputs a value (quantizers calibrate a fixed shape)."""
-    for inp in model.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = batch
+def fix_shape(model, shape):
+    """Give the symbolic dims of the first input the values of ``shape`` (quantizers and AutoCast
+    work on a fixed shape)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, value in zip(dims, shape):
+        if not d.HasField("dim_value"):
+            d.dim_value = int(value)
     return model
 
 

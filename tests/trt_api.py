@@ -69,16 +69,14 @@ def strings(version: str) -> frozenset[str]:
 
 
 @lru_cache(maxsize=None)
-def names(version: str) -> frozenset[str]:
-    """Identifier strings, and their tails: the linker stores "INT8" as the tail of "UINT8\\0" and
-    "Logger" inside "ILogger\\0" (tail merging), so a registered name may only exist as a suffix."""
-    out = set()
-    for s in strings(version):
-        m = re.search(r"[A-Za-z_][A-Za-z0-9_]*$", s)
-        if m:
-            word = m.group(0)
-            out.update(word[i:] for i in range(len(word) - 1))
-    return frozenset(out)
+def _blob(version: str) -> str:
+    return "\0" + "\0".join(sorted(strings(version))) + "\0"
+
+
+def has(version: str, name: str) -> bool:
+    """Is ``name`` a registered string, or the tail of one? (the linker stores "INT8" as the tail of
+    "UINT8\\0" and "Logger" inside "ILogger\\0": tail merging)"""
+    return (name + "\0") in _blob(version)
 
 
 def _chain(node: ast.Attribute) -> tuple[str | None, list[str]]:
@@ -102,14 +100,14 @@ def used(script: str) -> set[str]:
 
 
 def lint(script: str, version: str) -> list[str]:
-    have, docs = names(version), strings(version)
+    docs = strings(version)
     missing = []
     for use in sorted(used(script)):
         root, *parts = use.split(".")
         for part in parts:
             if part == "__version__":
                 continue
-            if part not in have:
+            if not has(version, part):
                 missing.append(f"{use} ({part})")
                 break
         else:
