@@ -92,7 +92,7 @@ def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: P
         (device / name).write_text(text)
     (device / "build_engine.sh").chmod(0o755)
     shutil.copy2(data_dir("converters") / "trt" / "preflight.py", device / "preflight.py")
-    shutil.copy2(source / "reference.npz", device / "reference.npz")
+    shutil.copy2(work / "device_reference.npz", device / "reference.npz")
     trtexec = trtexec_line(stack, precision, shapes=info["shapes"], input_name=io["inputs"][0]["name"],
                            dla_core=dla_core, workspace_mib=int(options["workspace_mib"]))
     (device / "trtexec.txt").write_text(
