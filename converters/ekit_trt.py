@@ -186,8 +186,9 @@ def quantize_ort_symmetric(src: Path, dst: Path, calib: np.ndarray, *, method: s
     """ONNX Runtime's static QDQ made TensorRT-legal: int8 activations and weights, symmetric
     (zero point 0), per-channel weights."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from ekit_onnx import calibration_reader
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -204,19 +205,6 @@ def quantize_ort_symmetric(src: Path, dst: Path, calib: np.ndarray, *, method: s
 
         ops = sorted(set(QDQRegistry) - set(op_types_to_exclude))
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= len(calib):
-                return None
-            self.i += 1
-            return {name: calib[self.i - 1:self.i].astype(np.float32)}
-
-        def rewind(self):
-            self.i = 0
-
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     # QuantizeBias off: ORT would store biases as int32 behind a DequantizeLinear, which TensorRT
@@ -224,8 +212,8 @@ def quantize_ort_symmetric(src: Path, dst: Path, calib: np.ndarray, *, method: s
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
-    quantize_static(os.fspath(pre), os.fspath(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+    quantize_static(os.fspath(pre), os.fspath(dst), calibration_reader(name, calib),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=methods[method], nodes_to_exclude=list(nodes_to_exclude),
                     op_types_to_quantize=ops, extra_options=extra)
     pre.unlink(missing_ok=True)

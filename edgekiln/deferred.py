@@ -186,6 +186,7 @@ def finish(folder: Path, python: str | None = None, who: str | None = None) -> d
     stage = folder.with_name(f".finish-{folder.name}-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     shutil.copytree(folder, stage)
+    keep = False  # a failed build/check leaves its copy for inspection; anything else leaves nothing
     try:
         pre = _run([python, "device/preflight.py"], stage)
         if pre.returncode != 0:
@@ -200,6 +201,7 @@ def finish(folder: Path, python: str | None = None, who: str | None = None) -> d
                 last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["failed"])[-1]
                 kind = ValidationFailed if script.endswith("check_engine.py") and proc.returncode == 1 \
                     else EnvironmentFailed
+                keep = True
                 raise kind(f"{script}: {last}", f"the bundle stays pending; see {stage} for its output")
         check = json.loads((stage / "check.json").read_text())
         engine = json.loads((stage / "engine.json").read_text())
@@ -219,7 +221,7 @@ def finish(folder: Path, python: str | None = None, who: str | None = None) -> d
         os.rename(stage, folder)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        if stage.exists() and not isinstance(sys.exc_info()[1], (ValidationFailed, EnvironmentFailed)):
+        if not keep:
             shutil.rmtree(stage, ignore_errors=True)
         raise
     return manifest

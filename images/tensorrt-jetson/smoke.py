@@ -1,4 +1,4 @@
-"""Smoke test of a TensorRT device image, run INSIDE it on the device (docker run --runtime nvidia).
+"""Smoke test of images/tensorrt-jetson, run INSIDE it on the Jetson (docker run --runtime nvidia).
 
 Imports NVIDIA's TensorRT bindings, makes a builder (which needs the GPU) and prints one JSON line:
 TensorRT version, GPU name, DLA cores, and the L4T release when on a Jetson. Exit 0: usable.
@@ -14,7 +14,7 @@ def main() -> int:
     import tensorrt as trt
 
     builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
-    info = {"smoke": os.environ.get("EDGEKILN_IMAGE", "tensorrt"), "ok": True,
+    info = {"smoke": "tensorrt-jetson", "ok": True,
             "python": sys.version.split()[0], "tensorrt": trt.__version__, "numpy": np.__version__,
             "dla_cores": int(getattr(builder, "num_DLA_cores", 0))}
     if os.path.isfile("/etc/nv_tegra_release"):
