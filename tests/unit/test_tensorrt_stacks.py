@@ -100,3 +100,44 @@ def test_build_engine_sh_passes_shellcheck(tmp_path, kind):
     path.write_text(text)
     proc = subprocess.run(["shellcheck", "-s", "sh", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+# ---------------------------------------------------------------- the plan carries the chosen stack
+
+
+def _plan(target, precisions=None, **options):
+    from pathlib import Path
+
+    from edgekiln.plan import plan_build
+    from edgekiln.request import BuildRequest, InputSpec
+    from edgekiln.targets import source_kinds
+
+    req = BuildRequest(model=Path("/m/model.onnx"), model_name="model", source_format="onnx", targets=(target,),
+                       precisions=precisions, input=InputSpec(shape=(1, 3, 224, 224)), options=options,
+                       calib=Path("/photos"))
+    return plan_build(req, all_targets(), source_kinds())
+
+
+def test_plan_puts_the_stack_into_the_convert_params():
+    plan = _plan("jetson")
+    assert [(a.target, a.precision) for a in plan.artifacts] == [("jetson", "fp16")]
+    conv = plan.step(plan.artifacts[0].convert_step)
+    assert conv.image == "trtprep" and conv.template == "trt/convert.py.jinja"
+    trt = conv.params["tensorrt"]
+    assert (trt["tensorrt"], trt["api"], trt["typed"], trt["dla_core"]) == ("10.3.0", "10", True, None)
+    trt = _plan("jetson", ("int8",), jetpack="5.1", dla_core=0).step("02-jetson-int8-convert").params["tensorrt"]
+    assert (trt["tensorrt"], trt["typed"], trt["dla_core"]) == ("8.5.2", False, 0)
+    assert _plan("x86-gpu").step("02-x86-gpu-fp16-convert").params["tensorrt"]["base"] == \
+        "nvcr.io/nvidia/tensorrt:24.12-py3"
+
+
+@pytest.mark.parametrize("target,options,expected", [
+    ("jetson", {"jetpack": "4.6"}, "unknown JetPack '4.6'"),
+    ("x86-gpu", {"stack": "99.01"}, "unknown NGC TensorRT image '99.01' — --option stack= takes one of: 24.12"),
+    ("x86-gpu", {"dla_core": 0}, "has no DLA cores"),
+    ("jetson", {"dla_core": "x"}, "is not an integer"),
+])
+def test_plan_refuses_a_bad_stack_in_one_line(target, options, expected):
+    with pytest.raises(UsageError) as e:
+        _plan(target, **options)
+    assert expected in e.value.line()
