@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     lines += ["", "Reading: YOLOv8n's raw output concatenates box coordinates (0..320 px) and class scores "
               "(0..1); its cosine is dominated by the boxes, so the class-score cosine and the detection "
               "F1 against the fp32 boxes are the telling columns. ONNX Runtime's QDQ quantizes that final "
-              "Concat with one scale for both, which flattens the scores (no box survives); modelopt "
+              "Concat with one scale for both (its output DequantizeLinear has scale 2.49 px per step), which flattens the scores (no box survives); modelopt "
               "places Q/DQ only where TensorRT runs int8 kernels (Conv inputs), leaving the head in float. "
               "Default chosen: int8_method = modelopt, calibration_method = entropy "
               "(targets/jetson.toml, targets/x86-gpu.toml)."]
