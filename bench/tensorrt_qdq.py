@@ -106,7 +106,7 @@ def measure(name: str, fp32: Path, calib: np.ndarray, x: np.ndarray, ref: list, 
         np.save(tmp / "calib.npy", calib.astype(np.float32))
         t0 = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--quantize", tool, method, str(fixed), str(out),
-                        str(tmp / "calib.npy")], check=True)
+                        str(tmp / "calib.npy")], check=True, cwd=tmp)  # the quantizers leave temp files in cwd
         seconds = time.perf_counter() - t0
         model = onnx.load(str(out))
         lint = ekit_trt.lint_qdq(model)

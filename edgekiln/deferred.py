@@ -58,12 +58,14 @@ def render_image(stack: Stack, dest: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / name
         shutil.copytree(folder, work)
+        for shared in folder.parent.glob("_*.jinja"):  # the bodies the recipe extends
+            shutil.copy2(shared, Path(tmp) / shared.name)
         for lock in work.glob("requirements*.txt"):
             if lock.name != stack.lock:
                 lock.unlink()
         (work / stack.lock).rename(work / "requirements.txt")
         plat = "linux/arm64" if stack.kind == "jetson" else "linux/amd64"
-        files = render(Recipe(name, work, stack.base, (plat,), stack.python), base=stack.base, platform=plat)
+        files = render(Recipe(name, work, stack.base, (plat,), local=False), base=stack.base, platform=plat)
     digest = hashlib.sha256()
     dest.mkdir(parents=True, exist_ok=True)
     for rel, data in sorted(files.items()):
