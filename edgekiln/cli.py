@@ -307,16 +307,18 @@ def images(c, build="", base_image=None, platform=None, docker_host=None, rebuil
 
 
 @task(positional=["folder"], help={"folder": "a pending-device artifact folder, e.g. dist/<model>/<version>/jetson/fp16",
+            "python": "the Python that runs the device scripts (it must import tensorrt, e.g. /usr/bin/python3 "
+                      "on a Jetson; default: the one running edgekiln); or use device/build_engine.sh (Docker)",
             "json": "print the completed manifest as JSON", "debug": "show tracebacks"})
 @guarded
-def finish(c, folder=None, json=False, debug=False):
+def finish(c, folder=None, python=None, json=False, debug=False):
     """On the device: build and check the TensorRT engine of a deferred bundle, completing it in place."""
     from .deferred import finish as finish_bundle
     from .errors import UsageError
 
     if not folder:
         raise UsageError("no artifact folder given", "pass --folder dist/<model>/<version>/jetson/fp16")
-    manifest = finish_bundle(Path(folder))
+    manifest = finish_bundle(Path(folder), python=python)
     if json:
         console.print_json(data=manifest)
         return
