@@ -169,3 +169,26 @@ def test_an_operator_tensorrt_cannot_parse_is_named_with_the_version(small_model
     assert proc.returncode == 8, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "TensorRT 8.5.2" in line and "Unique (1 node)" in line and "release/8.5-GA" in line
+
+
+def test_an_int8_below_the_gate_never_leaves_the_workstation(small_models, photos, tmp_path):
+    """The ORT proxy gate fails for the reason it exists: a real int8 Q/DQ of a small conv net (ONNX
+    Runtime's symmetric QDQ) misses a cosine of 0.99999 (int8 rounding alone costs more), so nothing
+    is published."""
+    calib, val = photos
+    proc = run_cli("build", "--target", "jetson", "--model", small_models[0], "--precision", "int8",
+                   "--calib", calib, "--val", val, "--threshold", "int8.min_cosine=0.99999",
+                   "--option", "int8_method=ort", "--option", "calibration_method=minmax",
+                   "--out", tmp_path, "--runner", "local")
+    assert proc.returncode == 10, proc.stderr
+    assert "validation below thresholds, nothing published" in proc.stderr and "min cosine" in proc.stderr
+    assert not list(tmp_path.glob("conv/*/jetson"))
+
+
+def test_an_int8_without_any_qdq_is_refused(small_models, photos, tmp_path):
+    """modelopt leaves a lone Conv in float: an 'int8' ONNX without Q/DQ would build a float engine."""
+    calib, val = photos
+    proc = run_cli("build", "--target", "jetson", "--model", small_models[0], "--precision", "int8",
+                   "--calib", calib, "--val", val, "--out", tmp_path, "--runner", "local")
+    assert proc.returncode == 8, proc.stderr
+    assert "placed no Q/DQ node" in proc.stderr and not list(tmp_path.glob("conv/*/jetson"))
