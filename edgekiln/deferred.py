@@ -96,7 +96,9 @@ def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: P
     shutil.copy2(data_dir("converters") / "trt" / "preflight.py", device / "preflight.py")
     shutil.copy2(work / "device_reference.npz", device / "reference.npz")
     trtexec = trtexec_line(stack, precision, shapes=info["shapes"], input_name=io["inputs"][0]["name"],
-                           dla_core=dla_core, workspace_mib=int(options["workspace_mib"]))
+                           dla_core=dla_core, workspace_mib=int(options["workspace_mib"]),
+                           hardware_compatible=bool(options.get("hardware_compatible", False)),
+                           version_compatible=bool(options.get("version_compatible", False)))
     (device / "trtexec.txt").write_text(
         "# The trtexec command equivalent to build_engine.py (TensorRT " + stack.tensorrt + "), run in the "
         "artifact folder on the device:\n" + " ".join(trtexec) + "\n")

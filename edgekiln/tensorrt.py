@@ -118,7 +118,8 @@ def stack_for(kind: str, version: str | None = None, table: Mapping[str, Any] | 
 
 def trtexec_line(stack: Stack, precision: str, *, shapes: Mapping[str, Any] | None, input_name: str,
                  dla_core: int | None, workspace_mib: int, engine: str = "model.engine",
-                 onnx: str = "model.onnx") -> list[str]:
+                 onnx: str = "model.onnx", hardware_compatible: bool = False,
+                 version_compatible: bool = False) -> list[str]:
     """The trtexec command equivalent to build_engine.py for this stack (recorded, not run here)."""
     args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}",
             f"--memPoolSize=workspace:{workspace_mib}", "--timingCacheFile=timing.cache"]  # MiB
@@ -134,6 +135,10 @@ def trtexec_line(stack: Stack, precision: str, *, shapes: Mapping[str, Any] | No
             args.append(f"{flag}={input_name}:{dims}")
     if dla_core is not None:
         args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
+    if hardware_compatible:
+        args.append("--hardwareCompatibilityLevel=ampere+")
+    if version_compatible:
+        args.append("--versionCompatible")
     return args
 
 

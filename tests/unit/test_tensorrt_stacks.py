@@ -87,6 +87,9 @@ def test_trtexec_line_uses_mempoolsize_and_matches_the_typing():
     line = T.trtexec_line(jp51, "fp16", shapes=None, input_name="x", dla_core=0, workspace_mib=512)
     assert "--fp16" in line and "--useDLACore=0" in line and "--allowGPUFallback" in line
     assert "--stronglyTyped" not in line
+    line = T.trtexec_line(T.stack_for("x86"), "fp16", shapes=None, input_name="x", dla_core=None, workspace_mib=64,
+                          hardware_compatible=True, version_compatible=True)
+    assert "--hardwareCompatibilityLevel=ampere+" in line and "--versionCompatible" in line
 
 
 @pytest.mark.parametrize("kind", ["jetson", "x86"])
