@@ -3,7 +3,8 @@ ekit.py, ekit_tf.py and ekit_ov.py). onnx / onnxruntime / the simplifiers are im
 functions: only environments that have them call these.
 
 * model facts: ``onnx_io``, ``node_count``; saving as one file: ``save_onnx``;
-* running: ``ort_session``, ``ort_run``; simplifying: ``simplify_onnx``.
+* running: ``ort_session``, ``ort_run``; simplifying: ``simplify_onnx``;
+* quantizing: ``calibration_reader`` (ONNX Runtime's data reader over a calib.npy array).
 """
 
 from __future__ import annotations
@@ -78,6 +79,27 @@ def ort_run(sess, x: np.ndarray, batch: int = 1, input_name: str | None = None) 
         for k, y in enumerate(ys):
             outs[k].append(np.asarray(y))
     return [np.concatenate(o, axis=0) for o in outs]
+
+
+def calibration_reader(name: str, x: np.ndarray):
+    """An ``onnxruntime.quantization.CalibrationDataReader`` feeding ``x`` ([N, ...]) one sample at a
+    time to input ``name`` (rewindable: some calibrators read the data twice)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(x):
+                return None
+            self.i += 1
+            return {name: x[self.i - 1:self.i].astype(np.float32)}
+
+        def rewind(self):
+            self.i = 0
+
+    return Reader()
 
 
 def simplify_onnx(model, tool: str):

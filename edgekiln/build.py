@@ -273,8 +273,13 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         for artifact in todo:
             folder = loc.model_dir / f".stage-{job.root.name}-{artifact.target}-{artifact.precision}"
             manifest = stage_artifact(folder, artifact, record, keys[artifact.key])
+            status = "built"
+            params = plan.step(artifact.convert_step).params
+            if "tensorrt" in params:  # no engine here: the artifact is a deferred device bundle
+                manifest = defer_engine(folder, artifact, params, job, manifest)
+                status = "deferred: bundle ready"
             staged[(artifact.target, artifact.precision)] = folder
-            results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, "built",
+            results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, status,
                                                    loc.artifact_dir(artifact.target, artifact.precision),
                                                    manifest)
         publish(loc, staged)
@@ -292,6 +297,19 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
     used = ", ".join(sorted({env.runner for env in envs.values()}))
     return BuildResult(request.model_name, loc.version, [results[k] for k in order],
                        time.monotonic() - start, used, job.root if keep_job else None)
+
+
+def defer_engine(folder: Path, artifact: Artifact, params: dict, job: Job, manifest: dict) -> dict:
+    """A TensorRT artifact built on a host without the NVIDIA runtime: add the device bundle."""
+    from .deferred import device_bundle, mark_pending
+    from .targets import host_support
+
+    ok, reason = host_support(all_targets()[artifact.target])
+    if ok:  # an NVIDIA GPU is here, but edgekiln does not build engines in the build itself yet
+        reason = "engines are built by `edgekiln finish` on the device (not inside `edgekiln build` yet)"
+    deferred = device_bundle(folder, params, job.work / artifact.work_dir, job.work / "source",
+                             artifact.thresholds, reason)
+    return mark_pending(folder, manifest, deferred)
 
 
 def env_key(runner: Runner, image: str) -> tuple[str, str]:

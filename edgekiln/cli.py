@@ -82,6 +82,8 @@ BUILD_HELP = {
     "threshold": "threshold override [precision.]metric=value (repeatable), e.g. int8.min_top1_agreement=0.9",
     "max_drop": "shorthand for --threshold int8.max_accuracy_drop=X: allowed top-1 accuracy drop in points "
                 "(needs labelled --val; intel aims at it with NNCF's accuracy control)",
+    "jetpack": "jetson: the JetPack the engine is for (a row of targets/_tensorrt.toml; default 6.1); "
+               "shorthand for --option jetpack=X",
     "version": "version folder name (default: derived from the inputs' content)",
     "name": "model name in the output tree (default: the model file's name)",
     "out": "output root (default ./dist)",
@@ -97,7 +99,7 @@ BUILD_HELP = {
 }
 REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
                 "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "opset",
-                "simplify", "max_images", "option", "threshold", "max_drop", "version", "name", "out")
+                "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out")
 
 
 class _BuildTask(Task):
@@ -116,7 +118,8 @@ class _BuildTask(Task):
 def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=None, input_shape=None,
           layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None, input_name=None,
           dynamic_batch=False, spec=None, arch=None, trust_pickle=False, opset=17, simplify="onnxslim",
-          max_images=200, option=None, threshold=None, max_drop=None, version=None, name=None, out="dist",
+          max_images=200, option=None, threshold=None, max_drop=None, jetpack=None, version=None, name=None,
+          out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
@@ -150,6 +153,9 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
 
         console.print(f"[yellow]warning:[/] {SYNTHETIC}")
     for art in result.artifacts:
+        if art.manifest.get("status") == "pending-device":
+            console.print(f"[yellow]deferred: bundle ready[/] {art.target}/{art.precision}: "
+                          f"{escape(art.manifest['deferred']['reason'])}; on the device: edgekiln finish {art.path}")
         for note in art.manifest.get("not_executed", []):
             console.print(f"[yellow]not executed[/] {art.target}/{art.precision}: {note}")
     return result
@@ -300,8 +306,30 @@ def images(c, build="", base_image=None, platform=None, docker_host=None, rebuil
     console.print(table)
 
 
+@task(positional=["folder"], help={"folder": "a pending-device artifact folder, e.g. dist/<model>/<version>/jetson/fp16",
+            "python": "the Python that runs the device scripts (it must import tensorrt, e.g. /usr/bin/python3 "
+                      "on a Jetson; default: the one running edgekiln); or use device/build_engine.sh (Docker)",
+            "json": "print the completed manifest as JSON", "debug": "show tracebacks"})
+@guarded
+def finish(c, folder=None, python=None, json=False, debug=False):
+    """On the device: build and check the TensorRT engine of a deferred bundle, completing it in place."""
+    from .deferred import finish as finish_bundle
+    from .errors import UsageError
+
+    if not folder:
+        raise UsageError("no artifact folder given", "pass --folder dist/<model>/<version>/jetson/fp16")
+    manifest = finish_bundle(Path(folder), python=python)
+    if json:
+        console.print_json(data=manifest)
+        return
+    done = manifest["finished"]
+    console.print(f"finished {folder}: TensorRT {done['tensorrt']}, cosine(min) "
+                  f"{done['check']['metrics']['cosine']:.5f}, median {done['check']['latency_ms']['median']:.2f} ms "
+                  f"(by {done['by']})", markup=False)
+
+
 ns = Collection()
-for _t in (build, targets, images, demo, clean):
+for _t in (build, targets, images, demo, clean, finish):
     ns.add_task(_t)
 
 

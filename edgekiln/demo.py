@@ -26,6 +26,14 @@ WHEELS = {
     "foolbox": (
         "3.3.4", "foolbox-3.3.4-py3-none-any.whl",
         "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb"),
+    # A real detector: nudenet (MIT) ships 320n.onnx, an Ultralytics YOLOv8n export (dynamic input,
+    # output [N, 22, A]); ultralytics ships two street photos. Only those files are unpacked.
+    "nudenet": (
+        "3.4.2", "nudenet-3.4.2-py3-none-any.whl",
+        "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"),
+    "ultralytics": (
+        "8.4.190", "ultralytics-8.4.190-py3-none-any.whl",
+        "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8"),
 }
 
 
@@ -72,6 +80,25 @@ def imagenet_photos() -> list[Path]:
     if not photos:
         raise DataError("the foolbox wheel holds no ImageNet photos", "clear the cache folder and retry")
     return photos
+
+
+def yolov8n_onnx() -> Path:
+    """nudenet's 320n.onnx: a real Ultralytics YOLOv8n export (input [N, 3, H, W] dynamic)."""
+    return unpack("nudenet", "nudenet/320n.onnx")
+
+
+def detector_photos(root: Path | None = None) -> Path:
+    """A folder with the 20 ImageNet photos plus ultralytics' bus.jpg and zidane.jpg (people)."""
+    folder = (root or cache_dir() / "demo") / "detector-photos"
+    if not (folder / ".complete").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for photo in imagenet_photos():
+            shutil.copy2(photo, folder / photo.name)
+        for photo in sorted(unpack("ultralytics", "ultralytics/assets/").glob("*.jpg")):
+            shutil.copy2(photo, folder / photo.name)
+        (folder / ".complete").write_text("ok\n")
+    return folder
 
 
 def photo_folders(root: Path | None = None) -> tuple[Path, Path]:

@@ -202,13 +202,18 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         options.update({k: v for k, v in request.options.items() if k in options})
         src = source_step(target)
         via = target.via.get(request.source_format, {})
+        if target.runtime == "tensorrt":  # the chosen JetPack / NGC row travels in the params
+            from .tensorrt import target_params
+            base_t = dict(base, **target_params(target, options))
+        else:
+            base_t = base
         for precision in precisions:
             work_dir = f"{target.name}/{precision}"
             limits = target.thresholds_for(precision)
             limits.update(split_thresholds(request.thresholds, precision))
             # The thresholds travel to the convert step too: a converter that can aim at a
             # gate (NNCF's accuracy control at max_accuracy_drop) reads it there — one place.
-            common = dict(base, target=target.name, precision=precision, options=options,
+            common = dict(base_t, target=target.name, precision=precision, options=options,
                           thresholds=limits, artifacts=list(target.artifacts),
                           out_dir=f"work/{work_dir}", source_step=src)
             where = dict(platform=target.platform, local=local_ok(target.image),

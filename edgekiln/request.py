@@ -265,12 +265,13 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
                  layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None,
                  input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False,
                  opset=17, simplify="onnxslim", max_images=200, option=(), threshold=(),
-                 max_drop=None, version=None, name=None, out="dist",
+                 max_drop=None, jetpack=None, version=None, name=None, out="dist",
                  sources: Mapping[str, SourceKind] | None = None) -> BuildRequest:
     """A checked BuildRequest from command-line values (strings as typed). Every user error is
     raised here, before any environment or Docker engine is touched.
 
-    ``max_drop`` is shorthand for the threshold ``int8.max_accuracy_drop`` (percentage points)."""
+    ``max_drop`` is shorthand for the threshold ``int8.max_accuracy_drop`` (percentage points);
+    ``jetpack`` for the jetson target's option ``jetpack`` (a row of targets/_tensorrt.toml)."""
     if not model:
         raise UsageError("no model given", "pass --model FILE (see `edgekiln build --help`)")
     sources = sources if sources is not None else source_kinds()
@@ -301,6 +302,11 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
             thresholds["int8.max_accuracy_drop"] = float(max_drop)
         except (TypeError, ValueError):
             raise UsageError(f"--max-drop {max_drop!r} is not a number", "e.g. --max-drop 1.0 (points)") from None
+    options = parse_assignments(option, "option")
+    if jetpack is not None:
+        if "jetson" not in parse_list(target, "target"):
+            raise UsageError("--jetpack is an option of the jetson target", "drop it or add --target jetson")
+        options["jetpack"] = str(jetpack)
     return BuildRequest(
         model=model_path.resolve(),
         model_name=safe_name(name or (model_path.name if model_path.is_dir() else model_path.stem)),
@@ -315,7 +321,7 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
         opset=opset,
         simplify=simplify,
         max_images=max_images,
-        options=parse_assignments(option, "option"),
+        options=options,
         thresholds=thresholds,
         out=Path(out).expanduser(),
         version=version,

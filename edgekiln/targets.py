@@ -130,6 +130,9 @@ def arch_formats(sources: Mapping[str, SourceKind]) -> tuple[str, ...]:
 
 def host_support(target: Target) -> tuple[bool, str]:
     """Can this host run the target's conversion and validation? (and why not)."""
+    if target.runtime == "tensorrt" and not shutil.which("nvidia-smi"):
+        return False, ("no NVIDIA GPU/TensorRT here, and an engine is tied to the GPU and TensorRT it is built "
+                       "with: a deferred bundle is made instead (finish it on the device: `edgekiln finish`)")
     if "nvidia-gpu" in target.needs and not shutil.which("nvidia-smi"):
         return False, "needs an NVIDIA GPU with TensorRT (use --docker-host on the device)"
     return True, "ok"

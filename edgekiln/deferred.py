@@ -1,0 +1,231 @@
+"""Deferred TensorRT builds: the device bundle of an artifact, and ``edgekiln finish`` on the device.
+
+A TensorRT engine is built on the GPU it is for. When no NVIDIA runtime is at hand, a jetson / x86-gpu
+artifact is published as a complete *bundle* with manifest status ``pending-device``:
+
+    <artifact>/model.onnx          the ONNX the engine is built from (fp16-typed, Q/DQ int8 or fp32),
+                                   already validated in ONNX Runtime against the source model
+    <artifact>/report.json         that ONNX Runtime proxy report; build/ the workstation record
+    <artifact>/device/             build_engine.py, check_engine.py (rendered for the stack's API level),
+                                   preflight.py, build_engine.sh (one `docker run --runtime nvidia`),
+                                   bundle.json (their parameters), reference.npz (reference inputs and
+                                   the fp32 source outputs), trtexec.txt, image/ (the device image recipe)
+    <artifact>/SHA256SUMS          every file above
+
+``finish(folder)`` runs preflight -> build -> check in a copy of the folder and swaps it in: the one
+case where a published artifact gains files (model.engine, engine.json, check.json, preflight.json),
+recorded in the manifest (``finished``: who, on which device, with which TensorRT).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import EnvironmentFailed, UsageError, ValidationFailed
+from .resources import data_dir
+from .tensorrt import Stack, device_scripts, stacks, trtexec_line
+
+PENDING, BUILT = "pending-device", "built"
+SUMS = "SHA256SUMS"
+PROXY_NOTE = ("validated as an ONNX Runtime CPU run of model.onnx (the ONNX the engine is built from) "
+              "against the source model: a proxy; the TensorRT engine itself is not built or run until "
+              "the bundle is finished on the device")
+
+
+def stack_of(params: Mapping[str, Any]) -> Stack:
+    raw = params["tensorrt"]
+    return stacks(raw["kind"])[raw["key"]]
+
+
+def render_image(stack: Stack, dest: Path) -> str:
+    """The device image recipe for ``stack`` into ``dest`` (Dockerfile, the row's lock as
+    requirements.txt, smoke.py); returns the recipe's sha256."""
+    from .images import Recipe, render
+
+    name = "tensorrt-jetson" if stack.kind == "jetson" else "tensorrt-x86"
+    folder = data_dir("images") / name
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / name
+        shutil.copytree(folder, work)
+        for shared in folder.parent.glob("_*.jinja"):  # the bodies the recipe extends
+            shutil.copy2(shared, Path(tmp) / shared.name)
+        for lock in work.glob("requirements*.txt"):
+            if lock.name != stack.lock:
+                lock.unlink()
+        (work / stack.lock).rename(work / "requirements.txt")
+        plat = "linux/arm64" if stack.kind == "jetson" else "linux/amd64"
+        files = render(Recipe(name, work, stack.base, (plat,), local=False), base=stack.base, platform=plat)
+    digest = hashlib.sha256()
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, data in sorted(files.items()):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+    sha = digest.hexdigest()
+    (dest / "recipe.sha256").write_text(sha + "\n")
+    return sha
+
+
+def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: Path,
+                  thresholds: Mapping[str, float], reason: str) -> dict[str, Any]:
+    """Write ``folder/device/`` for a staged TensorRT artifact and return the manifest's ``deferred``
+    entry. ``work``: the job's work/<target>/<precision> (trt.json), ``source``: work/source."""
+    stack, options, precision = stack_of(params), params["options"], params["precision"]
+    info = json.loads((work / "trt.json").read_text())
+    io = json.loads((source / "io.json").read_text())
+    dla_core = params["tensorrt"]["dla_core"]
+    compat = stack.kind == "x86"
+    scripts = device_scripts(stack, precision, dla=dla_core is not None, dynamic=info["shapes"] is not None,
+                             compatibility=compat)
+    device = folder / "device"
+    device.mkdir()
+    for name, text in scripts.items():
+        (device / name).write_text(text)
+    (device / "build_engine.sh").chmod(0o755)
+    shutil.copy2(data_dir("converters") / "trt" / "preflight.py", device / "preflight.py")
+    shutil.copy2(work / "device_reference.npz", device / "reference.npz")
+    trtexec = trtexec_line(stack, precision, shapes=info["shapes"], input_name=io["inputs"][0]["name"],
+                           dla_core=dla_core, workspace_mib=int(options["workspace_mib"]),
+                           hardware_compatible=bool(options.get("hardware_compatible", False)),
+                           version_compatible=bool(options.get("version_compatible", False)))
+    (device / "trtexec.txt").write_text(
+        "# The trtexec command equivalent to build_engine.py (TensorRT " + stack.tensorrt + "), run in the "
+        "artifact folder on the device:\n" + " ".join(trtexec) + "\n")
+    recipe = render_image(stack, device / "image")
+    made_for = {"kind": stack.kind, "key": stack.key, "label": stack.label, "tensorrt": stack.tensorrt,
+                "l4t": list(stack.l4t), "sm": list(stack.sm)}
+    bundle = {"onnx": "model.onnx", "engine": "model.engine", "precision": precision, "shapes": info["shapes"],
+              "workspace_mib": int(options["workspace_mib"]), "dla_core": dla_core,
+              "timing_cache": "timing.cache", "reference": "reference.npz",
+              "hardware_compatible": bool(options.get("hardware_compatible", False)),
+              "version_compatible": bool(options.get("version_compatible", False)),
+              "thresholds": {k: v for k, v in thresholds.items() if k in ("min_cosine", "min_top1_agreement")},
+              "latency_runs": int(options["latency_runs"]), "made_for": made_for, "trtexec": trtexec,
+              "api_level": stack.api, "strongly_typed": stack.typed_build(dla_core is not None)}
+    (device / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
+    return {"reason": reason, "stack": made_for, "image_base": stack.base, "image_recipe_sha256": recipe,
+            "how_to_finish": ["edgekiln finish <this folder>   (on the device)",
+                              "sh device/build_engine.sh      (on the device, Docker + NVIDIA runtime)"],
+            "missing": ["model.engine: the TensorRT engine (built on the device: it is tied to the GPU "
+                        "and the TensorRT version)",
+                        "check.json: the engine's agreement with the fp32 reference and its latency"],
+            "not_executed": ["device/build_engine.py (TensorRT builder)", "device/check_engine.py (engine run)",
+                             "device/preflight.py (device check)", "device/build_engine.sh (docker run)",
+                             "device/image (docker build of NVIDIA's base)"],
+            "trtexec": " ".join(trtexec), "workstation": info}
+
+
+def mark_pending(folder: Path, manifest: dict[str, Any], deferred: dict[str, Any]) -> dict[str, Any]:
+    """Record the bundle in the manifest (status pending-device) and write SHA256SUMS."""
+    manifest["status"] = PENDING
+    manifest["deferred"] = deferred
+    manifest.setdefault("validation", {})["proxy"] = PROXY_NOTE
+    manifest["not_executed"] = list(manifest.get("not_executed", [])) + deferred["not_executed"]
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    write_sums(folder)
+    return manifest
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_sums(folder: Path) -> None:
+    lines = [f"{_sha(p)}  {p.relative_to(folder).as_posix()}\n" for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != SUMS and "__pycache__" not in p.parts]
+    (folder / SUMS).write_text("".join(lines))
+
+
+def verify_sums(folder: Path) -> list[str]:
+    """Files whose content does not match SHA256SUMS (or are missing)."""
+    bad = []
+    for line in (folder / SUMS).read_text().splitlines():
+        sha, _, rel = line.partition("  ")
+        path = folder / rel
+        if not path.is_file() or _sha(path) != sha:
+            bad.append(rel)
+    return bad
+
+
+# ---------------------------------------------------------------- finish (on the device)
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    print("+ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=cwd, text=True, capture_output=True)
+
+
+def finish(folder: Path, python: str | None = None, who: str | None = None) -> dict[str, Any]:
+    """Complete a pending-device artifact in place: preflight, build, check in a copy, then swap.
+    Refuses (EnvironmentFailed) on the wrong device/TensorRT; ValidationFailed when the engine misses
+    the thresholds (the artifact stays pending)."""
+    folder = Path(folder).resolve()
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file() or not (folder / "device" / "bundle.json").is_file():
+        raise UsageError(f"{folder} is not a TensorRT bundle (no manifest.json / device/bundle.json)",
+                         "pass an artifact folder such as dist/<model>/<version>/jetson/fp16")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("status") != PENDING:
+        raise UsageError(f"{folder} is not pending (status {manifest.get('status')!r})", "nothing to finish")
+    bad = verify_sums(folder)
+    if bad:
+        raise UsageError(f"the bundle was changed after it was made: {', '.join(bad[:5])}",
+                         "rebuild it, or restore the files (SHA256SUMS)")
+    python = python or sys.executable
+    stage = folder.with_name(f".finish-{folder.name}-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(folder, stage)
+    keep = False  # a failed build/check leaves its copy for inspection; anything else leaves nothing
+    try:
+        pre = _run([python, "device/preflight.py"], stage)
+        if pre.returncode != 0:
+            line = (pre.stderr.strip().splitlines() or ["preflight failed"])[-1]
+            raise EnvironmentFailed(line.removeprefix("preflight: "),
+                                    "finish the bundle on the device it was made for, or rebuild for this one")
+        found = json.loads((stage / "preflight.json").read_text())["found"]
+        for script in ("device/build_engine.py", "device/check_engine.py"):
+            proc = _run([python, script], stage)
+            sys.stdout.write(proc.stdout)
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["failed"])[-1]
+                kind = ValidationFailed if script.endswith("check_engine.py") and proc.returncode == 1 \
+                    else EnvironmentFailed
+                keep = True
+                raise kind(f"{script}: {last}", f"the bundle stays pending; see {stage} for its output")
+        check = json.loads((stage / "check.json").read_text())
+        engine = json.loads((stage / "engine.json").read_text())
+        manifest["status"] = BUILT
+        manifest["finished"] = {
+            "by": who or f"{getpass.getuser()}@{platform.node()}",
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": {"machine": platform.machine(), "l4t": found.get("l4t"), "sm": found.get("sm")},
+            "tensorrt": engine["tensorrt"], "engine": engine, "check": check,
+            "files_added": ["model.engine", "engine.json", "check.json", "preflight.json", "device/timing.cache"]}
+        manifest["not_executed"] = [n for n in manifest.get("not_executed", [])
+                                    if n not in manifest.get("deferred", {}).get("not_executed", [])]
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        write_sums(stage)
+        old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+        os.rename(folder, old)  # the swap: two renames in one directory
+        os.rename(stage, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if not keep:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return manifest
