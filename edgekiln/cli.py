@@ -317,7 +317,7 @@ def finish(c, folder=None, python=None, json=False, debug=False):
     from .errors import UsageError
 
     if not folder:
-        raise UsageError("no artifact folder given", "pass --folder dist/<model>/<version>/jetson/fp16")
+        raise UsageError("no artifact folder given", "e.g. edgekiln finish dist/<model>/<version>/jetson/fp16")
     manifest = finish_bundle(Path(folder), python=python)
     if json:
         console.print_json(data=manifest)
