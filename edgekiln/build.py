@@ -322,6 +322,8 @@ def asked_for(verdict: dict, artifact: Artifact, request: BuildRequest) -> bool:
 
 
 def threshold_sentence(verdict: dict, request: BuildRequest) -> str:
+    if verdict.get("sentence"):
+        return verdict["sentence"]
     name = verdict["threshold"].replace("_", " ")
     if verdict["passed"] is None:
         return f"{name} {verdict['limit']:g} was asked for but is {verdict['reason']}"
@@ -387,6 +389,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
         "files": file_entries(folder, artifact.files),
         "input_spec": source_result.get("input_spec", request.input.to_json()),
         "feed": report.get("feed"),
+        "task": source_result.get("task"),  # what the outputs are and how they were decoded
         "io": report.get("io"),
         "validation": {
             "passed": True,
