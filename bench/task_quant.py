@@ -109,21 +109,17 @@ def measure(kind, ref, ys, task, labels):
     return dict({k: m.get(k) for k in keys}, min_cosine=c["cosine"])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--detector")
-    ap.add_argument("--map-model")
-    ap.add_argument("--classifier")
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--out", default=str(HERE / "results" / "task_quant"))
-    ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
-    a = ap.parse_args()
-    if a.render:
-        data = json.loads(Path(a.out + ".json").read_text())
-        print(write_md(data["meta"], data["rows"], a.out))
-        return
-    import onnxruntime
+def task_for(kind: str, ref: list, spec: dict) -> dict:
+    """The task the gates would use (a detector: its YOLOv8 head, as the metadata says)."""
+    shapes = [{"name": str(i), "shape": list(y.shape)} for i, y in enumerate(ref)]
+    task = ekit_task.detect_task(shapes, spec["shape"][2:], head="yolov8" if kind == "detect" else None,
+                                 task=kind if kind != "detect" else None)
+    task["params"]["input_hw"] = spec["shape"][2:]
+    return task
 
+
+def model_list(a) -> list:
+    """(kind, label, fp32 path, input spec, (calib dir, val dir)) for the models given."""
     from edgekiln.demo import photo_folders, task_photo_folders
 
     calib_dir, val_dir = task_photo_folders()
@@ -142,18 +138,32 @@ def main() -> None:
                        {"shape": [1, 3, 224, 224], "layout": "nchw", "color": "rgb", "scale": 255.0,
                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                         "resize": "crop"}, photo_folders()))
+    return models
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--detector")
+    ap.add_argument("--map-model")
+    ap.add_argument("--classifier")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--out", default=str(HERE / "results" / "task_quant"))
+    ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
+    a = ap.parse_args()
+    if a.render:
+        data = json.loads(Path(a.out + ".json").read_text())
+        print(write_md(data["meta"], data["rows"], a.out))
+        return
+    import onnxruntime
+
+    models = model_list(a)
     tmp = Path(tempfile.mkdtemp(prefix="task-quant-"))
     rows = []
     for kind, label, path, spec, (cdir, vdir) in models:
         calib = ekit.load_set(cdir, spec, purpose="calibration")["x"]
         val = ekit.load_set(vdir, spec)
         ref, base_ms = run(path, val["x"], a.runs)
-        task = ekit_task.detect_task([{"name": str(i), "shape": list(y.shape)} for i, y in enumerate(ref)],
-                                     spec["shape"][2:], task=None if kind != "map" else "map")
-        if kind == "detect":
-            task = ekit_task.detect_task([{"name": "0", "shape": list(ref[0].shape)}], (320, 320),
-                                         head="yolov8")
-        task["params"]["input_hw"] = spec["shape"][2:]
+        task = task_for(kind, ref, spec)
         rows.append(dict(model=label, kind=kind, variant="fp32", median_ms=round(base_ms, 2),
                          size_mb=round(path.stat().st_size / 1e6, 2),
                          **measure(kind, ref, ref, task, val["labels"])))
@@ -171,7 +181,7 @@ def main() -> None:
             rows.append(row)
             print("   ", {k: row.get(k) for k in row if k not in ("model", "kind")}, flush=True)
     meta = {"onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
-            "cores": os.cpu_count(), "threads": 1, "calib": str(calib_dir), "val": str(val_dir),
+            "cores": os.cpu_count(), "threads": 1, "data": {m[1]: [str(f) for f in m[4]] for m in models},
             "runs": a.runs}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps({"meta": meta, "rows": ekit.jsonable(rows)}, indent=2) + "\n")
@@ -181,7 +191,8 @@ def main() -> None:
 def write_md(meta: dict, rows: list, out: str) -> str:
     cols = ["variant", "det_f1", "det_recall", "det_boxes", "map_iou", "region_f1",
             "top1_agreement", "accuracy", "min_cosine", "size_mb", "median_ms"]
-    lines = [f"# int8 settings by task metric (onnxruntime {meta['onnxruntime']}, 1 thread, "
+    runtime = meta.get("runtime") or f"onnxruntime {meta.get('onnxruntime')}"
+    lines = [f"# int8 settings by task metric ({runtime}, 1 thread, "
              f"{meta['cores']} cores {meta['machine']})", "",
              "Artifact vs the fp32 model on held-out mirrored photos; `-` = not this model's metric. "
              "det_* and map/region metrics: converters/ekit_task.py (score 0.25, NMS 0.45, match IoU 0.5; "

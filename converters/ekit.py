@@ -648,7 +648,7 @@ def _classes(a: np.ndarray):
     return a.reshape(a.shape[0], rest[0])
 
 
-EMPTY_NORM = 1e-6  # see compare: a sample this small relative to the set is "empty"
+EMPTY_NORM = 1e-4  # see compare: a sample this small relative to the set is "empty"
 
 
 def compare(ref_outputs, outputs, labels=None) -> dict:
@@ -657,8 +657,7 @@ def compare(ref_outputs, outputs, labels=None) -> dict:
     * ``max_abs`` / ``mean_abs``: over every element of every output;
     * ``cosine``: per sample, over all outputs flattened together; ``cosine`` is the MINIMUM
       over samples (one bad sample must show), ``cosine_mean`` the mean; a sample whose source
-      and artifact outputs are both "empty" (norm <= EMPTY_NORM x the set's largest) counts 1,
-      one of them empty 0;
+      and artifact outputs are both "empty" (norms <= EMPTY_NORM x the set's largest) counts 1;
     * ``top1_agreement``: argmax of the first output equal, only when it is classification-like
       ([N, C], C >= 2, size-1 dims ignored), else None;
     * ``accuracy`` / ``source_accuracy``: of ``outputs`` / ``ref_outputs`` on samples with a label
@@ -689,12 +688,13 @@ def compare(ref_outputs, outputs, labels=None) -> dict:
         nr, no = np.linalg.norm(R, axis=1), np.linalg.norm(O, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = num / (nr * no)
-        # A sample whose output is empty next to the others (a probability map of a photo with
-        # nothing in it: 1e-7 noise or exact zeros) has no direction to compare: both "empty"
-        # (norm <= EMPTY_NORM x the largest norm of the set) agree, one empty does not.
+        # A sample whose outputs are empty next to the others (a probability map of a photo with
+        # nothing in it: 1e-7 noise or exact zeros) has no direction to compare: when source and
+        # artifact are both below EMPTY_NORM x the set's largest norm they agree (1); otherwise
+        # the cosine as usual (0 when exactly one of them is all zeros).
         tiny = EMPTY_NORM * max(float(nr.max(initial=0.0)), float(no.max(initial=0.0)))
-        er, eo = nr <= tiny, no <= tiny
-        cos = np.where(er & eo, 1.0, np.where(er | eo, 0.0, cos))
+        empty = np.maximum(nr, no) <= tiny
+        cos = np.where(empty, 1.0, np.where((nr == 0) | (no == 0), 0.0, cos))
         cos = np.clip(cos, -1.0, 1.0)
         res["cosine"] = float(cos.min())
         res["cosine_mean"] = float(cos.mean())

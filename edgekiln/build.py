@@ -416,7 +416,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
             ([SYNTHETIC] if source_result.get("inputs") == "synthetic" else [])
             + [n for s in steps for n in results.get(s.id, {}).get("notes", [])] + report.get("notes", [])
             + [f"{v['threshold']}: {v['reason']}" for v in rec.verdicts.get(artifact.key, [])
-               if v["passed"] is None])),
+               if v["passed"] is None and "not the task this metric is for" not in v["reason"]])),
         "not_executed": report.get("not_executed", []),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

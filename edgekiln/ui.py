@@ -152,8 +152,8 @@ def task_lines(result) -> list[str]:
             said.add(metrics.get("task_reason"))
             lines.append(f"task {metrics['task']}" + (f"/{metrics['head']}" if metrics.get("head") else "")
                          + f": {metrics.get('task_reason')}")
-        skipped = [name for name, outcome in (val.get("threshold_checks") or {}).items()
-                   if outcome.startswith("not applicable") and "not the task this metric is for" not in outcome]
+        skipped = [g["threshold"] for g in val.get("gates") or []
+                   if g.get("passed") is None and "not the task this metric is for" not in (g.get("reason") or "")]
         if skipped and metrics.get("task") == "raw":
             lines.append(f"{art.target}/{art.precision}: checks not possible for a raw model: "
                          f"{', '.join(skipped)} (only the tensors were compared)")
@@ -182,7 +182,7 @@ def result_json(result) -> dict[str, Any]:
                        "path": str(a.path), "manifest": str(a.path / "manifest.json"),
                        "size_bytes": a.manifest.get("validation", {}).get("size_bytes"),
                        "metrics": a.manifest.get("validation", {}).get("metrics"),
-                       "threshold_checks": a.manifest.get("validation", {}).get("threshold_checks"),
+                       "gates": a.manifest.get("validation", {}).get("gates"),
                        "task": a.manifest.get("task"),
                        "latency_ms": a.manifest.get("validation", {}).get("latency_ms"),
                        "feed": a.manifest.get("feed")}

@@ -103,9 +103,9 @@ def scaled_output(model, factor: np.ndarray):
 
 
 def limits(precision):
-    from edgekiln.targets import get_target
+    from edgekiln.targets import all_targets
 
-    return get_target("onnx").thresholds_for(precision)
+    return all_targets()["onnx"].thresholds_for(precision)
 
 
 # --------------------------------------------------------------------------- YOLOv8n
@@ -124,10 +124,12 @@ def test_yolov8n_report_has_the_detection_metrics_and_why(yolo_fp32):
     assert (m["task"], m["head"]) == ("detect", "yolov8")
     assert "Ultralytics metadata task=detect" in m["task_reason"] and "18 names" in m["task_reason"]
     assert m["det_boxes_source"] >= 5 and m["det_f1"] == 1.0 and m["det_mean_iou"] == 1.0
-    checks = man["validation"]["threshold_checks"]
-    assert checks["min_det_f1"] == "passed"
-    assert checks["min_top1_agreement"].startswith("not applicable:")
-    assert checks["min_map_iou"] == "not applicable: the model's task is detect, not the task this metric is for"
+    gates = {g["threshold"]: g for g in man["validation"]["gates"]}
+    assert gates["min_det_f1"]["passed"] is True and gates["min_det_f1"]["value"] == 1.0
+    assert gates["min_top1_agreement"]["passed"] is None
+    assert gates["min_top1_agreement"]["reason"].startswith("not applicable:")
+    assert gates["min_map_iou"]["reason"] == \
+        "not applicable: the model's task is detect, not the task this metric is for"
     assert "Letterbox" in man["feed"]["preprocessing"] and "(114, 114, 114)" in man["feed"]["preprocessing"]
     assert man["task"]["params"]["score_threshold"] == 0.25 and man["task"]["params"]["nms_iou"] == 0.45
     assert "class-aware NMS at IoU 0.45" in man["task"]["decoding"]
