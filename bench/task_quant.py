@@ -141,13 +141,19 @@ def model_list(a) -> list:
     return models
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, out: str) -> argparse.ArgumentParser:
+    """The models (fixed-shape fp32 ONNX), timed runs and output prefix of both benchmarks."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--detector")
     ap.add_argument("--map-model")
     ap.add_argument("--classifier")
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--out", default=str(HERE / "results" / "task_quant"))
+    ap.add_argument("--out", default=str(HERE / "results" / out))
+    return ap
+
+
+def main() -> None:
+    ap = arguments(__doc__, "task_quant")
     ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     a = ap.parse_args()
     if a.render:

@@ -16,7 +16,6 @@ Run in the openvino image's environment (images/openvino). Writes bench/results/
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -26,6 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# converters/ (on sys.path for ekit*) has a torch/ folder of templates: without a real torch in
+# this environment it would import as an empty namespace package and break nncf's optional import.
+sys.modules.setdefault("torch", None)
 import task_quant as tq  # noqa: E402  (puts converters/ and the repo on sys.path)
 
 import ekit  # noqa: E402
@@ -49,13 +51,7 @@ def run(ov, core, model, x, runs):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--detector")
-    ap.add_argument("--map-model")
-    ap.add_argument("--classifier")
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--out", default=str(HERE / "results" / "task_quant_intel"))
-    a = ap.parse_args()
+    a = tq.arguments(__doc__, "task_quant_intel").parse_args()
     import nncf
     import openvino as ov
 
