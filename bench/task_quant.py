@@ -204,7 +204,7 @@ def write_md(meta: dict, rows: list, out: str) -> str:
              "det_* and map/region metrics: converters/ekit_task.py (score 0.25, NMS 0.45, match IoU 0.5; "
              "map threshold 0.3). median_ms: 1 thread on a shared machine, run once per variant — "
              "identical models (a classifier has no decode tail, so '+ head float' changes nothing) "
-             "differ by up to 1.8x between rows: speed is measured in bench/onnx_quant_choices.md.", ""]
+             "differ by up to 1.8x between rows: speed is measured in bench/onnx_quant_choices.md and openvino.md.", ""]
     for label in dict.fromkeys(r["model"] for r in rows):
         lines += [f"## {label}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in rows:
