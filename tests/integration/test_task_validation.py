@@ -209,3 +209,18 @@ def test_opset12_map_int8_upgrades_the_opset_and_is_judged_by_regions(models, ta
     else:
         assert proc.returncode == 10, proc.stderr[-2000:]
         assert "min region f1" in proc.stderr or "min map iou" in proc.stderr
+
+
+def test_task_raw_by_flag_says_which_checks_were_not_possible(models, task_photos, tmp_path):
+    """--task raw (the request field, through the CLI): only tensors compared, and the summary
+    names the gates that could not be computed instead of a silent '-'."""
+    proc = run_cli("build", "--target", "onnx", "--model", models["yolo"], "--precision", "fp32",
+                   "--task", "raw", "--val", task_photos[1], "--max-images", "6", "--out", tmp_path,
+                   "--runner", "local", check=0)
+    assert "task raw: given (--task raw)" in proc.stdout
+    assert "onnx/fp32: checks not possible for a raw model: min_det_f1, min_map_iou, min_miou, " \
+           "min_region_f1, min_top1_agreement (only the tensors were compared)" in proc.stdout
+    manifest = json.loads(next(tmp_path.glob("yolov8n/*/onnx/fp32/manifest.json")).read_text())
+    gate = next(g for g in manifest["validation"]["gates"] if g["threshold"] == "min_det_f1")
+    assert gate["passed"] is None and gate["reason"] == "not applicable: the model is 'raw' (given (--task raw))"
+    assert manifest["task"]["task"] == "raw" and "compared the tensors only" in manifest["task"]["decoding"]
