@@ -42,6 +42,9 @@ def guarded(fn):
             if debug:
                 traceback.print_exc()
             err.print(f"[bold red]error:[/] {escape(exc.line())}", markup=True)
+            if kwargs.get("json"):  # a script asked for JSON: it gets JSON on failure too
+                console.print_json(data={"error": {"kind": exc.kind, "exit_code": exc.exit_code,
+                                                   "message": exc.message, "hint": exc.hint}})
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             if debug:

@@ -171,6 +171,8 @@ def test_yolov8n_int8_keeps_f1_or_is_refused_naming_it(models, task_photos, tmp_
         assert conv["quantization"]["head_kept_float"] > 0  # the boxes+scores Concat stays float
         assert proc.returncode == 10, proc.stderr[-2000:]
         assert "min det f1 0.95 missed" in proc.stderr
+        error = json.loads(proc.stdout)["error"]  # --json: JSON on failure too
+        assert error["kind"] == "validation" and "min det f1 0.95 missed" in error["message"]
 
 
 # --------------------------------------------------------------------------- PP-OCRv4 det map
