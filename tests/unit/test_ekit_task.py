@@ -1,4 +1,4 @@
-"""converters/ekit_task.py on the host: head decoders, NMS, matching, mAP, dense metrics, task
+"""converters/ekit_task.py and ekit_measure.py on the host: head decoders, NMS, matching, mAP, dense metrics, task
 detection, ground truth geometry — with tensors whose right answer is known by construction.
 The real models (YOLOv8n, PP-OCRv4 det) run in tests/integration/test_task_validation.py."""
 
@@ -16,6 +16,7 @@ CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
 sys.path.insert(0, str(CONVERTERS))
 
 import ekit  # noqa: E402
+import ekit_measure as M  # noqa: E402
 import ekit_task as T  # noqa: E402
 
 from edgekiln import request  # noqa: E402
@@ -49,7 +50,7 @@ def test_yolov8_decode_threshold_and_nms():
     # (class-aware: kept), one below the score threshold
     y = yolov8_tensor([(100, 100, 40, 40), (102, 101, 40, 40), (101, 100, 40, 40), (200, 200, 10, 10)],
                       [1, 1, 2, 0], [0.9, 0.8, 0.7, 0.1])
-    d = T.decode([y], params("yolov8", 3))[0]
+    d = M.decode([y], params("yolov8", 3))[0]
     assert d["classes"].tolist() == [1, 2]
     np.testing.assert_allclose(d["boxes"][0], [80, 80, 120, 120])
     np.testing.assert_allclose(d["scores"], [0.9, 0.7], rtol=1e-6)
@@ -59,7 +60,7 @@ def test_yolov5_objectness_multiplies_the_class_score():
     y = np.zeros((1, 6300, 5 + 2), dtype=np.float32)
     y[0, 0] = [50, 50, 20, 20, 0.5, 0.9, 0.1]  # 0.45: kept
     y[0, 1] = [150, 150, 20, 20, 0.2, 0.9, 0.0]  # 0.18: below 0.25
-    d = T.decode([y], params("yolov5", 2))[0]
+    d = M.decode([y], params("yolov5", 2))[0]
     assert len(d["scores"]) == 1 and d["scores"][0] == pytest.approx(0.45)
     np.testing.assert_allclose(d["boxes"][0], [40, 40, 60, 60])
 
@@ -70,7 +71,7 @@ def test_yolox_grid_relative_boxes_decode_with_strides():
     y[0, 83] = [0.5, 0.25, np.log(2.0), np.log(4.0), 0.9, 0.8]
     # first cell of stride 32 (after 1600 + 400 cells)
     y[0, 2000] = [0.0, 0.0, 0.0, 0.0, 0.9, 0.9]
-    d = T.decode([y], params("yolox", 1, strides=[8, 16, 32]))[0]
+    d = M.decode([y], params("yolox", 1, strides=[8, 16, 32]))[0]
     boxes = sorted(map(tuple, np.round(d["boxes"], 3)))
     cx, cy, w, h = (3 + 0.5) * 8, (2 + 0.25) * 8, 2 * 8, 4 * 8
     assert (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2) in boxes
@@ -80,14 +81,14 @@ def test_yolox_grid_relative_boxes_decode_with_strides():
 def test_ssd_separate_boxes_and_scores():
     boxes = np.array([[[10, 10, 50, 50], [60, 60, 90, 90]]], dtype=np.float32)
     scores = np.array([[[0.1, 0.8], [0.3, 0.2]]], dtype=np.float32)
-    d = T.decode([boxes, scores], params("ssd", 2, boxes_output=0, scores_output=1))[0]
+    d = M.decode([boxes, scores], params("ssd", 2, boxes_output=0, scores_output=1))[0]
     assert d["classes"].tolist() == [1, 0]
     np.testing.assert_allclose(d["boxes"], boxes[0])
 
 
 def test_e2e_rows_are_boxes_already():
     y = np.array([[[1, 2, 30, 40, 0.9, 3], [5, 5, 9, 9, 0.1, 0]]], dtype=np.float32)
-    d = T.decode([y], params("e2e", None))[0]
+    d = M.decode([y], params("e2e", None))[0]
     assert d["classes"].tolist() == [3] and d["boxes"].tolist() == [[1, 2, 30, 40]]
 
 
@@ -102,7 +103,7 @@ def det(boxes, classes, scores=None):
 def test_match_one_to_one_same_class():
     ref = [det([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 1])]
     out = [det([[0, 0, 10, 11], [0, 0, 10, 10], [20, 20, 30, 30]], [0, 0, 2])]  # dup; wrong class
-    m = T.match(ref, out)
+    m = M.match(ref, out)
     assert m["det_matched"] == 1
     assert m["det_precision"] == pytest.approx(1 / 3) and m["det_recall"] == pytest.approx(0.5)
     assert m["det_f1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
@@ -111,16 +112,16 @@ def test_match_one_to_one_same_class():
 
 
 def test_match_no_source_boxes_gives_no_recall():
-    m = T.match([det([], [])], [det([], [])])
+    m = M.match([det([], [])], [det([], [])])
     assert m["det_recall"] is None and m["det_f1"] is None
 
 
 def test_map50_perfect_and_half():
     gt = [{"boxes": [[0, 0, 10, 10]], "classes": [0]}, {"boxes": [[0, 0, 10, 10]], "classes": [0]}]
-    assert T.map50([det([[0, 0, 10, 10]], [0]), det([[0, 0, 10, 10]], [0])], gt) == pytest.approx(1.0)
+    assert M.map50([det([[0, 0, 10, 10]], [0]), det([[0, 0, 10, 10]], [0])], gt) == pytest.approx(1.0)
     # one image found, the other image's box missed entirely: recall 0.5 at precision 1
-    assert T.map50([det([[0, 0, 10, 10]], [0]), det([], [])], gt) == pytest.approx(0.5)
-    assert T.map50([det([], [])], [None]) is None
+    assert M.map50([det([[0, 0, 10, 10]], [0]), det([], [])], gt) == pytest.approx(0.5)
+    assert M.map50([det([], [])], [None]) is None
 
 
 # --------------------------------------------------------------------------- dense outputs
@@ -148,13 +149,13 @@ def bfs_count(mask):
 @pytest.mark.parametrize("seed", range(5))
 def test_label_regions_matches_a_flood_fill(seed):
     mask = np.random.default_rng(seed).random((40, 50)) > 0.6
-    labels, n = T.label_regions(mask)
+    labels, n = M.label_regions(mask)
     assert n == bfs_count(mask)
     assert ((labels > 0) == mask).all()
 
 
 def test_diagonal_pixels_are_one_region():
-    assert T.label_regions(np.eye(6, dtype=bool))[1] == 1
+    assert M.label_regions(np.eye(6, dtype=bool))[1] == 1
 
 
 def test_map_metrics_scaled_map_loses_every_region():
@@ -162,9 +163,9 @@ def test_map_metrics_scaled_map_loses_every_region():
     ref[0, 0, 2:8, 2:12] = 0.9
     ref[0, 0, 20:30, 5:9] = 0.8
     ref[1, 0, 10:20, 10:20] = 0.95
-    same = T.map_metrics(ref, ref)
+    same = M.map_metrics(ref, ref)
     assert same["map_iou"] == 1.0 and same["region_f1"] == 1.0 and same["regions_source"] == 3
-    scaled = T.map_metrics(ref, ref * 0.25)
+    scaled = M.map_metrics(ref, ref * 0.25)
     assert scaled["map_iou"] == 0.0 and scaled["region_f1"] == 0.0
 
 
@@ -173,9 +174,9 @@ def test_miou_of_argmax_masks():
     ref[0, 1, :2] = 1.0  # top half class 1
     out = ref.copy()
     out[0, 1, 1] = 0.0  # one row lost
-    assert T.miou(ref, ref) == 1.0
+    assert M.miou(ref, ref) == 1.0
     # class 1: 4/8, class 0: 8/12
-    assert T.miou(ref, out) == pytest.approx((4 / 8 + 8 / 12) / 2)
+    assert M.miou(ref, out) == pytest.approx((4 / 8 + 8 / 12) / 2)
 
 
 # --------------------------------------------------------------------------- task detection
@@ -271,7 +272,7 @@ def test_nonfinite_outputs_fail_and_say_where():
 
 def test_yolo_txt_boxes_follow_the_letterbox(tmp_path):
     (tmp_path / "a.txt").write_text("1 0.5 0.5 0.5 0.25\n")
-    gt, kind = T.ground_truth(tmp_path, ["a.jpg"], [(640, 320)], (320, 320), "letterbox")
+    gt, kind = M.ground_truth(tmp_path, ["a.jpg"], [(640, 320)], (320, 320), "letterbox")
     assert kind == "yolo txt"
     # 640x320 -> scale 0.5 -> 320x160, pasted at y offset 80; box 320x80 px -> 160x40 centred at (160, 160)
     np.testing.assert_allclose(gt[0]["boxes"], [[80, 140, 240, 180]])
@@ -283,7 +284,7 @@ def test_coco_json_boxes_and_unlabelled_images(tmp_path):
             "annotations": [{"image_id": 7, "category_id": 18, "bbox": [10, 20, 30, 40]}],
             "categories": [{"id": 1}, {"id": 18}]}
     (tmp_path / "ann.json").write_text(json.dumps(coco))
-    gt, kind = T.ground_truth(tmp_path, ["a.jpg", "b.jpg", "c.jpg"], [(100, 100)] * 3, (100, 100),
+    gt, kind = M.ground_truth(tmp_path, ["a.jpg", "b.jpg", "c.jpg"], [(100, 100)] * 3, (100, 100),
                               "stretch")
     assert kind == "coco json"
     assert gt[0] == {"boxes": [[10, 20, 40, 60]], "classes": [1]}
