@@ -40,7 +40,7 @@ import ekit_onnx  # noqa: E402
 def quantize(fp32: Path, out: Path, calib: np.ndarray, act: str, method: str, keep_last: bool,
              percentile: float) -> dict:
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -67,21 +67,13 @@ def quantize(fp32: Path, out: Path, calib: np.ndarray, act: str, method: str, ke
     onnx.save(m, os.fspath(pre))
     name = ekit_onnx.onnx_io(m)["inputs"][0]["name"]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= len(calib):
-                return None
-            self.i += 1
-            return {name: calib[self.i - 1:self.i]}
+    reader = ekit_onnx.calibration_reader(name, calib)
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     extra = {"CalibPercentile": percentile} if method == "percentile" else {}
     qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    quantize_static(os.fspath(pre), os.fspath(out), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(os.fspath(pre), os.fspath(out), reader, quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=qt[act], weight_type=QuantType.QInt8,
                     calibrate_method=methods[method], nodes_to_exclude=excluded,
                     extra_options=extra)

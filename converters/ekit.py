@@ -20,7 +20,9 @@ Conventions (they are also what the manifest tells users):
 * ``resize = "crop"``: the image is scaled (bilinear, Pillow) so that it covers
   ``H/0.875 x W/0.875`` — for a square input that is torchvision's ``Resize(256)`` for 224 — and
   the centre ``H x W`` is cut out (torchvision's ``CenterCrop`` rounding). ``"stretch"``: resized
-  to exactly ``H x W`` (bilinear), aspect ratio not kept.
+  to exactly ``H x W`` (bilinear), aspect ratio not kept. ``"letterbox"`` (YOLO): scaled by
+  ``min(H/h, W/w)`` (bilinear, new size rounded), pasted centred (offsets floored) on an ``H x W``
+  canvas of ``pad`` (default 114) in every channel.
 * Transparency is dropped (``Image.convert("RGB")``, what nearly every training pipeline does);
   16-bit greyscale is scaled to 8 bit by ``round(v / 257)``; EXIF orientation is applied.
 * A model with one input channel gets the ITU-R 601 luma of the RGB pixels (Pillow's "L").
@@ -45,6 +47,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
                     ".ppm", ".pgm", ".pnm")
 LABEL_FILES = ("labels.csv", "labels.txt")
 CROP_FRACTION = 0.875
+LETTERBOX_PAD = 114  # the grey Ultralytics and YOLOX pad with
 
 
 # --------------------------------------------------------------------------- the job
@@ -240,15 +243,20 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def _resize(img, size_hw, resize: str):
-    from PIL import Image
-
+def resize_geometry(orig_wh, size_hw, resize: str) -> tuple[int, int, int, int]:
+    """Where an ``orig_wh`` (W, H) image lands in the ``size_hw`` input: it is resized to
+    (nw, nh) and its top-left corner sits at (left, top) of the input (negative when cropped).
+    -> (nw, nh, left, top). One rule for the pixels (``_resize``) and for boxes (ekit_task)."""
+    iw, ih = orig_wh
     th, tw = int(size_hw[0]), int(size_hw[1])
-    iw, ih = img.size
     if resize == "stretch":
-        return img.resize((tw, th), Image.BILINEAR)
+        return tw, th, 0, 0
+    if resize == "letterbox":  # Ultralytics/YOLOX: scale to fit, centre, pad the rest
+        r = min(th / ih, tw / iw)
+        nw, nh = int(round(iw * r)), int(round(ih * r))
+        return nw, nh, (tw - nw) // 2, (th - nh) // 2
     if resize != "crop":
-        raise ValueError(f"unknown resize mode {resize!r} (crop|stretch)")
+        raise ValueError(f"unknown resize mode {resize!r} (crop|stretch|letterbox)")
     s = max(th / ih, tw / iw) / CROP_FRACTION
     if ih <= iw:  # torchvision: the shorter side gets the requested size, the longer is truncated
         nh = int(round(ih * s))
@@ -257,13 +265,23 @@ def _resize(img, size_hw, resize: str):
         nw = int(round(iw * s))
         nh = int(nw * ih / iw)
     nh, nw = max(nh, th), max(nw, tw)
+    return nw, nh, -int(round((nw - tw) / 2.0)), -int(round((nh - th) / 2.0))
+
+
+def _resize(img, size_hw, resize: str, pad: int = LETTERBOX_PAD):
+    from PIL import Image
+
+    th, tw = int(size_hw[0]), int(size_hw[1])
+    nw, nh, left, top = resize_geometry(img.size, size_hw, resize)
     img = img.resize((nw, nh), Image.BILINEAR)
-    top = int(round((nh - th) / 2.0))
-    left = int(round((nw - tw) / 2.0))
-    return img.crop((left, top, left + tw, top + th))
+    if resize == "letterbox":
+        canvas = Image.new("RGB", (tw, th), (int(pad),) * 3)
+        canvas.paste(img, (left, top))
+        return canvas
+    return img.crop((-left, -top, -left + tw, -top + th))
 
 
-def _load(path, size_hw, resize):
+def _load(path, size_hw, resize, pad=LETTERBOX_PAD):
     """-> (uint8 HxWx3 array, None) or (None, reason)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -276,7 +294,7 @@ def _load(path, size_hw, resize):
                 pass
             img = _to_rgb(img)
             if size_hw is not None:
-                img = _resize(img, size_hw, resize)
+                img = _resize(img, size_hw, resize, pad)
             arr = np.asarray(img, dtype=np.uint8)
     except UnidentifiedImageError:
         return None, "not an image Pillow can read"
@@ -287,10 +305,10 @@ def _load(path, size_hw, resize):
     return np.ascontiguousarray(arr), None
 
 
-def load_rgb(path, size_hw=None, resize: str = "crop"):
+def load_rgb(path, size_hw=None, resize: str = "crop", pad: int = LETTERBOX_PAD):
     """One image as uint8 ``HxWx3`` RGB resized per ``resize``; None (and a warning) when the file
     cannot be read. ``size_hw=None`` keeps the original size."""
-    arr, reason = _load(path, size_hw, resize)
+    arr, reason = _load(path, size_hw, resize, pad)
     if arr is None:
         warn(f"skipping {path}: {reason}")
     return arr
@@ -381,6 +399,12 @@ def describe_preprocessing(spec: dict) -> str:
                          f"the centre {size}" if h else
                          f"Resize the image (bilinear, aspect kept) to cover the input size / "
                          f"{CROP_FRACTION}, then cut out the centre")
+    elif spec.get("resize") == "letterbox":
+        pad = _pad(spec)
+        parts.append(f"Letterbox the image to {size}: scale it (bilinear) by min({h}/height, "
+                     f"{w}/width), rounding the new size, paste it centred (offsets floored) on "
+                     f"a {size} canvas filled with ({pad}, {pad}, {pad})" if h else
+                     f"Letterbox the image (scale to fit, centre, pad with {pad})")
     else:
         parts.append(f"Resize the image (bilinear) to exactly {size}, ignoring the aspect ratio")
     if c == 1:
@@ -404,6 +428,12 @@ def describe_preprocessing(spec: dict) -> str:
     if spec.get("dynamic_batch"):
         text += " The batch dimension is dynamic."
     return text
+
+
+def _pad(spec: dict) -> int:
+    """The letterbox pad value of an InputSpec (0-255 pixel value, before any scaling)."""
+    pad = spec.get("pad")
+    return LETTERBOX_PAD if pad is None else int(pad)
 
 
 def _hw_quiet(spec):
@@ -525,7 +555,7 @@ def load_set(folder, input_spec: dict, limit: int | None = None, min_count: int 
         if limit and len(pixels) >= limit:
             break
         rel = files[i].relative_to(root).as_posix()
-        arr, reason = _load(files[i], (h, w), resize)
+        arr, reason = _load(files[i], (h, w), resize, _pad(input_spec))
         if arr is None:
             warn(f"skipping {purpose} image {rel}: {reason}")
             skipped.append((rel, reason))
@@ -618,12 +648,16 @@ def _classes(a: np.ndarray):
     return a.reshape(a.shape[0], rest[0])
 
 
+EMPTY_NORM = 1e-2  # see compare: both outputs of a sample below 1% of the set's largest norm: "empty"
+
+
 def compare(ref_outputs, outputs, labels=None) -> dict:
     """How close ``outputs`` are to ``ref_outputs`` (lists of arrays, samples on axis 0).
 
     * ``max_abs`` / ``mean_abs``: over every element of every output;
     * ``cosine``: per sample, over all outputs flattened together; ``cosine`` is the MINIMUM
-      over samples (one bad sample must show), ``cosine_mean`` the mean;
+      over samples (one bad sample must show), ``cosine_mean`` the mean; a sample whose source
+      and artifact outputs are both "empty" (norms <= EMPTY_NORM x the set's largest) counts 1;
     * ``top1_agreement``: argmax of the first output equal, only when it is classification-like
       ([N, C], C >= 2, size-1 dims ignored), else None;
     * ``accuracy`` / ``source_accuracy``: of ``outputs`` / ``ref_outputs`` on samples with a label
@@ -654,7 +688,13 @@ def compare(ref_outputs, outputs, labels=None) -> dict:
         nr, no = np.linalg.norm(R, axis=1), np.linalg.norm(O, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = num / (nr * no)
-        cos = np.where((nr == 0) & (no == 0), 1.0, np.where((nr == 0) | (no == 0), 0.0, cos))
+        # A sample whose outputs are empty next to the others (a probability map of a photo with
+        # nothing in it: 1e-7 noise or exact zeros) has no direction to compare: when source and
+        # artifact are both below EMPTY_NORM x the set's largest norm they agree (1); otherwise
+        # the cosine as usual (0 when exactly one of them is all zeros).
+        tiny = EMPTY_NORM * max(float(nr.max(initial=0.0)), float(no.max(initial=0.0)))
+        empty = np.maximum(nr, no) <= tiny
+        cos = np.where(empty, 1.0, np.where((nr == 0) | (no == 0), 0.0, cos))
         cos = np.clip(cos, -1.0, 1.0)
         res["cosine"] = float(cos.min())
         res["cosine_mean"] = float(cos.mean())
@@ -683,8 +723,12 @@ def compare(ref_outputs, outputs, labels=None) -> dict:
     return res
 
 
+NOISY_SPREAD = 0.5  # (p90 - p10) / median above this: a busy machine, say so
+
+
 def latency(fn, runs: int = 50, warmup: int = 5) -> dict:
-    """Call ``fn()`` ``warmup`` times, then time ``runs`` calls: milliseconds."""
+    """Call ``fn()`` ``warmup`` times, then time ``runs`` calls: milliseconds. ``spread`` is
+    (p90 - p10) / median; ``noisy`` flags a spread above ``NOISY_SPREAD`` (warned)."""
     for _ in range(max(0, int(warmup))):
         fn()
     times = []
@@ -693,8 +737,14 @@ def latency(fn, runs: int = 50, warmup: int = 5) -> dict:
         fn()
         times.append((time.perf_counter() - t) * 1000.0)
     a = np.asarray(times)
-    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "min": float(a.min()), "runs": int(a.size)}
+    med, p10, p90 = float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
+    spread = (p90 - p10) / med if med > 0 else 0.0
+    res = {"median": med, "p90": p90, "min": float(a.min()), "runs": int(a.size),
+           "spread": spread, "noisy": bool(spread > NOISY_SPREAD)}
+    if res["noisy"]:
+        warn(f"noisy latency: p10-p90 spans {spread:.0%} of the median ({p10:.2f}-{p90:.2f} ms, "
+             f"min {res['min']:.2f} ms): the machine was busy; the min is the better estimate")
+    return res
 
 
 _ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "int8": "int8",

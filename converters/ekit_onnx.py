@@ -153,3 +153,77 @@ def save_onnx(model, path) -> Path:
     onnx.save_model(model, os.fspath(tmp), save_as_external_data=False)
     os.replace(tmp, path)
     return path
+
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def head(model, limit: int = 80) -> list:
+    """The nodes between the last compute layers (Conv/Gemm/MatMul) and the graph outputs: a
+    detector's decode tail (sigmoid, box arithmetic, the Concat of boxes and scores).
+    Quantizing that tail makes box coordinates (0..640) and class scores (0..1) share one int8
+    scale, which crushes the scores; a classifier's tail (Gemm -> output) is empty. More than
+    ``limit`` nodes: [] (not a small tail). -> NodeProtos."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, todo, seen = [], [o.name for o in model.graph.output], set()
+    while todo:
+        name = todo.pop()
+        n = producer.get(name)
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op_type in COMPUTE_OPS:
+            continue
+        found.append(n)
+        todo.extend(i for i in n.input if i)
+        if len(found) > limit:
+            return []
+    return found
+
+
+def head_nodes(model, limit: int = 80) -> list[str]:
+    """Names of the ``head`` nodes (for ORT's nodes_to_exclude; unnamed nodes are skipped)."""
+    return [n.name for n in head(model, limit) if n.name]
+
+
+def head_outputs(model, limit: int = 80) -> set[str]:
+    """The tensors the ``head`` nodes produce (to find them again after another converter)."""
+    return {o for n in head(model, limit) for o in n.output}
+
+
+def ensure_opset(model, minimum: int = 13):
+    """Upgrade the default-domain opset to ``minimum`` (per-channel QDQ needs DequantizeLinear's
+    ``axis``, opset 13). -> (model, note or None); raises ValueError when the converter cannot."""
+    import onnx
+    from onnx import version_converter
+
+    current = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if current >= minimum:
+        return model, None
+    try:
+        upgraded = version_converter.convert_version(model, minimum)
+        onnx.checker.check_model(upgraded)
+    except Exception as e:  # the converter lacks an adapter for some op
+        raise ValueError(f"opset {current} -> {minimum} failed: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}") from None
+    return upgraded, f"opset upgraded {current} -> {minimum} (per-channel int8 needs opset 13)"
+
+
+def calibration_reader(input_name: str, x: np.ndarray):
+    """An onnxruntime CalibrationDataReader feeding ``x`` ([N, ...]) one sample at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(x):
+                return None
+            self.i += 1
+            return {input_name: x[self.i - 1: self.i]}
+
+        def rewind(self):
+            self.i = 0
+
+    return Reader()

@@ -67,6 +67,18 @@ def ignored_scope(nncf, entries):
     return nncf.IgnoredScope(names=names, patterns=patterns, types=types, validate=False)
 
 
+def head_names(model, onnx_path) -> list[str]:
+    """Friendly names of the OpenVINO ops that compute the ONNX model's decode tail
+    (``ekit_onnx.head_outputs``: after the last Conv/Gemm/MatMul), found by tensor name."""
+    import onnx
+
+    import ekit_onnx
+
+    wanted = ekit_onnx.head_outputs(onnx.load(str(onnx_path)))
+    return [op.get_friendly_name() for op in model.get_ops()
+            if any(set(op.output(i).get_names()) & wanted for i in range(op.get_output_size()))]
+
+
 def nncf_kwargs(nncf, options: dict) -> dict:
     """Keyword arguments shared by nncf.quantize and nncf.quantize_with_accuracy_control."""
     kw: dict = {}

@@ -204,6 +204,25 @@ def unsupported_onnx_ops(onnx_path) -> list[str]:
     return missing
 
 
+NO_TFLITE_BUILTIN = ("Erf", "Acos", "Asin", "Atan")  # onnx2tf -rtpo rewrites them into builtins
+
+
+def pseudo_op_args(onnx_path, user_args=()) -> tuple[list[str], str | None]:
+    """onnx2tf's ``-rtpo`` for the ops of the model that have no TFLite builtin (Erf: GELU
+    exports) -> (extra args, a note for the manifest); nothing when the user passed ``-rtpo``."""
+    import onnx
+
+    if any(str(a) in ("-rtpo", "--replace_to_pseudo_operators") for a in user_args):
+        return [], None
+    model = onnx.load(os.fspath(onnx_path), load_external_data=False)
+    ops = sorted({n.op_type for n in model.graph.node if n.op_type in NO_TFLITE_BUILTIN})
+    if not ops:
+        return [], None
+    args = ["-rtpo", *[op.lower() for op in ops]]
+    return args, (f"onnx2tf {' '.join(args)} applied: {', '.join(ops)} have no TFLite builtin and "
+                  "were replaced by builtin approximations (checked by the validation below)")
+
+
 def run_onnx2tf(onnx_path, cache_root, calib_nhwc: np.ndarray, input_name: str,
                 fixed_batch: bool, extra_args=(), timeout: int = 1800) -> tuple[Path, dict]:
     """onnx2tf as a subprocess on a COPY of ``onnx_path`` -> (SavedModel folder, info).

@@ -340,6 +340,8 @@ def asked_for(verdict: dict, artifact: Artifact, request: BuildRequest) -> bool:
 
 
 def threshold_sentence(verdict: dict, request: BuildRequest) -> str:
+    if verdict.get("sentence"):
+        return verdict["sentence"]
     name = verdict["threshold"].replace("_", " ")
     if verdict["passed"] is None:
         return f"{name} {verdict['limit']:g} was asked for but is {verdict['reason']}"
@@ -405,6 +407,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
         "files": file_entries(folder, artifact.files),
         "input_spec": source_result.get("input_spec", request.input.to_json()),
         "feed": report.get("feed"),
+        "task": source_result.get("task"),  # what the outputs are and how they were decoded
         "io": report.get("io"),
         "validation": {
             "passed": True,
@@ -431,7 +434,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
             ([SYNTHETIC] if source_result.get("inputs") == "synthetic" else [])
             + [n for s in steps for n in results.get(s.id, {}).get("notes", [])] + report.get("notes", [])
             + [f"{v['threshold']}: {v['reason']}" for v in rec.verdicts.get(artifact.key, [])
-               if v["passed"] is None])),
+               if v["passed"] is None and "not the task this metric is for" not in v["reason"]])),
         "not_executed": report.get("not_executed", []),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

@@ -42,6 +42,9 @@ def guarded(fn):
             if debug:
                 traceback.print_exc()
             err.print(f"[bold red]error:[/] {escape(exc.line())}", markup=True)
+            if kwargs.get("json"):  # a script asked for JSON: it gets JSON on failure too
+                console.print_json(data={"error": {"kind": exc.kind, "exit_code": exc.exit_code,
+                                                   "message": exc.message, "hint": exc.hint}})
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             if debug:
@@ -67,7 +70,12 @@ BUILD_HELP = {
     "std": "per-channel std divided after the mean, e.g. 0.229,0.224,0.225",
     "bgr": "the model takes BGR channel order",
     "pixel_scale": "pixels are divided by this first (255: 0..1 input, default; 1: 0..255 input)",
-    "resize": "crop (shorter side to size/0.875, centre crop; default) or stretch",
+    "resize": "crop (shorter side to size/0.875, centre crop; default), stretch, or letterbox (YOLO: fit, centre, pad)",
+    "pad": "letterbox fill value 0-255 (default 114)",
+    "task": "what the outputs are: classify, detect, segment, map or raw (default: from the model's metadata/shapes)",
+    "head": "detector head: yolov5, yolov8, yolox, ssd or e2e (implies --task detect)",
+    "task_param": "decoding parameter key=value (repeatable): score_threshold, nms_iou, match_iou, max_det, "
+                  "threshold (maps), min_region_pixels, first_class (ssd)",
     "input_name": "name of the image input (default: the model's first input)",
     "dynamic_batch": "export with a dynamic batch dimension",
     "spec": "TOML file with the input spec (default: <model>.edgekiln.toml beside the model)",
@@ -99,7 +107,8 @@ BUILD_HELP = {
 }
 REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
                 "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "opset",
-                "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out")
+                "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
+                "task", "head", "task_param", "pad")
 
 
 class _BuildTask(Task):
@@ -113,7 +122,7 @@ class _BuildTask(Task):
         return args
 
 
-@task(klass=_BuildTask, auto_shortflags=False, iterable=["option", "threshold"], help=BUILD_HELP)
+@task(klass=_BuildTask, auto_shortflags=False, iterable=["option", "threshold", "task_param"], help=BUILD_HELP)
 @guarded
 def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=None, input_shape=None,
           layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None, input_name=None,
@@ -121,12 +130,12 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
           max_images=200, option=None, threshold=None, max_drop=None, jetpack=None, version=None, name=None,
           out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
-          json=False, keep_job=False, debug=False):
+          json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
     from .build import dry_run as plan_only, run_build
     from .request import make_request
     from .runners import LazyRunners, runner_factory
-    from .ui import feed_lines, make_ui, result_json, summary_table
+    from .ui import feed_lines, make_ui, result_json, summary_table, task_lines
 
     values = dict(locals())
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
@@ -146,7 +155,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     console.print(summary_table(result))
     if result.artifacts:
         console.print(f"published under {result.artifacts[0].path.parent.parent}", markup=False)
-    for line in feed_lines(result):
+    for line in feed_lines(result) + task_lines(result):
         console.print(line, markup=False)
     if any(a.manifest.get("validation", {}).get("inputs") == "synthetic" for a in result.artifacts):
         from .build import SYNTHETIC

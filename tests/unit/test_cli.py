@@ -75,3 +75,16 @@ def test_clean_removes_failed_and_old_jobs_never_running_ones(tmp_path):
     run_cli("clean", "--out", tmp_path, check=0)
     assert sorted(p.name for p in jobs.iterdir()) == ["running"]
     run_cli("clean", "--out", tmp_path, "--older-than", "soon", check=2)
+
+
+def test_json_failure_is_json_with_the_error_kind(tmp_path):
+    import json
+
+    proc = run_cli("build", "--model", tmp_path / "missing.onnx", "--json")
+    assert proc.returncode == 3
+    assert json.loads(proc.stdout) == {"error": {
+        "kind": "model_not_found", "exit_code": 3, "message": f"model {tmp_path / 'missing.onnx'} does not exist",
+        "hint": "check the path given to --model"}}
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    proc = run_cli("build", "--model", tmp_path / "m.onnx", "--head", "yolo9", "--json")
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"]["kind"] == "usage"

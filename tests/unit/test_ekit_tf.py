@@ -114,3 +114,20 @@ def test_templates_render_to_python(template):
     assert json.dumps(evil) in text  # only ever as a JSON string literal
     if template.startswith("source_tf"):
         assert ("WRITE_ONNX = True" in text) == (template == "tflite/source_tf_onnx.py.jinja")
+
+
+def test_ops_without_a_tflite_builtin_get_onnx2tf_rtpo(ek, tmp_path):
+    """A GELU export's Erf: onnx2tf -rtpo erf is added (and said), unless the user chose -rtpo."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    _, ekit_tf = ek
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["e"]), helper.make_node("Relu", ["e"], ["y"])],
+                              "gelu_part", [x], [y])
+    path = tmp_path / "erf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    args, note = ekit_tf.pseudo_op_args(path)
+    assert args == ["-rtpo", "erf"] and "Erf have no TFLite builtin" in note
+    assert ekit_tf.pseudo_op_args(path, ["-rtpo", "gelu"]) == ([], None)
