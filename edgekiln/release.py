@@ -165,6 +165,9 @@ def _short(value: Any) -> str:
 
 def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, jobs: int = 1) -> ReleaseResult:
     """Build every entry (cached), package, publish ``<out>/<name>-<version>`` atomically."""
+    from .report import require_charts
+
+    require_charts()
     start = time.monotonic()
     out = Path(out).expanduser().resolve()
     dest = out / matrix.folder

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UsageError
+from .errors import EnvironmentFailed, UsageError
 
 # what ekit.compare gives every artifact; anything else in validation.metrics is a task metric (mAP, …)
 STANDARD = ("n", "max_abs", "mean_abs", "cosine", "cosine_mean", "top1_agreement", "accuracy", "source_accuracy",
@@ -86,8 +86,18 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
+def require_charts() -> None:
+    """Fail before any build when the charting library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise EnvironmentFailed("matplotlib is not installed: reports draw their charts with it",
+                                "pip install 'edgekiln[report]'")
+
+
 def charts(rows: list[dict]) -> dict[str, str]:
     """{"size": svg, "latency": svg} for one model's rows (latency only where it was measured)."""
+    require_charts()
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -102,6 +112,12 @@ def charts(rows: list[dict]) -> dict[str, str]:
             if y is not None:
                 ax.scatter(row["size"] / 1e6, 100 * y, s=48)
                 ax.annotate(label, (row["size"] / 1e6, 100 * y), textcoords="offset points", xytext=(5, 4))
+        source = next((r["source_accuracy"] for r in rows if use_acc and r["source_accuracy"] is not None), None)
+        if source is not None:
+            ax.axhline(100 * source, color="gray", linestyle="--", linewidth=1)
+            ax.annotate("source model", (0, 100 * source), xycoords=("axes fraction", "data"),
+                        textcoords="offset points", xytext=(4, 4), color="gray")
+        ax.margins(x=0.2, y=0.2)
         ax.set_xlabel("size (MB)")
         ax.set_ylabel("top-1 accuracy (%)" if use_acc else "top-1 agreement with the source (%)")
         ax.set_title("size vs accuracy")
