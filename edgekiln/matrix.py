@@ -302,7 +302,11 @@ class _Loader:
         merged: dict[str, dict] = {}
         for scope, raw in (((), defaults["options"]), (("models", key), body.get("options", {}))):
             where = scope + ("options",)
-            for target, values in self.table(raw, where, tuple(targets) if raw else ()).items():
+            # the file's [options] may name any target (models without it ignore it); a model's, its own
+            allowed = tuple(self.known_targets) if not scope else tuple(targets)
+            for target, values in self.table(raw, where, allowed).items():
+                if target not in targets:
+                    continue
                 known = self.known_targets[target].options
                 for opt in self.table(values, where + (target,), tuple(known)):
                     merged.setdefault(target, {})[opt] = values[opt]

@@ -229,7 +229,10 @@ def build_entries(matrix: Matrix, prepared: list[Prepared], ui, runner_for, jobs
 
 def artifact_files(folder: Path, manifest: dict) -> list[str]:
     """The files of a build folder that go into a release (relative paths, sorted)."""
-    names = {f["path"] for f in manifest.get("files", [])}
+    names = set()
+    for listed in (folder / f["path"] for f in manifest.get("files", [])):  # a bundle may be a folder
+        names |= {p.relative_to(folder).as_posix() for p in ([listed] if listed.is_file() else listed.rglob("*"))
+                  if p.is_file()}
     build = folder / "build"
     if build.is_dir():
         for path in build.rglob("*"):
@@ -307,31 +310,54 @@ def check(matrix: Matrix, out: Path, dist: Path, ui, runner_for, jobs: int = 1) 
 
 
 def compare_releases(a: Path, b: Path) -> list[FileCheck]:
+    """Per file of two release folders: identical, differing, missing or excluded (the rule).
+
+    A manifest that records an excluded file (an engine's hash) is compared with that record
+    masked; SHA256SUMS and the archives are then identical when every entry that differs is a
+    file found identical (masked) or excluded."""
     files = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
     files |= {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
-    rows = []
+    rows: dict[str, FileCheck] = {}
+    containers = []
     for rel in sorted(files):
         why = excluded(rel)
         if why:
-            rows.append(FileCheck(rel, "excluded", why))
+            rows[rel] = FileCheck(rel, "excluded", why)
         elif not (a / rel).is_file() or not (b / rel).is_file():
-            rows.append(FileCheck(rel, "missing", "only in the " + ("rebuild" if (b / rel).is_file() else "release")))
+            rows[rel] = FileCheck(rel, "missing", "only in the " + ("rebuild" if (b / rel).is_file() else "release"))
+        elif rel == SUMS or rel.endswith(".tar.gz"):
+            containers.append(rel)
         else:
-            rows.append(_compare_file(rel, a / rel, b / rel))
-    return rows
+            rows[rel] = _compare_file(rel, a / rel, b / rel)
+    for rel in sorted(containers, key=lambda r: r == SUMS):  # SUMS lists the archives: last
+        fine = {r for r, row in rows.items() if row.status in ("identical", "excluded")}
+        rows[rel] = _compare_file(rel, a / rel, b / rel, fine)
+    return [rows[rel] for rel in sorted(rows)]
 
 
-def _compare_file(rel: str, x: Path, y: Path) -> FileCheck:
+def _masked(data: Any) -> Any:
+    """JSON with the records of excluded files reduced to their path."""
+    if isinstance(data, dict):
+        return {k: ([{"path": f.get("path")} if isinstance(f, dict) and excluded(str(f.get("path", ""))) else _masked(f)
+                     for f in v] if k == "files" and isinstance(v, list) else _masked(v)) for k, v in data.items()}
+    return [_masked(v) for v in data] if isinstance(data, list) else data
+
+
+def _compare_file(rel: str, x: Path, y: Path, fine: set[str] = frozenset()) -> FileCheck:
     hx, hy = sha256_file(x), sha256_file(y)
     if hx == hy:
         return FileCheck(rel, "identical", f"{x.stat().st_size} bytes, sha256 {hx[:12]}")
-    kept = None
-    if rel == SUMS:
-        kept = [{k: v for k, v in read_sums(f).items() if not excluded(k)} for f in (x, y)]
-    elif rel.endswith(".tar.gz"):
-        kept = [{k: v for k, v in tar_members(f).items() if not excluded(k.split("/", 1)[-1])} for f in (x, y)]
-    if kept and kept[0] == kept[1]:
-        return FileCheck(rel, "identical", "identical apart from excluded entries")
+    same = False
+    if rel.endswith(".json"):
+        same = _masked(json.loads(x.read_text())) == _masked(json.loads(y.read_text()))
+    elif rel == SUMS or rel.endswith(".tar.gz"):
+        if rel == SUMS:
+            ex, ey = read_sums(x), read_sums(y)
+        else:  # member names start with <name>-<version>/
+            ex, ey = ({k.split("/", 1)[-1]: v for k, v in tar_members(f).items()} for f in (x, y))
+        same = set(ex) == set(ey) and all(ex[k] == ey[k] or k in fine for k in ex)
+    if same:
+        return FileCheck(rel, "identical", "identical apart from the records of excluded files")
     return FileCheck(rel, "differing", f"release {x.stat().st_size} bytes sha256 {hx[:12]}, "
                                        f"rebuild {y.stat().st_size} bytes sha256 {hy[:12]}")
 

@@ -126,3 +126,12 @@ def test_bad_release_files_through_the_cli(folder, text, kind, match):
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith("error:") and match in err, err
     assert not (folder / "rel").exists() and not (folder / "dist").exists()
+
+
+def test_options_per_target(folder):
+    text = GOOD + '\n[options.rpi]\nthreads = 2\n\n[models.net.options.onnx]\ncalibration_method = "minmax"\n'
+    m = load_matrix(write(folder, text))
+    assert m.models[0].options == {"onnx": {"calibration_method": "minmax"}}  # net has no rpi entry
+    assert m.models[1].options == {"rpi": {"threads": 2}}
+    with pytest.raises(errors.UsageError, match=r":\d+: unknown key 'models.net.options.onnx.nope'"):
+        load_matrix(write(folder, text.replace("calibration_method", "nope")))
