@@ -319,7 +319,8 @@ def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="a
             json=False, debug=False):
     """Build every entry of a release file (cached), package it reproducibly into <out>/<name>-<version>."""
     from .matrix import load_matrix
-    from .release import check as check_release, release as make_release
+    from .release import release as make_release
+    from .release_check import check as check_release
     from .runners import LazyRunners, runner_factory
     from .ui import make_ui
 

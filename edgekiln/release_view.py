@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.table import Table
 
 from .errors import IntegrityError
-from .release import FileCheck, ReleaseResult, verify
+from .release import ReleaseResult
+from .release_check import FileCheck, verify
 from .ui import fmt, fmt_size
 
 

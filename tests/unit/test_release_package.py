@@ -7,7 +7,8 @@ import json
 
 from edgekiln.build import ArtifactResult
 from edgekiln.matrix import load_matrix
-from edgekiln.release import assemble, compare_releases, excluded, split_manifest, verify, what_changed
+from edgekiln.release import assemble, split_manifest, what_changed
+from edgekiln.release_check import compare_releases, excluded, verify
 
 MANIFEST = {
     "schema": 1, "created": "2026-11-28T20:00:00+00:00", "model": {"name": "net"}, "target": "onnx",
