@@ -1,6 +1,7 @@
 """Release numbers on the demo MobileNetV2 × onnx fp32/int8 (real weights, 20 real photos).
 
-    python bench/release_bench.py [--matrix FILE]    ->  bench/results/release.{json,md}
+    python bench/release_bench.py                       ->  bench/results/release.{json,md}
+    python bench/release_bench.py --matrix examples/release.toml --name release_example
 
 Measures, with the CLI in a subprocess and the local runner (environments already made):
 * a cold release (empty build store) vs a fully cached one (same store, new release root) vs
@@ -67,6 +68,9 @@ def bare_tar(folder: Path, dest: Path, epoch: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--matrix", help="a release file (default: the demo × onnx fp32/int8)")
+    parser.add_argument("--name", default="release", help="results file name in bench/results/")
+    parser.add_argument("--store", help="build store (dist) to reuse: the first release is then not cold "
+                                        "(the results say so); default: an empty temporary one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgekiln-release-bench-") as tmp:
         tmp = Path(tmp)
@@ -76,7 +80,7 @@ def main() -> None:
             calib, val = photo_folders()
             file = tmp / "release.toml"
             file.write_text(MATRIX.format(weights=mobilenet_weights(), calib=calib, val=val))
-        dist = tmp / "dist"
+        dist = Path(args.store).resolve() if args.store else tmp / "dist"
         cold_s, cold = release(file, "--out", tmp / "a", "--dist", dist, "-j", "2")
         cached_s, cached = release(file, "--out", tmp / "b", "--dist", dist, "-j", "2")
         again_s, again = release(file, "--out", tmp / "b", "--dist", dist)
@@ -106,24 +110,27 @@ def main() -> None:
             "check": {"identical": counts.get("identical", 0),
                       "compared": sum(counts.values()) - counts.get("excluded", 0),
                       "excluded": counts.get("excluded", 0), "differing": counts.get("differing", 0),
-                      "missing": counts.get("missing", 0)},
+                      "missing": counts.get("missing", 0),
+                      "not_identical": [f for f in check["check"]["files"]
+                                        if f["status"] not in ("identical", "excluded")]},
             "archives": cached["archives"],
             "bare_tools": {"edgekiln_archive_s": round(ours_s, 2), "edgekiln_archive_bytes": ours.stat().st_size,
                            "gnu_tar_gzip_n9_s": round(bare_s, 2), "gnu_tar_gzip_n9_bytes": bare_size},
         }
     out = ROOT / "bench" / "results"
-    (out / "release.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     c = result["check"]
     lines = [
         "# Release: cold vs cached, `--check`, archive sizes", "",
         f"Matrix: {result['matrix']}; local runner, environments already made; 2 cores.", "",
         "| what | seconds |", "|---|---|",
-        f"| cold release (empty build store) | {result['cold_release_s']} |",
+        f"| first release (entries {'/'.join(result['statuses']['cold'])}) | {result['cold_release_s']} |",
         f"| fully cached release (same store, new release root) | {result['cached_release_s']} |",
         f"| the same release again (no-op) | {result['same_release_again_s']} |",
         f"| `release --check` (release exists; rebuild from scratch + compare) | {result['check_s']} |", "",
         f"`release --check`: **{c['identical']}/{c['compared']} files identical**, {c['differing']} differing, "
         f"{c['missing']} missing, {c['excluded']} excluded by the rule (measured.json, report.html, report.md).", "",
+        *[f"- {f['status']}: {f['path']} ({f['detail']})" for f in c["not_identical"]], "",
         "| archive | bytes |", "|---|---|",
         *[f"| {a['path']} | {a['size']} |" for a in result["archives"]], "",
         "Bare tools on the same loose files (every artifact folder):", "",
@@ -132,7 +139,7 @@ def main() -> None:
         f"| {result['bare_tools']['edgekiln_archive_bytes']} |",
         f"| `tar --sort=name --mtime=@E --owner=0 --numeric-owner \\| gzip -n -9` | {result['bare_tools']['gnu_tar_gzip_n9_s']} "
         f"| {result['bare_tools']['gnu_tar_gzip_n9_bytes']} |", ""]
-    (out / "release.md").write_text("\n".join(lines))
+    (out / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
