@@ -113,26 +113,20 @@ class Matrix:
         return int(dt.datetime.combine(self.date, dt.time(), dt.timezone.utc).timestamp())
 
     def requests(self, dist: Path) -> list[tuple[BuildRequest, tuple[Entry, ...]]]:
-        """One build request per model and group of targets that share precisions, options and
-        thresholds (they share the source step); each with the entries it builds."""
+        """One build request per model and target, with the entries it builds. (One request per
+        target costs a source step each, but a target that fails does not take the others down:
+        a build publishes all its artifacts or none.)"""
         found = []
         for m in self.models:
-            groups: dict[str, list[str]] = {}
             for target, precs in m.targets.items():
-                limits = {f"{p}.{k}": v for p in precs for k, v in m.thresholds.get((target, p), {}).items()}
-                key = repr((precs, sorted(limits.items()), sorted(m.options.get(target, {}).items())))
-                groups.setdefault(key, []).append(target)
-            for targets in groups.values():
-                first = targets[0]
-                precs = m.targets[first]
                 request = BuildRequest(
-                    model=m.path, model_name=m.name, source_format=m.source_format, targets=tuple(targets),
+                    model=m.path, model_name=m.name, source_format=m.source_format, targets=(target,),
                     precisions=precs, input=m.input, calib=m.calib, val=m.val, arch=m.arch,
                     trust_pickle=m.trust_pickle, opset=m.opset, simplify=m.simplify, max_images=m.max_images,
-                    options=dict(m.options.get(first, {})),
-                    thresholds={f"{p}.{k}": v for p in precs for k, v in m.thresholds.get((first, p), {}).items()},
+                    options=dict(m.options.get(target, {})),
+                    thresholds={f"{p}.{k}": v for p in precs for k, v in m.thresholds.get((target, p), {}).items()},
                     out=dist)
-                found.append((request, tuple(Entry(m.name, t, p) for t in targets for p in precs)))
+                found.append((request, tuple(Entry(m.name, target, p) for p in precs)))
         return found
 
 

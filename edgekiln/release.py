@@ -222,7 +222,8 @@ def build_entries(matrix: Matrix, prepared: list[Prepared], ui, runner_for, jobs
             results[f"{result.model}/{art.target}/{art.precision}"] = art
     if failures:
         first = failures[0][1]
-        lines = "; ".join(f"{', '.join(e.key for e in p.entries)}: {exc.message}" for p, exc in failures)
+        lines = "; ".join(f"{p.request.model_name} → {', '.join(p.request.targets)}: {exc.message}"
+                          for p, exc in failures)
         raise type(first)(f"release {matrix.folder} failed, nothing released — {lines}", first.hint)
     return results
 

@@ -62,7 +62,7 @@ def test_entries_thresholds_and_requests(folder):
     assert net.thresholds[("onnx", "fp32")] == {"min_top1_agreement": 0.7}
     requests = m.requests(folder / "dist")
     assert [(r.model_name, r.targets, r.precisions) for r, _ in requests] == [
-        ("net", ("onnx",), ("fp32", "int8")), ("other", ("onnx", "rpi"), ("fp32",))]
+        ("net", ("onnx",), ("fp32", "int8")), ("other", ("onnx",), ("fp32",)), ("other", ("rpi",), ("fp32",))]
     assert requests[0][0].thresholds == {"int8.min_cosine": 0.5, "int8.min_top1_agreement": 0.7,
                                          "fp32.min_top1_agreement": 0.7}
     assert m.source_date_epoch() == 1795824000  # 2026-11-28T00:00Z
