@@ -62,7 +62,7 @@ RULES = {"volatile_manifest_fields": list(VOLATILE), "measured_files": MEASURED_
 
 
 @dataclass
-class Prepared:
+class Planned:
     request: Any  # BuildRequest
     entries: tuple[Entry, ...]
     record: dict[str, dict]  # entry key -> identity record
@@ -103,24 +103,24 @@ def write_json(path: Path, data: Any) -> None:
 # ---------------------------------------------------------------- identity
 
 
-def prepare_all(matrix: Matrix, dist: Path) -> list[Prepared]:
+def prepare_all(matrix: Matrix, dist: Path) -> list[Planned]:
     """Plan and key every entry (no environments, no conversions)."""
     found = []
     for request, entries in matrix.requests(Path(dist)):
         try:
-            plan, _arch, hashes, loc, keys = prepare(request)
+            prep = prepare(request)
         except EdgekilnError as exc:
             raise type(exc)(f"{matrix.path}: {entries[0].model}: {exc.message}", exc.hint) from None
-        limits = {a.key: a.thresholds for a in plan.artifacts}
-        record = {e.key: {"build_key": keys[f"{e.target}/{e.precision}"], "build_version": loc.version,
-                          "inputs": hashes, "input_spec": request.input.to_json(), "arch": request.arch,
+        limits = {a.key: a.thresholds for a in prep.plan.artifacts}
+        record = {e.key: {"build_key": prep.keys[f"{e.target}/{e.precision}"], "build_version": prep.loc.version,
+                          "inputs": prep.hashes, "input_spec": request.input.to_json(), "arch": request.arch,
                           "options": dict(request.options), "thresholds": limits[f"{e.target}/{e.precision}"]}
                   for e in entries}
-        found.append(Prepared(request, entries, record))
+        found.append(Planned(request, entries, record))
     return found
 
 
-def identity(matrix: Matrix, prepared: list[Prepared]) -> dict:
+def identity(matrix: Matrix, prepared: list[Planned]) -> dict:
     entries = {}
     for p in prepared:
         entries.update(p.record)
@@ -206,10 +206,10 @@ def _existing(dest: Path, matrix: Matrix, ident: dict, ui) -> ReleaseResult:
     return ReleaseResult(dest, "exists")
 
 
-def build_entries(matrix: Matrix, prepared: list[Prepared], ui, runner_for, jobs: int) -> dict[str, ArtifactResult]:
+def build_entries(matrix: Matrix, prepared: list[Planned], ui, runner_for, jobs: int) -> dict[str, ArtifactResult]:
     """Build every request (its artifacts in parallel with ``jobs``); all must pass."""
     results: dict[str, ArtifactResult] = {}
-    failures: list[tuple[Prepared, EdgekilnError]] = []
+    failures: list[tuple[Planned, EdgekilnError]] = []
     for p in prepared:
         ui.stage(f"build {p.request.model_name} → {', '.join(p.request.targets)} "
                  f"({', '.join(p.request.precisions)})")

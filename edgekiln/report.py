@@ -42,7 +42,8 @@ def row_of(manifest: dict) -> dict[str, Any]:
             "precision": manifest.get("precision"), "size": size, "cosine": metrics.get("cosine"),
             "agreement": metrics.get("top1_agreement"), "accuracy": metrics.get("accuracy"),
             "source_accuracy": metrics.get("source_accuracy"), "task": task, "latency": latency,
-            "thresholds": val.get("thresholds") or {}, "verdict": verdict, "notes": not_executed}
+            "thresholds": val.get("thresholds") or {}, "gates": val.get("gates") or [], "verdict": verdict,
+            "notes": not_executed}
 
 
 def by_model(manifests: Iterable[dict]) -> dict[str, list[dict]]:
@@ -61,12 +62,20 @@ def _num(v, fmt="{:.5f}") -> str:
     return "–" if v is None else fmt.format(v)
 
 
+def _gate(g: dict) -> str:
+    """``min_cosine 0.9: 0.973 ✓`` (or ``✗``, or ``not applicable: why``) from manifest.validation.gates."""
+    if g.get("passed") is None:
+        return f"{g['threshold']} {g['limit']:g}: {g.get('reason') or 'not applicable'}"
+    return f"{g['threshold']} {g['limit']:g}: {g['value']:.4g} {'✓' if g['passed'] else '✗'}"
+
+
 def cells(row: dict) -> list[str]:
     acc = _pct(row["accuracy"])
     if row["accuracy"] is not None and row["source_accuracy"] is not None:
         acc += f" (source {_pct(row['source_accuracy'])})"
     task = ", ".join(f"{k} {v:.4g}" for k, v in sorted(row["task"].items())) or "–"
-    limits = ", ".join(f"{k} {v:g}" for k, v in sorted(row["thresholds"].items())) or "–"
+    limits = ", ".join(_gate(g) for g in row["gates"]) if row["gates"] else \
+        ", ".join(f"{k} {v:g}" for k, v in sorted(row["thresholds"].items())) or "–"
     verdict = row["verdict"] + (f": {'; '.join(row['notes'])}" if row["notes"] else "")
     return [row["target"], row["precision"], f"{row['size'] / 1e6:.2f} MB", _pct(row["agreement"]),
             _num(row["cosine"]), acc, task, _num(row["latency"], "{:.2f} ms"), limits, verdict]
