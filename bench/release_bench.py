@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgekiln.archive import sha256_file  # noqa: E402
 from edgekiln.demo import mobilenet_weights, photo_folders  # noqa: E402
 
 MATRIX = """\
@@ -65,6 +68,22 @@ def bare_tar(folder: Path, dest: Path, epoch: int) -> tuple[float, int]:
     return time.monotonic() - t0, dest.stat().st_size
 
 
+def rerun_on_one_cpu(folder: Path, tmp: Path) -> dict:
+    """Re-run a published build's own commands (build/commands.sh: source + convert) pinned to one
+    CPU, from a copy of its build/ folder, and compare the artifact with the published one: does
+    the thread count change the bytes?"""
+    job = tmp / "rerun-one-cpu"
+    shutil.copytree(folder / "build", job)
+    for line in (job / "commands.sh").read_text().splitlines():
+        if line and not line.startswith("#") and "-validate.py" not in line:
+            subprocess.run(["taskset", "-c", "0", "sh", "-c", line], cwd=job, check=True, capture_output=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    out_dir = job / "work" / manifest["target"] / manifest["precision"]
+    files = {f["path"]: f["sha256"] == sha256_file(out_dir / f["path"]) for f in manifest["files"]}
+    return {"artifact": f"{manifest['target']}/{manifest['precision']}", "cpus_of_the_build": os.cpu_count(),
+            "rerun_cpus": 1, "identical": files}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--matrix", help="a release file (default: the demo × onnx fp32/int8)")
@@ -99,6 +118,8 @@ def main() -> None:
         ours = write_tar_gz(tmp / "ours.tar.gz", [(f"{rel.name}/{p.relative_to(staging).as_posix()}", p)
                                                   for p in staging.rglob("*") if p.is_file()], epoch)
         ours_s = time.monotonic() - t0
+        int8 = next((Path(e["build"]) for k, e in cold["entries"].items() if k.endswith("/onnx/int8")), None)
+        one_cpu = rerun_on_one_cpu(int8, tmp) if int8 else None
         counts = check["check"]["counts"]
         result = {
             "matrix": str(file) if args.matrix else "demo MobileNetV2 x onnx fp32,int8",
@@ -114,6 +135,7 @@ def main() -> None:
                       "not_identical": [f for f in check["check"]["files"]
                                         if f["status"] not in ("identical", "excluded")]},
             "archives": cached["archives"],
+            "one_cpu_rerun": one_cpu,
             "bare_tools": {"edgekiln_archive_s": round(ours_s, 2), "edgekiln_archive_bytes": ours.stat().st_size,
                            "gnu_tar_gzip_n9_s": round(bare_s, 2), "gnu_tar_gzip_n9_bytes": bare_size},
         }
@@ -131,6 +153,9 @@ def main() -> None:
         f"`release --check`: **{c['identical']}/{c['compared']} files identical**, {c['differing']} differing, "
         f"{c['missing']} missing, {c['excluded']} excluded by the rule (measured.json, report.html, report.md).", "",
         *[f"- {f['status']}: {f['path']} ({f['detail']})" for f in c["not_identical"]], "",
+        *([f"Thread count: the published onnx/int8 build re-run by its own build/commands.sh pinned to 1 CPU "
+           f"(the build had {one_cpu['cpus_of_the_build']}): identical bytes: {one_cpu['identical']}.", ""]
+          if one_cpu else []),
         "| archive | bytes |", "|---|---|",
         *[f"| {a['path']} | {a['size']} |" for a in result["archives"]], "",
         "Bare tools on the same loose files (every artifact folder):", "",
