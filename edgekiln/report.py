@@ -23,6 +23,7 @@ from .errors import EnvironmentFailed, UsageError
 # what ekit.compare gives every artifact; anything else in validation.metrics is a task metric (mAP, …)
 STANDARD = ("n", "max_abs", "mean_abs", "cosine", "cosine_mean", "top1_agreement", "accuracy", "source_accuracy",
             "labelled", "nonfinite")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
@@ -117,10 +118,17 @@ def charts(rows: list[dict]) -> dict[str, str]:
         ys = [(r["accuracy"] if use_acc else r["agreement"]) for r in rows]
         fig = Figure(figsize=(6.4, 3.4), layout="constrained")
         ax = fig.add_subplot()
+        # colour = target, marker = precision, named in the legend (points of equal size and
+        # accuracy overlap: labels beside them would too)
+        targets = list(dict.fromkeys(r["target"] for r in rows))
+        precisions = list(dict.fromkeys(r["precision"] for r in rows))
+        colour = {t: f"C{i % 10}" for i, t in enumerate(targets)}
+        marker = {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(precisions)}
         for label, row, y in zip(labels, rows, ys):
             if y is not None:
-                ax.scatter(row["size"] / 1e6, 100 * y, s=48)
-                ax.annotate(label, (row["size"] / 1e6, 100 * y), textcoords="offset points", xytext=(5, 4))
+                ax.scatter(row["size"] / 1e6, 100 * y, s=56, color=colour[row["target"]],
+                           marker=marker[row["precision"]], label=label, alpha=0.85)
+        ax.legend(fontsize=7, loc="lower right", ncols=2 if len(rows) > 4 else 1)
         source = next((r["source_accuracy"] for r in rows if use_acc and r["source_accuracy"] is not None), None)
         if source is not None:
             ax.axhline(100 * source, color="gray", linestyle="--", linewidth=1)
@@ -136,7 +144,8 @@ def charts(rows: list[dict]) -> dict[str, str]:
         if timed:
             fig = Figure(figsize=(6.4, 0.6 + 0.45 * len(timed)), layout="constrained")
             ax = fig.add_subplot()
-            ax.barh([t[0] for t in timed], [t[1] for t in timed], color="#4c78a8")
+            ax.barh([t[0] for t in timed], [t[1] for t in timed],
+                    color=[colour[label.split("/")[0]] for label, _ in timed])
             ax.invert_yaxis()
             ax.set_xlabel("median latency (ms, batch 1, the build host)")
             ax.set_title("latency per target/precision")
