@@ -305,7 +305,7 @@ RELEASE_HELP = {
     "out": "release root: the release goes to <out>/<name>-<version> (default ./releases)",
     "dist": "build store the entries are built into and cached in (default ./dist)",
     "check": "then rebuild everything from scratch in a temporary root and compare every file",
-    "jobs": "build this many artifacts of a model in parallel",
+    "jobs": "build this many precisions of a model × target in parallel",
     "runner": "auto (Docker when an engine answers, else local), docker or local",
     "docker_host": "Docker host for the conversions, e.g. ssh://user@jetson",
     "json": "print the result as JSON on stdout",
