@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .archive import read_sums, sha256_file, tar_members
-from .errors import IntegrityError
+from .errors import UsageError
 from .matrix import Matrix
 from .release import CHECK_EXCLUDE, MANIFEST, MEASURED_FILES, SUMS, ReleaseResult, release
 
@@ -97,7 +97,7 @@ def verify(path: Path) -> tuple[int, list[str]]:
     """(files checked, problems) of a release folder: SHA256SUMS, every manifest, every archive."""
     path = Path(path)
     if not (path / SUMS).is_file() or not (path / MANIFEST).is_file():
-        raise IntegrityError(f"{path} is not a release folder (no {SUMS} or {MANIFEST})",
+        raise UsageError(f"{path} is not a release folder (no {SUMS} or {MANIFEST})",
                              "give <out>/<name>-<version> as written by `edgekiln release`")
     problems = []
     try:

@@ -107,3 +107,11 @@ def test_what_changed_names_the_field():
     same = {"source_date_epoch": 1, "entries": {"m/onnx/int8": {"build_key": "z", "inputs": {"calib": "1" * 64},
                                                                 "thresholds": {"min_cosine": 0.9}}}}
     assert "build key (edgekiln's recipes" in what_changed(old, same)[0]
+
+
+def test_verify_of_a_folder_that_is_no_release_is_a_usage_error(tmp_path):
+    from edgekiln import errors
+    from tests.conftest import run_cli
+
+    proc = run_cli("verify", tmp_path, check=errors.UsageError.exit_code)
+    assert proc.stderr.startswith("error:") and "is not a release folder" in proc.stderr
