@@ -122,7 +122,8 @@ def main() -> None:
         one_cpu = rerun_on_one_cpu(int8, tmp) if int8 else None
         counts = check["check"]["counts"]
         result = {
-            "matrix": str(file) if args.matrix else "demo MobileNetV2 x onnx fp32,int8",
+            "matrix": (file.relative_to(ROOT).as_posix() if file.is_relative_to(ROOT) else str(file))
+            if args.matrix else "demo MobileNetV2 x onnx fp32,int8",
             "cold_release_s": round(cold_s, 1), "cached_release_s": round(cached_s, 1),
             "same_release_again_s": round(again_s, 1), "check_s": round(check_s, 1),
             "statuses": {"cold": sorted({e["status"] for e in cold["entries"].values()}),
