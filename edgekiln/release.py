@@ -16,9 +16,11 @@ A released name+version is never rewritten: the same inputs again are a no-op, o
 error that says what changed.
 
 The rule of what is reproducible (``release --check`` compares every file but these):
-* VOLATILE manifest fields — when and how fast a build ran, and commands that name its job folder
-  (Docker mounts, container names) — move from each build manifest into ``measured.json``;
-  the build logs (timings) stay in the build store. The artifact folders keep the rest.
+* VOLATILE manifest fields — when and how fast a build ran, commands that name its job folder
+  (Docker mounts, container names), and where the inputs and environments were on the build
+  machine (paths; their sha256 and lock hashes stay) — move from each build manifest into
+  ``measured.json``; the build logs (timings) stay in the build store. The artifact folders keep
+  the rest, which names no path of the build machine.
 * MEASURED_FILES (``measured.json`` and the reports that show latency) are measurements.
 * CHECK_EXCLUDE: TensorRT engines are not reproducible by nature (the builder times tactics).
 
@@ -46,7 +48,8 @@ from .matrix import Entry, Matrix
 SUMS = "SHA256SUMS"
 MANIFEST = "release.json"
 MEASURED = "measured.json"
-VOLATILE = ("created", "validation.latency_ms", "steps[].seconds", "steps[].command")
+VOLATILE = ("created", "validation.latency_ms", "steps[].seconds", "steps[].command", "model.file",
+            "data.*.path", "steps[].environment.ref")
 MEASURED_FILES = {
     MEASURED: "measured: build times, latency and commands (they name the job folder)",
     "report.html": "measured: shows latency",
@@ -89,9 +92,14 @@ def split_manifest(manifest: dict) -> tuple[dict, dict]:
     volatile = {"created": stable.pop("created", None),
                 "latency_ms": stable.get("validation", {}).pop("latency_ms", None),
                 "steps": {}}
+    volatile["model_file"] = (stable.get("model") or {}).pop("file", None)
+    volatile["data_paths"] = {k: v.pop("path", None) for k, v in (stable.get("data") or {}).items()
+                              if isinstance(v, dict)}
     for step in stable.get("steps", []):
+        env = step.get("environment") or {}
         volatile["steps"][step.get("id")] = {"seconds": step.pop("seconds", None),
-                                             "command": step.pop("command", None)}
+                                             "command": step.pop("command", None),
+                                             "environment_ref": env.pop("ref", None)}
     return stable, volatile
 
 

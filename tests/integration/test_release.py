@@ -73,8 +73,10 @@ def test_release_tree_archives_and_sums(released, root):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads((rel / "release.json").read_text())
     for entry in info["entries"]:
-        manifest = json.loads((rel / entry["path"] / "manifest.json").read_text())
+        text = (rel / entry["path"] / "manifest.json").read_text()
+        manifest = json.loads(text)
         assert manifest == entry["manifest"] and "created" not in manifest
+        assert str(Path.home()) not in text and str(root) not in text, "a path of the build machine"
         assert "latency_ms" not in manifest["validation"] and manifest["validation"]["metrics"]["cosine"] > 0.9
         assert (rel / entry["path"] / "model.onnx").stat().st_size == manifest["files"][0]["size"]
         assert info["identity"]["entries"][entry["path"]]["build_key"] == manifest["build_key"]

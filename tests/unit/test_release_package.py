@@ -16,7 +16,10 @@ MANIFEST = {
     "validation": {"passed": True, "metrics": {"cosine": 1.0, "top1_agreement": 1.0, "accuracy": 0.9,
                                                "source_accuracy": 0.9, "map50": 0.5},
                    "latency_ms": {"median": 1.5}, "size_bytes": 5, "thresholds": {"min_cosine": 0.99}},
-    "steps": [{"id": "01-source", "seconds": 3.2, "command": "docker run -v /x/jobs/abc:/job …", "image": "onnx"}],
+    "steps": [{"id": "01-source", "seconds": 3.2, "command": "docker run -v /x/jobs/abc:/job …", "image": "onnx",
+               "environment": {"runner": "local", "ref": "/home/u/.cache/edgekiln/envs/onnx-1/bin/python",
+                               "lock_sha256": "ab"}}],
+    "data": {"calibration": {"path": "/home/u/photos", "sha256": "cd"}, "validation": None},
 }
 
 
@@ -53,10 +56,14 @@ def release_of(tmp_path, name, engine_bytes, created):
 def test_split_manifest_moves_only_volatile_fields():
     stable, volatile = split_manifest(MANIFEST)
     assert "created" not in stable and "latency_ms" not in stable["validation"]
-    assert stable["steps"] == [{"id": "01-source", "image": "onnx"}]
+    assert stable["steps"] == [{"id": "01-source", "image": "onnx", "environment": {"runner": "local", "lock_sha256": "ab"}}]
     assert stable["validation"]["metrics"] == MANIFEST["validation"]["metrics"]
-    assert volatile == {"created": MANIFEST["created"], "latency_ms": {"median": 1.5},
-                        "steps": {"01-source": {"seconds": 3.2, "command": MANIFEST["steps"][0]["command"]}}}
+    assert stable["data"] == {"calibration": {"sha256": "cd"}, "validation": None}
+    assert "/home/" not in json.dumps(stable) and "/x/jobs" not in json.dumps(stable)
+    assert volatile == {"created": MANIFEST["created"], "latency_ms": {"median": 1.5}, "model_file": None,
+                        "data_paths": {"calibration": "/home/u/photos"},
+                        "steps": {"01-source": {"seconds": 3.2, "command": MANIFEST["steps"][0]["command"],
+                                                "environment_ref": "/home/u/.cache/edgekiln/envs/onnx-1/bin/python"}}}
 
 
 def test_two_assemblies_compare_identical_except_engines_and_measurements(tmp_path):
