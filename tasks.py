@@ -5,7 +5,8 @@ import sys
 
 from invoke import task
 
-from edgekiln.cli import ns
+from edgekiln.cli import RELEASE_HELP, ns
+from edgekiln.cli import release as _release
 
 
 @task(help={"only": "run one benchmark (spine, onnx_quant_choices, openvino, tflite, demo_matrix)",
@@ -21,4 +22,13 @@ def bench(c, only="", repeats=3):
         c.run(f"{sys.executable} {cmd}", pty=False)
 
 
+@task(help=dict(RELEASE_HELP, file="the release matrix file (default examples/release.toml)"))
+def release(c, file="examples/release.toml", out="releases", dist="dist", check=False, jobs=1, runner="auto",
+            docker_host=None, json=False, debug=False):
+    """`edgekiln release` with the example as its default file: `invoke release [--check]`."""
+    return _release.body(c, file, out=out, dist=dist, check=check, jobs=jobs, runner=runner,
+                         docker_host=docker_host, json=json, debug=debug)
+
+
 ns.add_task(bench)
+ns.add_task(release)  # replaces the installed program's `release`, whose file is positional

@@ -126,6 +126,62 @@ def float_ops_hint(model) -> dict:
             "matmuls": ops.count("MatMul")}
 
 
+# --------------------------------------------------------------------------- reproducible IR
+
+AUTO_NAME = re.compile(r"^([A-Za-z0-9]+)_(\d+)((?:_compressed)?)$")
+
+
+def stable_name_map(names, op_types) -> dict[str, str]:
+    """{made-up name: renumbered name} for names OpenVINO makes up, ``<OpType>_<n>`` (and the
+    ``<OpType>_<n>_compressed`` fp16 compression derives from one), ``n`` renumbered per type in
+    the order given; the same ``n`` keeps one new number. Other names (the model's own, e.g.
+    ONNX's ``Conv_12``: not an OpenVINO type name) are left alone."""
+    numbers: dict[tuple[str, str], int] = {}
+    counts: dict[str, int] = {}
+    found = {}
+    for name in names:
+        match = AUTO_NAME.match(name)
+        if not match or match.group(1) not in op_types:
+            continue
+        key = (match.group(1), match.group(2))
+        if key not in numbers:
+            counts[key[0]] = numbers[key] = counts.get(key[0], 0) + 1
+        found[name] = f"{key[0]}_{numbers[key]}{match.group(3)}"
+    return found
+
+
+def save_stable(ov, model, xml, compress_to_fp16: bool) -> None:
+    """``ov.save_model``, then the names OpenVINO made up renumbered in topological order.
+
+    OpenVINO names an unnamed node ``<Type>_<n>`` from a counter global to the process, so the
+    same model gets other names whenever the process made a different number of nodes before
+    (NNCF's accuracy control does): the IR's bytes then differ from build to build while the
+    weights (.bin) are identical. The saved model is read back, its made-up node and tensor
+    names are renumbered (stable_name_map), and it is saved again without recompression (a
+    re-read fp16 model keeps its Convert nodes, so the .bin is unchanged), next to the target
+    and renamed over it."""
+    from pathlib import Path
+
+    xml = Path(xml)
+    ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    reread = ov.Core().read_model(str(xml))
+    ops = list(reread.get_ordered_ops())
+    types = {op.get_type_name() for op in ops} | {"Constant"}
+    ports = [port for op in ops for port in op.outputs()]
+    names = [op.get_friendly_name() for op in ops] + [n for port in ports for n in sorted(port.get_names())]
+    rename = stable_name_map(names, types)
+    for op in ops:
+        op.set_friendly_name(rename.get(op.get_friendly_name(), op.get_friendly_name()))
+    for port in ports:
+        if set(port.get_names()) & set(rename):
+            port.get_tensor().set_names({rename.get(n, n) for n in port.get_names()})
+    tmp = xml.with_name(f".stable-{xml.name}")
+    ov.save_model(reread, str(tmp), compress_to_fp16=False)
+    del reread, ops, ports  # the .bin read above is memory-mapped: let go of it before replacing it
+    for suffix in (".bin", ".xml"):
+        tmp.with_suffix(suffix).replace(xml.with_suffix(suffix))
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 def bake_preprocessing(ov, model, spec: dict):

@@ -337,8 +337,69 @@ def finish(c, folder=None, python=None, json=False, debug=False):
                   f"(by {done['by']})", markup=False)
 
 
+RELEASE_HELP = {
+    "file": "the release matrix file (see examples/release.toml)",
+    "out": "release root: the release goes to <out>/<name>-<version> (default ./releases)",
+    "dist": "build store the entries are built into and cached in (default ./dist)",
+    "check": "then rebuild everything from scratch in a temporary root and compare every file",
+    "jobs": "build this many precisions of a model × target in parallel",
+    "runner": "auto (Docker when an engine answers, else local), docker or local",
+    "docker_host": "Docker host for the conversions, e.g. ssh://user@jetson",
+    "json": "print the result as JSON on stdout",
+    "debug": "show tracebacks",
+}
+
+
+@task(klass=_BuildTask, auto_shortflags=False, help=RELEASE_HELP)
+@guarded
+def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="auto", docker_host=None,
+            json=False, debug=False):
+    """Build every entry of a release file (cached), package it reproducibly into <out>/<name>-<version>."""
+    from .matrix import load_matrix
+    from .release import release as make_release
+    from .release_check import check as check_release
+    from .runners import LazyRunners, runner_factory
+    from .ui import make_ui
+
+    matrix = load_matrix(file)
+    ui = make_ui(json)
+    runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, on_note=ui.warn), ui.stage)
+    try:
+        if check:
+            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, int(jobs))
+        else:
+            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, int(jobs)), None
+    finally:
+        ui.close()
+    from .release_view import print_release
+
+    print_release(console, result, rows, json)
+
+
+@task(help={"path": "a release folder <out>/<name>-<version>", "json": "print as JSON", "debug": "show tracebacks"})
+@guarded
+def verify(c, path, json=False, debug=False):
+    """Re-hash a release and re-check every manifest and archive; non-zero exit on any change."""
+    from .release_view import print_verify
+
+    print_verify(console, Path(path), json)
+
+
+@task(help={"path": "a published build: dist/<model>/<version>",
+            "out": "folder for report.html and report.md (default reports/<model>-<version>)",
+            "debug": "show tracebacks"})
+@guarded
+def report(c, path, out=None, debug=False):
+    """Write report.html (self-contained, offline) and report.md for one published build."""
+    from .report import report_build
+
+    version_dir = Path(path).resolve()
+    html_path, md_path = report_build(version_dir, Path(out or f"reports/{version_dir.parent.name}-{version_dir.name}"))
+    console.print(f"wrote {html_path} and {md_path}", markup=False)
+
+
 ns = Collection()
-for _t in (build, targets, images, demo, clean, finish):
+for _t in (build, targets, images, demo, clean, finish, release, verify, report):
     ns.add_task(_t)
 
 

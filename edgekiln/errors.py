@@ -98,6 +98,14 @@ class PublishConflict(EdgekilnError):
     kind = "publish_conflict"
 
 
+class IntegrityError(EdgekilnError):
+    """Bytes differ from what was recorded: a released file changed (verify), or a rebuild gave
+    other bytes than the release (release --check)."""
+
+    exit_code = 13
+    kind = "integrity"
+
+
 class Interrupted(EdgekilnError):
     exit_code = 130
     kind = "interrupted"

@@ -82,3 +82,14 @@ def test_nncf_kwargs_from_options(ekit_ov):
     desc = ekit_ov.describe_kwargs(kw)
     assert desc["ignored_scope"] == {"names": ["head"], "patterns": [".*Gemm.*"], "types": ["MatMul"]}
     assert "ignored_scope" not in ekit_ov.nncf_kwargs(_FakeNncf, {"ignored_scopes": []})
+
+
+def test_stable_name_map_renumbers_only_names_openvino_made_up(ekit_ov):
+    names = ["input", "Constant_25_compressed", "Constant_25", "Conv_12", "Convolution_31", "Constant_40",
+             "Result_28", "onnx::Conv_7", "Relu_3"]
+    types = {"Parameter", "Constant", "Convert", "Convolution", "Relu", "Result"}
+    assert ekit_ov.stable_name_map(names, types) == {
+        "Constant_25_compressed": "Constant_1_compressed", "Constant_25": "Constant_1",
+        "Convolution_31": "Convolution_1", "Constant_40": "Constant_2", "Result_28": "Result_1", "Relu_3": "Relu_1"}
+    shifted = [n.replace("25", "125").replace("31", "131").replace("40", "140").replace("28", "128") for n in names]
+    assert set(ekit_ov.stable_name_map(shifted, types).values()) == set(ekit_ov.stable_name_map(names, types).values())
