@@ -207,23 +207,3 @@ def ensure_opset(model, minimum: int = 13):
         raise ValueError(f"opset {current} -> {minimum} failed: {type(e).__name__}: "
                          f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}") from None
     return upgraded, f"opset upgraded {current} -> {minimum} (per-channel int8 needs opset 13)"
-
-
-def calibration_reader(input_name: str, x: np.ndarray):
-    """An onnxruntime CalibrationDataReader feeding ``x`` ([N, ...]) one sample at a time."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= len(x):
-                return None
-            self.i += 1
-            return {input_name: x[self.i - 1: self.i]}
-
-        def rewind(self):
-            self.i = 0
-
-    return Reader()
