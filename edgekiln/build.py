@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .cmd import quote
-from .errors import StepFailed, ValidationFailed
+from .errors import EdgekilnError, StepFailed, ValidationFailed
 from .plan import Artifact, Plan, Step, evaluate_thresholds, plan_build
 from .render import copy_support, render_job
 from .request import BuildRequest
@@ -47,6 +47,7 @@ class BuildResult:
     seconds: float
     runner: str
     job_dir: Path | None = None
+    error: EdgekilnError | None = None  # some artifacts failed (the others were published)
 
 
 # ---------------------------------------------------------------- keys
@@ -172,8 +173,11 @@ def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) 
 
 
 def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Runner],
-              jobs: int = 1, keep_job: bool = False) -> BuildResult:
-    """Build every artifact of ``request`` that is not published yet, or fail and publish nothing."""
+              jobs: int = 1, keep_job: bool = False, all_or_nothing: bool = False) -> BuildResult:
+    """Build every artifact of ``request`` that is not published yet. An artifact whose steps fail
+    or that misses a threshold is not published; the ones that passed are, and ``result.error``
+    says what failed (its exit code is the build's). ``all_or_nothing``: any failure publishes
+    nothing (raised). Nothing passed: raised, nothing published."""
     start = time.monotonic()
     prep = prepare(request)
     plan, arch_file, hashes, loc, keys = prep.plan, prep.arch_file, prep.hashes, prep.loc, prep.keys
@@ -235,9 +239,17 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         timings[step.id] = round(time.monotonic() - t0, 2)
         ui.step_done(step.id, timings[step.id])
 
+    crashed: dict[str, EdgekilnError] = {}  # artifact key -> why its convert/validate step failed
+
     def chain(artifact: Artifact) -> None:
-        run_step(plan.step(artifact.convert_step))
-        run_step(plan.step(artifact.validate_step))
+        try:
+            run_step(plan.step(artifact.convert_step))
+            run_step(plan.step(artifact.validate_step))
+        except EdgekilnError as exc:  # this artifact only; Ctrl-C and bugs still stop the build
+            if all_or_nothing:
+                raise
+            crashed[artifact.key] = exc
+            ui.warn(f"{artifact.key} failed: {exc.message}")
 
     try:
         ui.stage(f"job {job.root}")
@@ -257,20 +269,31 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
 
         failures, verdicts = {}, {}
         for artifact in todo:
+            if artifact.key in crashed:
+                continue
             report = read_json(job.work / artifact.work_dir / "report.json", artifact.validate_step)
             verdicts[artifact.key] = evaluate_thresholds(report.get("metrics", {}), artifact.thresholds)
             missed = [threshold_sentence(v, request) for v in verdicts[artifact.key]
                       if v["passed"] is False or (v["passed"] is None and asked_for(v, artifact, request))]
             if missed:
                 failures[artifact.key] = missed
-        if failures:
-            lines = "; ".join(f"{k}: {', '.join(v)}" for k, v in failures.items())
-            raise ValidationFailed(f"validation below thresholds, nothing published ({lines})",
-                                   f"inspect {job.root / 'work'}; loosen with --threshold only if the numbers are acceptable")
+        failed = {k: [e.message] for k, e in crashed.items()}
+        failed.update(failures)
+        passing = [a for a in todo if a.key not in failed]
+        error = None
+        if failed:
+            error = build_error(crashed, failures, passing, job, all_or_nothing)
+            if all_or_nothing or not (passing or results):  # results: artifacts already published (cached)
+                raise error
 
         staged = {}
         record = Record(plan, job, request, hashes, loc, envs, timings, commands, runner_for, verdicts)
         for artifact in todo:
+            if artifact.key in failed:
+                results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, "failed",
+                                                       loc.artifact_dir(artifact.target, artifact.precision),
+                                                       {}, failed[artifact.key])
+                continue
             folder = loc.model_dir / f".stage-{job.root.name}-{artifact.target}-{artifact.precision}"
             manifest = stage_artifact(folder, artifact, record, keys[artifact.key])
             status = "built"
@@ -282,7 +305,8 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, status,
                                                    loc.artifact_dir(artifact.target, artifact.precision),
                                                    manifest)
-        publish(loc, staged)
+        if staged:
+            publish(loc, staged)
     except BaseException:
         mark_job(job.root, "failed")
         if loc.model_dir.exists():
@@ -290,13 +314,30 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
                 shutil.rmtree(folder, ignore_errors=True)
         ui.stage(f"nothing published; the job is kept for inspection: {job.root}")
         raise
-    if keep_job:
+    if error is not None:
+        mark_job(job.root, "failed")  # kept for inspection of the artifacts that failed
+        ui.stage(f"published what passed; the job is kept for inspection: {job.root}")
+    elif keep_job:
         mark_job(job.root, "kept")
     else:
         shutil.rmtree(job.root, ignore_errors=True)
     used = ", ".join(sorted({env.runner for env in envs.values()}))
     return BuildResult(request.model_name, loc.version, [results[k] for k in order],
-                       time.monotonic() - start, used, job.root if keep_job else None)
+                       time.monotonic() - start, used, job.root if keep_job or error else None, error)
+
+
+def build_error(crashed: dict, failures: dict, passing: list, job: Job, all_or_nothing: bool) -> EdgekilnError:
+    """One error for the artifacts that failed: the kind (and exit code) of the first step that
+    failed, else ValidationFailed; the message names every failed artifact and what was published."""
+    parts = [f"{k}: {e.message}" for k, e in crashed.items()]
+    parts += [f"{k}: {', '.join(v)}" for k, v in failures.items()]
+    done = (f"published: {', '.join(a.key for a in passing)}" if passing and not all_or_nothing
+            else "nothing published")
+    first = next(iter(crashed.values()), None)
+    if first is not None:
+        return type(first)(f"{'; '.join(parts)} ({done})", first.hint)
+    return ValidationFailed(f"validation below thresholds, {done} ({'; '.join(parts)})",
+                            f"inspect {job.root / 'work'}; loosen with --threshold only if the numbers are acceptable")
 
 
 def defer_engine(folder: Path, artifact: Artifact, params: dict, job: Job, manifest: dict) -> dict:

@@ -103,6 +103,8 @@ BUILD_HELP = {
     "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
     "json": "print the result as JSON on stdout",
     "keep_job": "keep the job folder after a successful build",
+    "all_or_nothing": "publish nothing when any artifact fails (default: publish the ones that passed; the exit "
+                      "code still says a failure)",
     "debug": "show tracebacks",
 }
 REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
@@ -130,7 +132,8 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
           max_images=200, option=None, threshold=None, max_drop=None, jetpack=None, version=None, name=None,
           out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
-          json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None):
+          json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
+          all_or_nothing=False):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
     from .build import dry_run as plan_only, run_build
     from .request import make_request
@@ -146,11 +149,19 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
         return _print_dry_run(plan_only(request, runner_for), json)
     ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}")
     try:
-        result = run_build(request, ui, runner_for, jobs=int(jobs), keep_job=keep_job)
+        result = run_build(request, ui, runner_for, jobs=int(jobs), keep_job=keep_job,
+                           all_or_nothing=all_or_nothing)
     finally:
         ui.close()
     if json:
-        console.print_json(data=result_json(result))
+        data = result_json(result)
+        if result.error is not None:  # the artifacts that passed were published; the exit code says the rest
+            data["error"] = {"kind": result.error.kind, "exit_code": result.error.exit_code,
+                             "message": result.error.message, "hint": result.error.hint}
+        console.print_json(data=data)
+        if result.error is not None:
+            err.print(f"[bold red]error:[/] {escape(result.error.line())}", markup=True)
+            raise Exit(code=result.error.exit_code)
         return
     console.print(summary_table(result))
     if result.artifacts:
@@ -167,6 +178,8 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
                           f"{escape(art.manifest['deferred']['reason'])}; on the device: edgekiln finish {art.path}")
         for note in art.manifest.get("not_executed", []):
             console.print(f"[yellow]not executed[/] {art.target}/{art.precision}: {note}")
+    if result.error is not None:
+        raise result.error  # after the summary: one line and the failed kind's exit code
     return result
 
 

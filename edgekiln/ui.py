@@ -179,6 +179,7 @@ def result_json(result) -> dict[str, Any]:
         "model": result.model, "version": result.version, "runner": result.runner,
         "seconds": round(result.seconds, 3),
         "artifacts": [{"target": a.target, "precision": a.precision, "status": a.status,
+                       "failures": a.failures or None,
                        "path": str(a.path), "manifest": str(a.path / "manifest.json"),
                        "size_bytes": a.manifest.get("validation", {}).get("size_bytes"),
                        "metrics": a.manifest.get("validation", {}).get("metrics"),

@@ -187,3 +187,31 @@ def test_demo_data_dir_and_the_same_build_by_hand(tmp_path):
     assert words[:2] == ["edgekiln", "build"]
     again = run_json(*words[1:], "--runner", "local")
     assert again["version"] == first["version"] and again["artifacts"][0]["status"] == "cached"
+
+
+def test_an_artifact_below_its_gate_does_not_take_its_siblings_down(built, out, photos, tmp_path):
+    """int8 misses a threshold set on purpose out of its reach: fp32 is published, int8 is not, the
+    exit code says the failure and --json still prints the result with the error; with
+    --all-or-nothing nothing is published."""
+    calib, val = photos
+    model = tmp_path / "m.onnx"
+    model.write_bytes((out / "mobilenet_v2" / built["version"] / "onnx" / "fp32" / "model.onnx").read_bytes())
+    args = ("build", "--target", "onnx", "--model", model, "--mean", "0.485,0.456,0.406", "--std",
+            "0.229,0.224,0.225", "--precision", "fp32,int8", "--calib", calib, "--val", val,
+            "--threshold", "int8.min_cosine=0.9999", "--runner", "local")
+    proc = run_cli(*args, "--out", tmp_path / "all", "--all-or-nothing")
+    assert proc.returncode == 10 and "nothing published" in proc.stderr
+    assert not list((tmp_path / "all").glob("m/*/onnx"))
+    proc = run_cli(*args, "--out", tmp_path / "some", "--json")
+    assert proc.returncode == 10, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    status = {a["precision"]: a["status"] for a in result["artifacts"]}
+    assert status == {"fp32": "built", "int8": "failed"}
+    assert result["error"]["kind"] == "validation" and "published: onnx/fp32" in result["error"]["message"]
+    assert "min cosine 0.9999 missed" in result["error"]["message"]
+    version = tmp_path / "some" / "m" / result["version"] / "onnx"
+    assert (version / "fp32" / "model.onnx").is_file() and not (version / "int8").exists()
+    again = run_cli(*args, "--out", tmp_path / "some", "--json")  # fp32 is a cache hit, int8 fails again
+    assert again.returncode == 10
+    assert {a["precision"]: a["status"] for a in json.loads(again.stdout)["artifacts"]} == \
+        {"fp32": "cached", "int8": "failed"}
