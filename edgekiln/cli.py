@@ -42,9 +42,8 @@ def guarded(fn):
             if debug:
                 traceback.print_exc()
             err.print(f"[bold red]error:[/] {escape(exc.line())}", markup=True)
-            if kwargs.get("json"):  # a script asked for JSON: it gets JSON on failure too
-                console.print_json(data={"error": {"kind": exc.kind, "exit_code": exc.exit_code,
-                                                   "message": exc.message, "hint": exc.hint}})
+            if kwargs.get("json") and not exc.json_done:  # a script asked for JSON: it gets JSON on failure too
+                console.print_json(data={"error": exc.to_json()})
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             if debug:
@@ -156,12 +155,11 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     if json:
         data = result_json(result)
         if result.error is not None:  # the artifacts that passed were published; the exit code says the rest
-            data["error"] = {"kind": result.error.kind, "exit_code": result.error.exit_code,
-                             "message": result.error.message, "hint": result.error.hint}
+            data["error"] = result.error.to_json()
+            result.error.json_done = True
         console.print_json(data=data)
         if result.error is not None:
-            err.print(f"[bold red]error:[/] {escape(result.error.line())}", markup=True)
-            raise Exit(code=result.error.exit_code)
+            raise result.error
         return
     console.print(summary_table(result))
     if result.artifacts:

@@ -17,8 +17,15 @@ class EdgekilnError(Exception):
         self.message = message
         self.hint = hint
 
+    # True once the command printed its JSON result with this error in it (--json): the CLI
+    # then prints no second JSON document
+    json_done = False
+
     def line(self) -> str:
         return f"{self.message} — {self.hint}" if self.hint else self.message
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "exit_code": self.exit_code, "message": self.message, "hint": self.hint}
 
     __str__ = line
 

@@ -25,8 +25,15 @@ def release_json(result: ReleaseResult, rows: list[FileCheck] | None) -> dict:
 
 def print_release(console, result: ReleaseResult, rows: list[FileCheck] | None, as_json: bool) -> None:
     """Print the release (and the check); raise IntegrityError when a rebuilt file differs."""
+    bad = [r for r in rows or [] if r.status in ("differing", "missing")]
+    error = IntegrityError(f"the rebuild differs from the release in {len(bad)} file(s): "
+                           f"{', '.join(r.path for r in bad[:5])}{' …' if len(bad) > 5 else ''}",
+                           "see the list above; a converter is not deterministic here") if bad else None
     if as_json:
-        console.print_json(data=release_json(result, rows))
+        data = release_json(result, rows)
+        if error is not None:
+            data["error"], error.json_done = error.to_json(), True
+        console.print_json(data=data)
     else:
         if result.entries:
             table = Table(title=f"{result.path.name} ({result.seconds:.1f}s)")
@@ -51,23 +58,24 @@ def print_release(console, result: ReleaseResult, rows: list[FileCheck] | None, 
             console.print(f"  {r.status:<10} {r.path}  {r.detail}", markup=False)
         console.print(f"check: {counts['identical']}/{compared} files identical"
                       f" ({counts['excluded']} excluded by the rule, see release.json rules)", markup=False)
-    bad = [r for r in rows if r.status in ("differing", "missing")]
-    if bad:
-        raise IntegrityError(f"the rebuild differs from the release in {len(bad)} file(s): "
-                             f"{', '.join(r.path for r in bad[:5])}{' …' if len(bad) > 5 else ''}",
-                             "see the list above; a converter is not deterministic here")
+    if error is not None:
+        raise error
 
 
 def print_verify(console, path: Path, as_json: bool) -> None:
     checked, problems = verify(path)
+    error = IntegrityError(f"{path}: {len(problems)} problem(s), first: {problems[0]}",
+                           "the release changed after it was made: restore it from a copy or release again "
+                           "under a new version") if problems else None
     if as_json:
-        console.print_json(data={"path": str(path), "checked": checked, "problems": problems})
+        data = {"path": str(path), "checked": checked, "problems": problems}
+        if error is not None:
+            data["error"], error.json_done = error.to_json(), True
+        console.print_json(data=data)
     else:
         for line in problems:
             console.print(f"  changed: {line}", markup=False)
         if not problems:
             console.print(f"ok: {checked} files of {path} match SHA256SUMS, every manifest and archive", markup=False)
-    if problems:
-        raise IntegrityError(f"{path}: {len(problems)} problem(s), first: {problems[0]}",
-                             "the release changed after it was made: restore it from a copy or release again "
-                             "under a new version")
+    if error is not None:
+        raise error
