@@ -61,6 +61,7 @@ def measure(out: Path) -> list[dict]:
                          "n": m.get("n"), "top1_agreement": m.get("top1_agreement"),
                          "accuracy": m.get("accuracy"), "source_accuracy": m.get("source_accuracy"),
                          "cosine": m.get("cosine"), "latency_ms": (val.get("latency_ms") or {}).get("median"),
+                         "latency_min_ms": (val.get("latency_ms") or {}).get("min"),
                          "build_seconds_all_precisions": seconds})
     return rows
 
@@ -74,13 +75,15 @@ def table(rows: list[dict], cpu: str, load: float | None = None) -> str:
              "validated on their mirror images, local runner."
              + (f" Load average during the run: {load:.1f} on 2 cores" + (" — latencies are noisy, compare "
                 "them within one run only." if load > 1.5 else ".") if load is not None else ""), "",
-             "| target | precision | size | top-1 agreement with PyTorch | top-1 (PyTorch: {}) | min cosine | latency |"
+             "| target | precision | size | top-1 agreement with PyTorch | top-1 (PyTorch: {}) | min cosine "
+             "| latency: median (min) |"
              .format(frac(rows[0]["source_accuracy"], rows[0]["n"]) if rows else "-"),
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['target']} | {r['precision']} | {r['size_bytes'] / 1e6:.1f} MB | "
                      f"{frac(r['top1_agreement'], r['n'])} | {frac(r['accuracy'], r['n'])} | "
-                     f"{r['cosine']:.4f} | {r['latency_ms']:.1f} ms |")
+                     f"{r['cosine']:.4f} | {r['latency_ms']:.1f} ms"
+                     + (f" ({r['latency_min_ms']:.1f})" if r.get("latency_min_ms") is not None else "") + " |")
     return "\n".join(lines)
 
 
