@@ -58,6 +58,14 @@ def misses(metrics: dict, thresholds: dict) -> list[str]:
     return out
 
 
+def text(m: dict) -> str:
+    """One line of the metrics that decide (task metrics; top-1 agreement for a classifier)."""
+    line = ekit_task.summary(m)
+    if m.get("top1_agreement") is not None:
+        line += f" top1_agreement {m['top1_agreement']:.4f}"
+    return line
+
+
 def measure(ref: dict, outputs, names=None) -> dict:
     """The validate step's metrics of ``outputs`` against the reference."""
     m = ekit.compare(ref["y"], outputs, ref["labels"])
@@ -212,7 +220,7 @@ def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: i
                "passed": not miss, "score": score(m, thresholds),
                "seconds": round(time.perf_counter() - t, 2)}
         tries.append(row)
-        ekit.log(f"recover: {k} layer(s) float -> {ekit_task.summary(m)}; "
+        ekit.log(f"recover: {k} layer(s) float -> {text(m)}; "
                  f"{'passes' if not miss else 'misses ' + '; '.join(miss)}")
         if best is None or row["score"] > best["score"]:
             best = row
@@ -221,7 +229,7 @@ def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: i
             break
     return dict(best or {"passed": False, "float_layers": [], "metrics": {}, "misses": [],
                          "artifact": None}, tries=[{k: v for k, v in r.items() if k not in ("metrics", "artifact")}
-                                                   | {"summary": ekit_task.summary(r["metrics"]),
+                                                   | {"summary": text(r["metrics"]),
                                                       "top1_agreement": r["metrics"].get("top1_agreement")}
                                                    for r in tries])
 
@@ -239,9 +247,9 @@ def record(result: dict, ranked: list[dict], mac_table: dict, before: dict, thre
                           "macs": mac_table.get(n, 0)} for n in layers],
         "int8_mac_share": round(int8_share(mac_table, layers), 4),
         "total_macs": int(sum(mac_table.values())),
-        "before": {"misses": misses(before, thresholds), "summary": ekit_task.summary(before),
+        "before": {"misses": misses(before, thresholds), "summary": text(before),
                    "top1_agreement": before.get("top1_agreement")},
-        "after": {"misses": result.get("misses") or [], "summary": ekit_task.summary(result.get("metrics") or {}),
+        "after": {"misses": result.get("misses") or [], "summary": text(result.get("metrics") or {}),
                   "top1_agreement": (result.get("metrics") or {}).get("top1_agreement")},
         "tries": result.get("tries", []),
         "seconds": round(seconds, 2),
