@@ -156,14 +156,14 @@ def _err(a, b) -> float:
     return float(np.mean(1.0 - np.clip(cos, -1, 1)))
 
 
-def onnx_sensitivity(float_model, int8_model, x: np.ndarray, images: int = 4) -> list[dict]:
+def onnx_sensitivity(float_model, int8_model, x: np.ndarray, images: int = 4, ops=COMPUTE) -> list[dict]:
     """Per compute layer, on ``images`` reference images: the error its int8 version adds,
     (1 - cos) of its output minus that of its input, int8 QDQ graph vs float graph (node names
     match: ORT's quantizer keeps them). -> [{"layer", "op", "sensitivity", "error_in",
     "error_out"}], most sensitive first."""
     import ekit_onnx
 
-    fnodes = {n.name: n for n in float_model.graph.node if n.op_type in COMPUTE and n.name}
+    fnodes = {n.name: n for n in float_model.graph.node if (ops is None or n.op_type in ops) and n.name}
     qnodes = {n.name: n for n in int8_model.graph.node if n.name in fnodes}
     pairs = [(name, fnodes[name], qnodes[name]) for name in fnodes if name in qnodes]
     xs = x[:images].astype(np.float32)
