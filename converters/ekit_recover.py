@@ -10,8 +10,9 @@ When an int8 model misses its artifact's thresholds, keep the layers that break 
    few reference images. One run of each model with the intermediate tensors exposed: no extra
    quantization. (Measured against quantize-one-layer-at-a-time, which needs one calibration
    per layer: bench/results/recover.md.)
-3. re-quantize with the k most sensitive layers float, k = 1, 2, 4, 8, ... up to
-   ``recover_max_float_layers``; stop at the first configuration that passes; otherwise keep
+3. re-quantize with the k most sensitive layers float, k = 1, 2, 3, ... up to
+   ``recover_max_float_layers`` (the runtime reuses its calibration: a try costs one
+   re-quantization and one run on the reference images); stop at the first configuration that passes; otherwise keep
    the best one reached (the host gate then refuses it and names the result).
 
 A runtime supplies only ``build(float_layers) -> artifact`` and ``run(artifact) -> outputs``;
@@ -74,19 +75,23 @@ def measure(ref: dict, outputs, names=None) -> dict:
 
 
 def score(metrics: dict, thresholds: dict) -> float:
-    """How close to passing (higher is better): the worst ratio value/limit over the gates."""
+    """How close to passing (0: passes; higher is better): minus the summed relative shortfall
+    over the gates, value/limit below 1 for a min_ gate, limit/value for a max_ gate."""
     m = dict(metrics)
     if m.get("accuracy") is not None and m.get("source_accuracy") is not None:
         m["accuracy_drop"] = (m["source_accuracy"] - m["accuracy"]) * 100.0
-    worst = 1.0 if not m.get("nonfinite") else -1.0
+    total = -1.0 if m.get("nonfinite") else 0.0
     for name, limit in (thresholds or {}).items():
         metric, kind = gate(name)
         v = m.get(metric)
         if v is None:
             continue
-        r = (v / limit if limit else 1.0 + v) if kind == "min" else (limit / v if v else 1.0 + limit)
-        worst = min(worst, r)
-    return float(worst)
+        if kind == "min":
+            r = v / limit if limit else (1.0 if v >= 0 else 0.0)
+        else:
+            r = limit / v if v > limit else 1.0
+        total += min(0.0, r - 1.0)
+    return float(total)
 
 
 # --------------------------------------------------------------------------- ONNX graphs
@@ -192,12 +197,9 @@ def onnx_sensitivity(float_model, int8_model, x: np.ndarray, images: int = 4, op
 # --------------------------------------------------------------------------- search
 
 def schedule(limit: int) -> list[int]:
-    """How many layers each try keeps float: 1, 2, 4, ... then ``limit``."""
-    ks, k = [], 1
-    while k < limit:
-        ks.append(k)
-        k *= 2
-    return ks + [limit] if limit > 0 else []
+    """How many layers each try keeps float: 1, 2, 3, ... ``limit`` (one more each try: a try
+    costs no calibration, and the fewest float layers keep the most MACs int8)."""
+    return list(range(1, max(0, limit) + 1))
 
 
 def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: int,
@@ -242,7 +244,7 @@ def record(result: dict, ranked: list[dict], mac_table: dict, before: dict, thre
     return {
         "attempted": True,
         "passed": bool(result.get("passed")),
-        "method": "per-layer output error (int8 vs float activations), top-k kept float, k = 1, 2, 4, ...",
+        "method": "per-layer output error (int8 vs float activations), top-k kept float, k = 1, 2, 3, ...",
         "float_layers": [{"layer": n, "op": sens[n]["op"], "sensitivity": round(sens[n]["sensitivity"], 6),
                           "macs": mac_table.get(n, 0)} for n in layers],
         "int8_mac_share": round(int8_share(mac_table, layers), 4),

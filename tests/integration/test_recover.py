@@ -58,7 +58,7 @@ def test_recover_within_budget_or_refused_with_the_best_named(weights, photos, t
     proc = build(weights, photos, tmp_path, "--recover", "--option", "recover_max_float_layers=1", check=10)
     assert "min top1 agreement 1 missed: got 0.95" in proc.stderr
     assert "--recover did not reach the thresholds in 1 tries" in proc.stderr
-    assert "best: 1 layer(s) float" in proc.stderr
+    assert "best: 0 layer(s) float, no try did better than plain int8" in proc.stderr  # a tie keeps it all int8
     assert not any(tmp_path.glob("*/*/onnx/int8/model.onnx"))
 
 
