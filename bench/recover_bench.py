@@ -127,6 +127,33 @@ def fmt(v, f=".3f"):
     return "-" if v is None else format(v, f)
 
 
+def goals(res: dict) -> list[str]:
+    """The issue's goals, each against its number (recovered int8 vs fp32 of the same run)."""
+    lines = ["## The issue's goals (onnx target)", "", "| model | goal | measured | met |", "|---|---|---|---|"]
+    for m in res["models"].values():
+        rows = {r["variant"]: r for r in m["rows"]}
+        fp, plain, rec = rows["fp32"], rows["int8 (plain)"], rows["int8 --recover"]
+        metric = m["metric"]
+        checks = []
+        if metric == "top1_agreement":
+            checks.append(("≥ 19/20 top-1 agreement", f"{rec[metric] * 20:.0f}/20", rec[metric] >= 0.95))
+        if metric == "det_f1":
+            checks.append(("det F1 ≥ 0.95", f"{rec[metric]:.3f}", rec[metric] >= 0.95))
+        if metric == "region_f1":
+            checks.append(("region F1 ≥ 0.90 (its gate)", f"{rec[metric]:.3f}", rec[metric] >= 0.90))
+        share = rec["int8_mac_share"]
+        speed = fp["latency_min_ms"] / rec["latency_min_ms"]
+        size = rec["size_bytes"] / fp["size_bytes"]
+        ratio = rec["convert_seconds"] / plain["convert_seconds"]
+        checks += [("≥ 90 % of MACs int8", f"{share:.1%}", share >= 0.9),
+                   ("≥ 1.5× faster than fp32 (min latency)", f"{speed:.2f}×", speed >= 1.5),
+                   ("size ≤ 0.35× fp32", f"{size:.2f}×", size <= 0.35),
+                   ("recovery ≤ 3× plain int8 convert time", f"{ratio:.1f}× ({rec['convert_seconds']:.1f} s vs "
+                    f"{plain['convert_seconds']:.1f} s)", ratio <= 3.0)]
+        lines += [f"| {m['label']} | {g} | {v} | {'yes' if ok else '**no**'} |" for g, v, ok in checks]
+    return lines + [""]
+
+
 def markdown(res: dict) -> str:
     lines = ["# int8 accuracy recovery (--recover): fp32 vs plain int8 vs recovered, and bare ORT defaults", "",
              f"`{res['command']}` on {res['machine']} ({res['date']}). onnx target only. Latency: median of the "
@@ -157,13 +184,18 @@ def markdown(res: dict) -> str:
             if rec["float_layers"]:
                 lines += ["", "Float layers: " + ", ".join(f"`{n}`" for n in rec["float_layers"])]
         lines.append("")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + goals(res)) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="mobilenet,yolo,ppocr")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite recover.md from recover.json")
     a = ap.parse_args()
+    if a.markdown_only:
+        res = json.loads((HERE / "results" / "recover.json").read_text())
+        (HERE / "results" / "recover.md").write_text(markdown(res))
+        return
     res = {"command": "python bench/recover_bench.py" + (f" --only {a.only}" if a.only != "mobilenet,yolo,ppocr" else ""),
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {}}
