@@ -276,7 +276,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             missed = [threshold_sentence(v, request) for v in verdicts[artifact.key]
                       if v["passed"] is False or (v["passed"] is None and asked_for(v, artifact, request))]
             if missed:
-                failures[artifact.key] = missed
+                failures[artifact.key] = missed + recovery_sentence(job, artifact)
         failed = {k: [e.message] for k, e in crashed.items()}
         failed.update(failures)
         passing = [a for a in todo if a.key not in failed]
@@ -324,6 +324,21 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
     used = ", ".join(sorted({env.runner for env in envs.values()}))
     return BuildResult(request.model_name, loc.version, [results[k] for k in order],
                        time.monotonic() - start, used, job.root if keep_job or error else None, error)
+
+
+def recovery_sentence(job: Job, artifact: Artifact) -> list[str]:
+    """A refused int8 that --recover worked on: what it reached (the best try), in one sentence."""
+    path = job.work / "results" / f"{artifact.convert_step}.json"
+    try:
+        rec = (json.loads(path.read_text()).get("quantization") or {}).get("recovery") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not rec.get("attempted"):
+        return []
+    tries = len(rec.get("tries") or [])
+    return [f"--recover did not reach the thresholds in {tries} tries (budget: the options "
+            f"recover_max_float_layers / recover_max_seconds); best: {len(rec.get('float_layers') or [])} layer(s) "
+            f"float, {(rec.get('after') or {}).get('summary')}"]
 
 
 def build_error(crashed: dict, failures: dict, passing: list, job: Job, all_or_nothing: bool) -> EdgekilnError:
@@ -449,6 +464,8 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
         "input_spec": source_result.get("input_spec", request.input.to_json()),
         "feed": report.get("feed"),
         "task": source_result.get("task"),  # what the outputs are and how they were decoded
+        # int8 recovery (converters/ekit_recover.py): the layers kept float, their sensitivity, MAC share
+        "recovery": (results.get(artifact.convert_step, {}).get("quantization") or {}).get("recovery"),
         "io": report.get("io"),
         "validation": {
             "passed": True,

@@ -91,6 +91,8 @@ BUILD_HELP = {
                 "(needs labelled --val; intel aims at it with NNCF's accuracy control)",
     "jetpack": "jetson: the JetPack the engine is for (a row of targets/_tensorrt.toml; default 6.1); "
                "shorthand for --option jetpack=X",
+    "recover": "int8 that misses its thresholds: keep its most sensitive layers float until it passes (budget: "
+               "option recover_max_float_layers); shorthand for --option recover=true",
     "version": "version folder name (default: derived from the inputs' content)",
     "name": "model name in the output tree (default: the model file's name)",
     "out": "output root (default ./dist)",
@@ -109,7 +111,7 @@ BUILD_HELP = {
 REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
                 "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "opset",
                 "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
-                "task", "head", "task_param", "pad")
+                "task", "head", "task_param", "pad", "recover")
 
 
 class _BuildTask(Task):
@@ -132,7 +134,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
           out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
-          all_or_nothing=False):
+          all_or_nothing=False, recover=False):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
     from .build import dry_run as plan_only, run_build
     from .request import make_request

@@ -323,13 +323,15 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
                  input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False,
                  opset=17, simplify="onnxslim", max_images=200, option=(), threshold=(),
                  max_drop=None, jetpack=None, version=None, name=None, out="dist", task=None, head=None,
-                 task_param=(), pad=None,
+                 task_param=(), pad=None, recover=False,
                  sources: Mapping[str, SourceKind] | None = None) -> BuildRequest:
     """A checked BuildRequest from command-line values (strings as typed). Every user error is
     raised here, before any environment or Docker engine is touched.
 
     ``max_drop`` is shorthand for the threshold ``int8.max_accuracy_drop`` (percentage points);
-    ``jetpack`` for the jetson target's option ``jetpack`` (a row of targets/_tensorrt.toml)."""
+    ``jetpack`` for the jetson target's option ``jetpack`` (a row of targets/_tensorrt.toml);
+    ``recover`` for the option ``recover=true`` on every target that declares it (int8 accuracy
+    recovery: converters/ekit_recover.py)."""
     if not model:
         raise UsageError("no model given", "pass --model FILE (see `edgekiln build --help`)")
     sources = sources if sources is not None else source_kinds()
@@ -366,6 +368,8 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
         if "jetson" not in parse_list(target, "target"):
             raise UsageError("--jetpack is an option of the jetson target", "drop it or add --target jetson")
         options["jetpack"] = str(jetpack)
+    if recover:
+        options.setdefault("recover", True)
     return BuildRequest(
         model=model_path.resolve(),
         model_name=safe_name(name or (model_path.name if model_path.is_dir() else model_path.stem)),

@@ -122,10 +122,16 @@ def summary_table(result) -> Table:
         metrics = val.get("metrics") or {}
         lat = val.get("latency_ms") or {}
         latency = lat.get("median")
-        table.add_row(art.target, art.precision, art.status, fmt_size(val.get("size_bytes")),
+        table.add_row(art.target, precision_text(art.precision, art.manifest), art.status, fmt_size(val.get("size_bytes")),
                       task_cell(metrics), fmt(metrics.get("top1_agreement"), ".1%"), fmt(metrics.get("cosine"), ".5f"),
                       fmt(metrics.get("accuracy"), ".1%"), fmt(latency, ".2f", " ms (noisy)" if lat.get("noisy") else " ms"))
     return table
+
+
+def precision_text(precision: str, manifest: dict) -> str:
+    """"int8", or "int8 (3 layers float)" for a model --recover left mixed — never plain "int8"."""
+    n = len((manifest.get("recovery") or {}).get("float_layers") or [])
+    return f"{precision} ({n} layer{'s' if n != 1 else ''} float)" if n else precision
 
 
 TASK_CELL = {"detect": (("F1", "det_f1"), ("recall", "det_recall")),
@@ -186,6 +192,8 @@ def result_json(result) -> dict[str, Any]:
                        "gates": a.manifest.get("validation", {}).get("gates"),
                        "task": a.manifest.get("task"),
                        "latency_ms": a.manifest.get("validation", {}).get("latency_ms"),
-                       "feed": a.manifest.get("feed")}
+                       "feed": a.manifest.get("feed"),
+                       "summary": precision_text(a.precision, a.manifest),
+                       "recovery": a.manifest.get("recovery")}
                       for a in result.artifacts],
     }

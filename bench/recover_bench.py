@@ -1,0 +1,225 @@
+"""int8 accuracy recovery (--recover, converters/ekit_recover.py), measured on the real models the
+project uses: fp32 vs plain int8 vs recovered int8 (edgekiln builds through the CLI, local runner),
+and the bare tool's defaults (ORT quantize_static(model, out, reader), nothing else) on the same
+source model, calibration and reference images, in the same run.
+
+Models and the gate recovery aims at (the artifact's thresholds):
+  MobileNetV2 demo (20 ImageNet photos, validation on their mirrors)  min_top1_agreement = 1.0
+      (stricter than the issue's goal of 19/20: plain int8 gives 19/20 here, so 20/20 makes it work)
+  YOLOv8n (nudenet 320n, letterbox 320; the 29 task photos)            min_det_f1 = 0.95 (default)
+  PP-OCRv4 det (DB map, 320 stretch; the 29 task photos)               min_region_f1 = 0.90 (default)
+
+Per row: the task metric, top-1 agreement, size, latency (median, validate step: every core of a
+busy shared machine, so noisy), share of MACs still int8, convert seconds. Runtimes: onnx only
+(OpenVINO, TensorRT Q/DQ and TFLite recovery are not built yet).
+
+    .venv/bin/python bench/recover_bench.py [--only mobilenet,yolo,ppocr]
+
+Writes bench/results/recover.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+MOBILENET = ["--arch", "mobilenet_v2", "--input-shape", "1,3,224,224",
+             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+
+
+def models(tmp: Path) -> dict:
+    from edgekiln.demo import mobilenet_weights, photo_folders, task_photo_folders, text_detector_onnx, yolov8n_onnx
+
+    yolo, ocr = tmp / "yolov8n.onnx", tmp / "ppocr_det.onnx"
+    shutil.copy(yolov8n_onnx(), yolo)
+    (tmp / "yolov8n.onnx.edgekiln.toml").write_text('shape = [1, 3, 320, 320]\nresize = "letterbox"\n')
+    shutil.copy(text_detector_onnx(), ocr)
+    (tmp / "ppocr_det.onnx.edgekiln.toml").write_text(
+        'shape = [1, 3, 320, 320]\nresize = "stretch"\ncolor = "bgr"\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\n')
+    task = [str(p) for p in task_photo_folders()]
+    return {
+        "mobilenet": ("MobileNetV2 demo", [str(mobilenet_weights()), *MOBILENET],
+                      [str(p) for p in photo_folders(tmp / "photos")], ["--threshold", "int8.min_top1_agreement=1.0"],
+                      "top1_agreement"),
+        "yolo": ("YOLOv8n detector", [str(yolo)], task, [], "det_f1"),
+        "ppocr": ("PP-OCRv4 det (map)", [str(ocr)], task, [], "region_f1"),
+    }
+
+
+def build(model_args, photos, out: Path, precision: str, extra) -> Path:
+    """One CLI build (kept job); -> the job folder (passed or refused)."""
+    cmd = [sys.executable, "-m", "edgekiln", "build", "--target", "onnx", "--precision", precision, "--model",
+           *model_args, "--calib", photos[0], "--val", photos[1], "--out", str(out), "--runner", "local",
+           "--keep-job", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode not in (0, 10):
+        raise SystemExit(f"build failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return max((out / ".edgekiln" / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+def row(job: Path, precision: str, metric: str, label: str) -> dict:
+    rep = json.loads((job / "work" / "onnx" / precision / "report.json").read_text())
+    conv = json.loads(next((job / "work" / "results").glob(f"*-onnx-{precision}-convert.json")).read_text())
+    q = conv.get("quantization") or {}
+    rec = q.get("recovery") or {}
+    m = rep["metrics"]
+    convert_s = q.get("seconds")
+    return {"variant": label, metric: m.get(metric), "top1_agreement": m.get("top1_agreement"),
+            "cosine": m.get("cosine"), "size_bytes": rep["size_bytes"], "latency_ms": rep["latency_ms"]["median"],
+            "latency_min_ms": rep["latency_ms"].get("min"),
+            "float_layers": [r["layer"] for r in rec.get("float_layers") or []],
+            "int8_mac_share": rec.get("int8_mac_share") if rec.get("attempted") else (1.0 if precision == "int8" else 0.0),
+            "convert_seconds": convert_s, "plain_int8_seconds": rec.get("plain_int8_seconds"),
+            "recovery_seconds": rec.get("seconds"), "sensitivity_seconds": rec.get("sensitivity_seconds"),
+            "recovered": rec.get("passed") if rec.get("attempted") else None, "tries": rec.get("tries")}
+
+
+BARE = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np, onnx
+import ekit, ekit_onnx, ekit_recover
+from onnxruntime.quantization import quantize_static
+src = ekit.work() / "source"
+calib = np.load(src / "calib.npy")
+ref = ekit.read_reference(src / "reference.npz")
+m = onnx.load(str(src / "model.onnx"))
+t = time.perf_counter()
+quantize_static(str(src / "model.onnx"), "bare.onnx", ekit_onnx.calibration_reader(m.graph.input[0].name, calib))
+seconds = time.perf_counter() - t
+sess = ekit_onnx.ort_session("bare.onnx")
+ys = ekit_onnx.ort_run(sess, ref["x"].astype(np.float32))
+x1 = ref["x"][:1].astype(np.float32)
+lat = ekit.latency(lambda: sess.run(None, {sess.get_inputs()[0].name: x1}), runs=50, warmup=5)
+met = ekit_recover.measure(ref, ys)
+print(json.dumps({"metrics": ekit.jsonable(met), "size_bytes": os.path.getsize("bare.onnx"),
+                  "latency_ms": lat["median"], "latency_min_ms": lat.get("min"), "seconds": round(seconds, 2)}))
+"""
+
+
+def bare(job: Path, metric: str) -> dict:
+    """The bare tool's defaults, in the onnx environment the build used, on the job's own data."""
+    from edgekiln.runners.local import LocalRunner
+
+    python = LocalRunner().prepare("onnx").ref
+    proc = subprocess.run([python, "-c", BARE, str(ROOT / "converters")], capture_output=True, text=True, cwd=job)
+    if proc.returncode:
+        return {"variant": "bare ORT defaults", "error": proc.stderr[-500:]}
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = r["metrics"]
+    return {"variant": "bare ORT defaults", metric: m.get(metric), "top1_agreement": m.get("top1_agreement"),
+            "cosine": m.get("cosine"), "size_bytes": r["size_bytes"], "latency_ms": r["latency_ms"],
+            "latency_min_ms": r["latency_min_ms"], "float_layers": [], "int8_mac_share": 1.0,
+            "convert_seconds": r["seconds"]}
+
+
+def fmt(v, f=".3f"):
+    return "-" if v is None else format(v, f)
+
+
+def goals(res: dict) -> list[str]:
+    """The issue's goals, each against its number (recovered int8 vs fp32 of the same run)."""
+    lines = ["## The issue's goals (onnx target)", "", "| model | goal | measured | met |", "|---|---|---|---|"]
+    for m in res["models"].values():
+        rows = {r["variant"]: r for r in m["rows"]}
+        fp, plain, rec = rows["fp32"], rows["int8 (plain)"], rows["int8 --recover"]
+        metric = m["metric"]
+        checks = []
+        if metric == "top1_agreement":
+            checks.append(("≥ 19/20 top-1 agreement", f"{rec[metric] * 20:.0f}/20", rec[metric] >= 0.95))
+        if metric == "det_f1":
+            checks.append(("det F1 ≥ 0.95", f"{rec[metric]:.3f}", rec[metric] >= 0.95))
+        if metric == "region_f1":
+            checks.append(("region F1 ≥ 0.90 (its gate)", f"{rec[metric]:.3f}", rec[metric] >= 0.90))
+        share = rec["int8_mac_share"]
+        speed = fp["latency_min_ms"] / rec["latency_min_ms"]
+        size = rec["size_bytes"] / fp["size_bytes"]
+        ratio = rec["convert_seconds"] / plain["convert_seconds"]
+        checks += [("≥ 90 % of MACs int8", f"{share:.1%}", share >= 0.9),
+                   ("≥ 1.5× faster than fp32 (min latency)", f"{speed:.2f}×", speed >= 1.5),
+                   ("size ≤ 0.35× fp32", f"{size:.2f}×", size <= 0.35),
+                   ("recovery ≤ 3× plain int8 convert time", f"{ratio:.1f}× ({rec['convert_seconds']:.1f} s vs "
+                    f"{plain['convert_seconds']:.1f} s)", ratio <= 3.0)]
+        lines += [f"| {m['label']} | {g} | {v} | {'yes' if ok else '**no**'} |" for g, v, ok in checks]
+    return lines + [""]
+
+
+def markdown(res: dict) -> str:
+    lines = ["# int8 accuracy recovery (--recover): fp32 vs plain int8 vs recovered, and bare ORT defaults", "",
+             f"`{res['command']}` on {res['machine']} ({res['date']}). onnx target only. Latency: median of the "
+             "validate step (all cores of a shared, busy 2-core machine: noisy; min in brackets).", ""]
+    for key, m in res["models"].items():
+        metric, gate = m["metric"], m["gate"]
+        lines += [f"## {m['label']} — gate {gate}", "",
+                  f"| variant | {metric} | top-1 agr. | size MB | × fp32 size | latency ms (min) | × faster than fp32 "
+                  "| MACs int8 | float layers | convert s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        fp = next(r for r in m["rows"] if r["variant"] == "fp32")
+        for r in m["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | error: {r['error'][:80]} |||||||||")
+                continue
+            lines.append(f"| {r['variant']} | {fmt(r.get(metric))} | {fmt(r.get('top1_agreement'))} | "
+                         f"{r['size_bytes'] / 1e6:.2f} | {r['size_bytes'] / fp['size_bytes']:.2f} | "
+                         f"{fmt(r['latency_ms'], '.2f')} ({fmt(r.get('latency_min_ms'), '.2f')}) | "
+                         f"{fp['latency_min_ms'] / r['latency_min_ms']:.2f} (min) | "
+                         f"{fmt(r.get('int8_mac_share'), '.1%')} | {len(r.get('float_layers') or [])} | "
+                         f"{fmt(r.get('convert_seconds'), '.1f')} |")
+        rec = next(r for r in m["rows"] if r["variant"].startswith("int8 --recover"))
+        if rec.get("recovery_seconds") is not None:
+            lines += ["", f"Recovery: {'passed' if rec['recovered'] else 'did NOT reach the gate'}; "
+                      f"{rec['recovery_seconds']:.1f} s on top of the plain int8 quantization "
+                      f"({rec['plain_int8_seconds']:.1f} s), of which sensitivity {rec['sensitivity_seconds']:.1f} s; "
+                      f"tries: " + "; ".join(f"{len(t['float_layers'])} float → {t['summary'].split(': ', 1)[-1]}"
+                                             for t in rec.get("tries") or [])]
+            if rec["float_layers"]:
+                lines += ["", "Float layers: " + ", ".join(f"`{n}`" for n in rec["float_layers"])]
+        lines.append("")
+    return "\n".join(lines + goals(res)) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="mobilenet,yolo,ppocr")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite recover.md from recover.json")
+    a = ap.parse_args()
+    if a.markdown_only:
+        res = json.loads((HERE / "results" / "recover.json").read_text())
+        (HERE / "results" / "recover.md").write_text(markdown(res))
+        return
+    res = {"command": "python bench/recover_bench.py" + (f" --only {a.only}" if a.only != "mobilenet,yolo,ppocr" else ""),
+           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        table = models(tmp)
+        for key in a.only.split(","):
+            label, model_args, photos, extra, metric = table[key]
+            gate = {"top1_agreement": "min_top1_agreement 1.0", "det_f1": "min_det_f1 0.95",
+                    "region_f1": "min_region_f1 0.90"}[metric]
+            plain = build(model_args, photos, tmp / f"{key}-plain", "fp32,int8", extra)
+            t = time.perf_counter()
+            recovered = build(model_args, photos, tmp / f"{key}-recover", "int8", extra + ["--recover"])
+            wall = time.perf_counter() - t
+            rows = [row(plain, "fp32", metric, "fp32"), row(plain, "int8", metric, "int8 (plain)"),
+                    row(recovered, "int8", metric, "int8 --recover"), bare(plain, metric)]
+            rows[2]["build_wall_seconds"] = round(wall, 1)
+            res["models"][key] = {"label": label, "metric": metric, "gate": gate, "rows": rows}
+            print(f"{label}: " + ", ".join(f"{r['variant']} {r.get(metric)}" for r in rows), flush=True)
+    out = HERE / "results"
+    (out / "recover.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "recover.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

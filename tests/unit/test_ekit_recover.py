@@ -1,0 +1,57 @@
+"""converters/ekit_recover.py: the convert step's own threshold check must read the thresholds
+exactly as the host gate (edgekiln/plan.py) does, the try schedule, the summary text."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from edgekiln.plan import GATES, check_thresholds
+from edgekiln.ui import precision_text
+from tests.unit.test_ekit_task import CONVERTERS
+
+sys.path.insert(0, str(CONVERTERS))
+
+import ekit_recover as R  # noqa: E402
+
+
+def test_gate_names_match_the_host():
+    for name, (metric, kind, _) in GATES.items():
+        assert R.gate(name) == (metric, kind), name
+
+
+@pytest.mark.parametrize("metrics,limits", [
+    ({"top1_agreement": 0.95}, {"min_top1_agreement": 1.0}),
+    ({"top1_agreement": 1.0}, {"min_top1_agreement": 1.0}),
+    ({"det_f1": 0.857, "det_recall": 0.75}, {"min_det_f1": 0.95, "min_det_recall": 0.9}),
+    ({"accuracy": 0.8, "source_accuracy": 0.9}, {"max_accuracy_drop": 5.0}),
+    ({"accuracy": 0.9, "source_accuracy": 0.95}, {"max_accuracy_drop": 5.0}),
+    ({"max_abs": 0.2}, {"max_abs": 0.1}),
+    ({"cosine": 0.99, "nonfinite": 3}, {"min_cosine": 0.9}),
+    ({"miou": None}, {"min_miou": 0.9}),
+])
+def test_misses_agree_with_the_host_gate(metrics, limits):
+    assert bool(R.misses(metrics, limits)) == bool(check_thresholds(metrics, limits))
+
+
+def test_score_orders_by_the_worst_gate():
+    limits = {"min_det_f1": 0.95, "min_det_recall": 0.9}
+    assert R.score({"det_f1": 0.857, "det_recall": 0.75}, limits) < R.score({"det_f1": 0.9, "det_recall": 0.9}, limits)
+    assert R.score({"det_f1": 1.0, "det_recall": 1.0}, limits) == 0.0
+    # one gate far below outweighs another slightly better
+    two = {"min_region_f1": 0.9, "min_cosine": 0.9}
+    assert R.score({"region_f1": 0.857, "cosine": 0.80}, two) > R.score({"region_f1": 0.762, "cosine": 0.81}, two)
+
+
+def test_schedule():
+    assert R.schedule(10) == list(range(1, 11))
+    assert R.schedule(3) == [1, 2, 3]
+    assert R.schedule(1) == [1]
+    assert R.schedule(0) == []
+
+
+def test_precision_text_never_plain_int8_for_a_mixed_model():
+    assert precision_text("int8", {}) == "int8"
+    assert precision_text("int8", {"recovery": {"float_layers": [{"layer": "a"}]}}) == "int8 (1 layer float)"
+    assert precision_text("int8", {"recovery": {"float_layers": [{}, {}, {}]}}) == "int8 (3 layers float)"
