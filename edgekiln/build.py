@@ -299,7 +299,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             status = "built"
             params = plan.step(artifact.convert_step).params
             if "tensorrt" in params:  # no engine here: the artifact is a deferred device bundle
-                manifest = defer_engine(folder, artifact, params, job, manifest)
+                manifest = defer_engine(folder, artifact, prep.targets[artifact.target], params, job, manifest)
                 status = "deferred: bundle ready"
             staged[(artifact.target, artifact.precision)] = folder
             results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, status,
@@ -355,12 +355,13 @@ def build_error(crashed: dict, failures: dict, passing: list, job: Job, all_or_n
                             f"inspect {job.root / 'work'}; loosen with --threshold only if the numbers are acceptable")
 
 
-def defer_engine(folder: Path, artifact: Artifact, params: dict, job: Job, manifest: dict) -> dict:
+def defer_engine(folder: Path, artifact: Artifact, target: Target, params: dict, job: Job,
+                 manifest: dict) -> dict:
     """A TensorRT artifact built on a host without the NVIDIA runtime: add the device bundle."""
     from .deferred import device_bundle, mark_pending
     from .targets import host_support
 
-    ok, reason = host_support(all_targets()[artifact.target])
+    ok, reason = host_support(target)
     if ok:  # an NVIDIA GPU is here, but edgekiln does not build engines in the build itself yet
         reason = "engines are built by `edgekiln finish` on the device (not inside `edgekiln build` yet)"
     deferred = device_bundle(folder, params, job.work / artifact.work_dir, job.work / "source",
