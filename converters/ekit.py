@@ -834,3 +834,58 @@ def _names_hash(names) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+# -- where a validation ran, and the Arm validation (edgekiln.emulation) -------------------------
+
+EMULATED_LATENCY = "emulated — not a device figure"
+
+
+def where() -> dict:
+    """Where this step runs: ``machine`` (aarch64, x86_64), ``emulated`` (QEMU user mode: the
+    runner sets QEMU_CPU only for a platform its engine emulates), ``cpu`` (the emulated core, else
+    the CPU's model name or Arm part number from /proc/cpuinfo)."""
+    import platform
+
+    qemu = os.environ.get("QEMU_CPU")
+    cpu = qemu
+    if not cpu:
+        info = {}
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+        except OSError:
+            pass
+        cpu = info.get("model name") or (f"Arm part {info['CPU part']}" if "CPU part" in info else None)
+    return {"machine": platform.machine(), "emulated": bool(qemu), "cpu": cpu,
+            "how": "QEMU user mode" if qemu else "native"}
+
+
+def finish_validation(p: dict, out_dir: Path, report: dict, outputs) -> Path:
+    """Write a validate step's report (``p["report_name"]``, default report.json) with ``where``.
+    ``p["save_outputs"]``: keep this machine's outputs (outputs.npz) for an Arm validation to
+    compare with; ``p["compare_with"]``: that file, so the report says ``vs_native`` (max/mean
+    difference, cosine, top-1 agreement, bit-identical or not). An emulated latency is labelled."""
+    report["where"] = where()
+    if p.get("save_outputs"):
+        np.savez(out_dir / "outputs.npz", *[np.asarray(o) for o in outputs])
+    if p.get("compare_with"):
+        with np.load(out_dir / p["compare_with"]) as z:
+            native = [z[f"arr_{i}"] for i in range(len(z.files))]
+        vs = compare(native, outputs)
+        vs = {k: vs.get(k) for k in ("n", "max_abs", "mean_abs", "cosine", "top1_agreement")}
+        vs["identical"] = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(native, outputs))
+        report["vs_native"] = vs
+        log(f"vs this machine's validation ({p['compare_with']}): identical={vs['identical']}, "
+            f"max_abs={vs['max_abs']}, cosine={vs['cosine']}, top-1 agreement={vs['top1_agreement']}")
+    if report["where"]["emulated"]:
+        if report.get("latency_ms"):
+            report["latency_ms"]["label"] = EMULATED_LATENCY
+        report.setdefault("notes", []).append(
+            f"validated on {report['where']['machine']} under QEMU user mode (QEMU_CPU="
+            f"{report['where']['cpu']}): the outputs are the Arm build of the runtime's; the latency "
+            f"is {EMULATED_LATENCY}")
+    path = out_dir / p.get("report_name", "report.json")
+    write_json(path, report)
+    return path

@@ -83,6 +83,8 @@ def derive_version(request: BuildRequest, hashes: dict, plan: Plan) -> str:
         "options": dict(request.options), "thresholds": dict(request.thresholds),
         "recipes": recipe_hash(sources + support_files()),
     }
+    if request.validate_on:  # only when asked for: versions without it stay what they were
+        key["validate_on"] = [request.validate_on, request.emulate_cpu]
     return sha256_json(key)[:12]
 
 
@@ -197,7 +199,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
                            time.monotonic() - start, "none (cache hit)")
 
     order = [a.key for a in plan.artifacts]
-    needed = {s for a in todo for s in (a.source_step, a.convert_step, a.validate_step)}
+    needed = {s for a in todo for s in (a.source_step, a.convert_step, a.validate_step, a.arm_step)}
     plan = Plan(tuple(s for s in plan.steps if s.id in needed), tuple(todo))
     job = Job(new_job_dir(request.out),
               {"model": request.model, "calib": request.calib, "val": request.val})
@@ -245,6 +247,8 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         try:
             run_step(plan.step(artifact.convert_step))
             run_step(plan.step(artifact.validate_step))
+            if artifact.arm_step:  # the same artifact on Arm (emulated or native), after this machine's
+                run_step(plan.step(artifact.arm_step))
         except EdgekilnError as exc:  # this artifact only; Ctrl-C and bugs still stop the build
             if all_or_nothing:
                 raise
@@ -275,6 +279,11 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             verdicts[artifact.key] = evaluate_thresholds(report.get("metrics", {}), artifact.thresholds)
             missed = [threshold_sentence(v, request) for v in verdicts[artifact.key]
                       if v["passed"] is False or (v["passed"] is None and asked_for(v, artifact, request))]
+            if artifact.arm_step:  # the same gates on Arm
+                arm = arm_report(job, artifact)
+                verdicts[artifact.key + "@arm"] = evaluate_thresholds(arm.get("metrics", {}), artifact.thresholds)
+                missed += [f"on {arm_where(arm)}: " + threshold_sentence(v, request)
+                           for v in verdicts[artifact.key + "@arm"] if v["passed"] is False]
             if missed:
                 failures[artifact.key] = missed + recovery_sentence(job, artifact)
         failed = {k: [e.message] for k, e in crashed.items()}
@@ -324,6 +333,36 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
     used = ", ".join(sorted({env.runner for env in envs.values()}))
     return BuildResult(request.model_name, loc.version, [results[k] for k in order],
                        time.monotonic() - start, used, job.root if keep_job or error else None, error)
+
+
+def arm_report(job: Job, artifact: Artifact) -> dict:
+    """The report of the artifact's validation on Arm (``report-aarch64.json``)."""
+    name = plan_params_report(job, artifact.arm_step)
+    return read_json(job.work / artifact.work_dir / name, artifact.arm_step)
+
+
+def plan_params_report(job: Job, step_id: str) -> str:
+    return json.loads((job.root / "steps" / f"{step_id}.json").read_text()).get("report_name", "report.json")
+
+
+def arm_where(report: dict) -> str:
+    """"aarch64 (emulated cortex-a72)" from a report's ``where``."""
+    w = report.get("where") or {}
+    how = f"emulated {w.get('cpu')}" if w.get("emulated") else "native"
+    return f"{w.get('machine', '?')} ({how})"
+
+
+def arm_validation_record(report: dict, verdicts: list, native_latency: dict | None) -> dict:
+    """The manifest's ``arm_validation``: where it ran, its numbers and gates, the difference to
+    this machine's outputs; an emulated latency is labelled and the native figure kept beside it."""
+    where = report.get("where") or {}
+    latency = report.get("latency_ms")
+    if where.get("emulated") and latency:
+        from .emulation import EMULATED_LATENCY
+        latency = dict(latency, label=EMULATED_LATENCY)
+    return {"where": where, "runtime": report.get("runtime"), "metrics": report.get("metrics"),
+            "gates": verdicts, "vs_native": report.get("vs_native"), "latency_ms": latency,
+            "native_latency_ms": native_latency, "notes": report.get("notes", [])}
 
 
 def recovery_sentence(job: Job, artifact: Artifact) -> list[str]:
@@ -496,5 +535,11 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
                if v["passed"] is None and "not the task this metric is for" not in v["reason"]])),
         "not_executed": report.get("not_executed", []),
     }
+    manifest["validation"]["where"] = report.get("where")
+    if artifact.arm_step:  # the same artifact validated on Arm (edgekiln.emulation)
+        arm = arm_report(job, artifact)
+        shutil.copy2(src / plan_params_report(job, artifact.arm_step), folder / plan_params_report(job, artifact.arm_step))
+        manifest["arm_validation"] = arm_validation_record(arm, rec.verdicts.get(artifact.key + "@arm", []),
+                                                           report.get("latency_ms"))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest

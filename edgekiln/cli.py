@@ -97,8 +97,12 @@ BUILD_HELP = {
     "name": "model name in the output tree (default: the model file's name)",
     "out": "output root (default ./dist)",
     "runner": "auto (Docker when an engine answers, else local), docker or local",
-    "base_image": "base image of the Docker images built for this build (default: images/_bases.toml)",
-    "platform": "run the Docker steps on this platform, e.g. linux/arm64 (buildx + qemu on x86)",
+    "base_image": "base image of the Docker images built for this build (default: images/_bases.toml); or "
+                  "image=ref pairs, comma-separated (e.g. tflite=X,arm-validate=Y)",
+    "platform": "linux/arm64: also validate each Arm target's artifacts on arm64 (on x86 under QEMU user mode, "
+                ".ci/arm64-up.sh; conversion stays here); another platform: run the Docker steps there",
+    "emulate_cpu": "the Arm core QEMU emulates for --platform linux/arm64 (default: the target's board, "
+                   "rpi: cortex-a72; e.g. cortex-a76 for a Pi 5)",
     "config": "project config with a [docker.hosts] map target -> host (default: edgekiln.toml, pyproject.toml)",
     "docker_host": "Docker host for the conversion, e.g. ssh://user@jetson or tcp://gpu-box:2376",
     "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
@@ -112,6 +116,24 @@ REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "
                 "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "opset",
                 "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
                 "task", "head", "task_param", "pad", "recover")
+
+
+def _arm_validation(request, platform, emulate_cpu, runner):
+    """``--platform linux/arm64``: the Arm validation of the request (convert steps stay on this
+    machine); returns the request and the platform left for the Docker steps (None then)."""
+    import dataclasses
+
+    from .emulation import check_cpu
+    from .errors import UsageError
+
+    if emulate_cpu and platform != "linux/arm64":
+        raise UsageError("--emulate-cpu needs --platform linux/arm64", "add --platform linux/arm64")
+    if platform != "linux/arm64":
+        return request, platform
+    if runner == "local":
+        raise UsageError("validation on linux/arm64 needs the Docker runner", "drop --runner local")
+    return dataclasses.replace(request, validate_on=platform,
+                               emulate_cpu=check_cpu(emulate_cpu) if emulate_cpu else None), None
 
 
 class _BuildTask(Task):
@@ -134,15 +156,16 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
           out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
-          all_or_nothing=False, recover=False):
+          all_or_nothing=False, recover=False, emulate_cpu=None):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
     from .build import dry_run as plan_only, run_build
     from .request import make_request
     from .runners import LazyRunners, runner_factory
-    from .ui import feed_lines, make_ui, result_json, summary_table, task_lines
+    from .ui import feed_lines, make_ui, result_json, summary_table, task_lines, where_lines
 
     values = dict(locals())
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
+    request, platform = _arm_validation(request, platform, emulate_cpu, runner)
     ui = make_ui(json or dry_run)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, base_image=base_image, platform=platform,
                                                     config=config, on_note=ui.warn), ui.stage)
@@ -166,7 +189,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     console.print(summary_table(result))
     if result.artifacts:
         console.print(f"published under {result.artifacts[0].path.parent.parent}", markup=False)
-    for line in feed_lines(result) + task_lines(result):
+    for line in feed_lines(result) + task_lines(result) + where_lines(result):
         console.print(line, markup=False)
     if any(a.manifest.get("validation", {}).get("inputs") == "synthetic" for a in result.artifacts):
         from .build import SYNTHETIC
@@ -203,24 +226,29 @@ def targets(c, json=False):
     """List the targets: image, precisions, and whether they can build on this host (and why not)."""
     from rich.table import Table
 
+    from .emulation import arm_validation_here
     from .targets import all_targets, host_support
 
     rows = []
     for t in all_targets().values():
         ok, why = host_support(t)
+        arm_ok, arm_why = arm_validation_here(t)
         rows.append({"name": t.name, "runtime": t.runtime, "image": t.image, "platform": t.platform,
                      "precisions": list(t.precisions), "default": list(t.default_precisions),
-                     "runs_here": ok, "why": why, "description": t.description})
+                     "runs_here": ok, "why": why, "description": t.description,
+                     "arm_validation": arm_ok, "arm_validation_why": arm_why})
     if json:
         console.print_json(data=rows)
         return
     table = Table(title="edgekiln targets")
-    for col in ("target", "runtime", "image", "precisions (default)", "runs here", "description"):
+    for col in ("target", "runtime", "image", "precisions (default)", "runs here",
+                "Arm validation (--platform linux/arm64)", "description"):
         table.add_column(col)
     for r in rows:
         precs = ", ".join(f"[bold]{p}[/]" if p in r["default"] else p for p in r["precisions"])
         table.add_row(r["name"], r["runtime"], f"{r['image']} ({r['platform']})", precs,
-                      "yes" if r["runs_here"] else f"no: {r['why']}", r["description"])
+                      "yes" if r["runs_here"] else f"no: {r['why']}",
+                      ("yes: " if r["arm_validation"] else "no: ") + r["arm_validation_why"], r["description"])
     console.print(table)
 
 

@@ -308,9 +308,17 @@ class DockerEngine:
         return self._platforms[platform]
 
     def _foreign(self, platform: str, native: str) -> tuple[bool, str]:
+        from . import emulation
+
         buildx = subprocess.run(self.cli() + ["buildx", "version"], capture_output=True, timeout=20)
+        self._buildx = buildx.returncode == 0
+        if platform in emulation.MAGIC and self.is_local:
+            # QEMU >= 8 registered with the F flag (edgekiln.emulation): the classic builder
+            # builds images whose RUN needs no more than that, and containers run
+            ok, why = emulation.status(platform)
+            return (True, "qemu: " + why) if ok else (False, why)
         missing = []
-        if buildx.returncode != 0:
+        if not self._buildx:
             missing.append("docker buildx (Debian: apt-get install docker-buildx)")
         qemu = _QEMU.get(platform)
         if self.is_local and (not qemu or not Path("/proc/sys/fs/binfmt_misc", qemu).exists()):
@@ -326,6 +334,10 @@ class DockerEngine:
                    dockerfile: str = "Dockerfile", network: str | None = "host",
                    labels: Mapping[str, str] | None = None) -> list[str]:
         cross = platform is not None and platform != self.check().platform
+        if cross:
+            self.can_build_for(platform)  # learns whether buildx is here
+        # without buildx the classic builder builds a foreign platform too (RUN under binfmt QEMU)
+        cross = cross and getattr(self, "_buildx", True)
         argv = self.cli() + (["buildx", "build", "--load", "--progress", "plain"] if cross
                              else ["build", "--force-rm"])  # no containers left by a failed build
         if platform:

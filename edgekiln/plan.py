@@ -31,6 +31,7 @@ class Step:
     platform: str | None = None  # the platform the step's image is made for (None: the engine's own)
     local: bool = True  # the image can have a local virtualenv (false: TensorRT images)
     gpu: bool = False  # the step needs an NVIDIA GPU (the runner asks the engine for one)
+    emulate_cpu: str | None = None  # an Arm validation: QEMU_CPU when the engine emulates the platform
 
     @property
     def params(self) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class Artifact:
     convert_step: str
     validate_step: str
     thresholds_json: str
+    arm_step: str | None = None  # the validation on Arm (--platform linux/arm64), after validate_step
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -75,7 +77,7 @@ class Plan:
         return tuple(dict.fromkeys(s.image for s in self.steps))
 
     def steps_for(self, artifact: Artifact) -> tuple[Step, ...]:
-        ids = (artifact.source_step, artifact.convert_step, artifact.validate_step)
+        ids = (artifact.source_step, artifact.convert_step, artifact.validate_step, artifact.arm_step)
         return tuple(s for s in self.steps if s.id in ids)
 
 
@@ -226,12 +228,42 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
                               target.name, precision,
                               _canon(dict(common, step=conv_id, kind="convert")), (src,), **where))
             val_id = next_id(f"{target.name}-{precision}-validate")
+            arm = arm_validation(request, target)
             steps.append(Step(val_id, "validate", via.get("validate", target.validate), target.image,
                               target.name, precision,
-                              _canon(dict(common, step=val_id, kind="validate")), (conv_id,), **where))
+                              _canon(dict(common, step=val_id, kind="validate", save_outputs=bool(arm))),
+                              (conv_id,), **where))
+            arm_id = None
+            if arm:
+                arm_id = next_id(f"{target.name}-{precision}-validate-{arm['machine']}")
+                em = target.emulation
+                arm_opts = dict(options, latency_runs=int(em.get("latency_runs", 3)),
+                                latency_warmup=int(em.get("latency_warmup", 1)))
+                steps.append(Step(arm_id, "validate", via.get("validate", target.validate), em["image"],
+                                  target.name, precision,
+                                  _canon(dict(common, step=arm_id, kind="validate", options=arm_opts,
+                                              arm=arm, report_name=f"report-{arm['machine']}.json",
+                                              compare_with="outputs.npz")),
+                                  (val_id,), platform=request.validate_on, local=local_ok(em["image"]),
+                                  emulate_cpu=arm["cpu"]))
             artifacts.append(Artifact(target.name, precision, target.artifacts, work_dir, src, conv_id,
-                                      val_id, _canon(limits)))
+                                      val_id, _canon(limits), arm_id))
     return Plan(tuple(steps), tuple(artifacts))
+
+
+def arm_validation(request: BuildRequest, target: Target) -> dict[str, str] | None:
+    """The Arm validation of ``target`` that ``--platform`` asks for: {"platform", "machine",
+    "cpu"}; None when none is asked for. A target without [emulation] cannot have it."""
+    if not request.validate_on:
+        return None
+    if request.validate_on != "linux/arm64":
+        raise UsageError(f"validation on {request.validate_on} is not offered",
+                         "use --platform linux/arm64 (the Arm targets: rpi, onnx)")
+    if not target.emulation:
+        raise TargetError(f"target {target.name} has no Arm validation (no [emulation] in {target.path})",
+                          "drop --platform, or build the Arm targets (rpi, onnx) on their own")
+    return {"platform": request.validate_on, "machine": "aarch64",
+            "cpu": request.emulate_cpu or target.emulation["cpu"]}
 
 
 # threshold -> (the metric it reads, the comparison, why it cannot be computed when missing)

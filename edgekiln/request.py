@@ -77,6 +77,10 @@ class BuildRequest:
     task: str | None = None  # None: detected from the model (ekit_task.detect_task)
     head: str | None = None
     task_params: Mapping[str, Any] = field(default_factory=dict)  # score/NMS thresholds, ...
+    # --platform linux/arm64: each target with [emulation] is also validated on that platform
+    # (edgekiln.emulation), with QEMU_CPU emulate_cpu (None: the target's board)
+    validate_on: str | None = None
+    emulate_cpu: str | None = None
 
 
 # ---------------------------------------------------------------- parsing of CLI strings

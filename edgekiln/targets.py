@@ -42,6 +42,10 @@ class Target:
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     via: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per source format overrides
     path: str = ""
+    # [emulation]: validation on Arm (`--platform linux/arm64`): image (its arm64 validate image),
+    # cpu (the QEMU core of the board, e.g. cortex-a72), latency_runs/latency_warmup (small: emulated
+    # timings mean nothing for a device). Empty: the target has no Arm validation.
+    emulation: Mapping[str, Any] = field(default_factory=dict)
 
     def thresholds_for(self, precision: str) -> dict[str, float]:
         return dict(self.thresholds.get(precision, {}))
@@ -92,6 +96,7 @@ def load_target(path: Path) -> Target:
             thresholds={k: dict(v) for k, v in raw.get("thresholds", {}).items()},
             via={k: dict(v) for k, v in raw.get("via", {}).items()},
             path=str(path),
+            emulation=dict(raw.get("emulation", {})),
         )
     except KeyError as exc:
         raise TargetError(f"target file {path} lacks the key {exc}", "see targets/onnx.toml") from None

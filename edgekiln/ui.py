@@ -168,6 +168,38 @@ def task_lines(result) -> list[str]:
     return lines
 
 
+def _where(w: dict | None) -> str:
+    if not w:
+        return "?"
+    how = f"emulated {w.get('cpu')}, QEMU user mode" if w.get("emulated") else f"native, {w.get('cpu') or '?'}"
+    return f"{w.get('machine')} ({how})"
+
+
+def where_lines(result) -> list[str]:
+    """Per artifact validated on Arm too (--platform linux/arm64): where each validation ran, the
+    Arm numbers, the difference to this machine's outputs; an emulated latency is labelled and
+    the native figure stays beside it (the table's latency column is always the native one)."""
+    lines = []
+    for art in result.artifacts:
+        arm = art.manifest.get("arm_validation")
+        if not arm:
+            continue
+        m, vs, lat = arm.get("metrics") or {}, arm.get("vs_native") or {}, arm.get("latency_ms") or {}
+        here = art.manifest.get("validation", {}).get("where")
+        same = ("identical outputs" if vs.get("identical")
+                else f"max |diff| {fmt(vs.get('max_abs'), '.3g')}, top-1 agreement {fmt(vs.get('top1_agreement'), '.1%')}")
+        latency = fmt(lat.get("median"), ".1f", " ms")
+        if lat.get("label"):
+            latency += f" ({lat['label']})"
+        native = fmt((arm.get("native_latency_ms") or {}).get("median"), ".2f", " ms")
+        runtime = arm.get("runtime") or {}
+        lines.append(f"{art.target}/{art.precision}: validated on {_where(here)} and on {_where(arm.get('where'))} "
+                     f"[{runtime.get('name')} {runtime.get('version')}]: agreement {fmt(m.get('top1_agreement'), '.1%')}, "
+                     f"cosine {fmt(m.get('cosine'), '.5f')}; vs {(here or {}).get('machine')}: {same}; "
+                     f"latency {latency}, {(here or {}).get('machine')}: {native}")
+    return lines
+
+
 def feed_lines(result) -> list[str]:
     """How to feed each artifact (one line when they are all fed the same way)."""
     feeds = {}
@@ -194,6 +226,8 @@ def result_json(result) -> dict[str, Any]:
                        "latency_ms": a.manifest.get("validation", {}).get("latency_ms"),
                        "feed": a.manifest.get("feed"),
                        "summary": precision_text(a.precision, a.manifest),
-                       "recovery": a.manifest.get("recovery")}
+                       "recovery": a.manifest.get("recovery"),
+                       "validated_on": a.manifest.get("validation", {}).get("where"),
+                       "arm_validation": a.manifest.get("arm_validation")}
                       for a in result.artifacts],
     }

@@ -84,7 +84,12 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
     runner, reason = choose_runner(kind, docker_host, docker_options=docker_options,
                                    local_options=local_options)
     if runner.name != "docker":
-        return (lambda step=None: runner), reason
+        def local_for(step=None) -> Runner:
+            if getattr(step, "emulate_cpu", None):  # an x86 virtualenv is not Arm
+                raise EnvironmentFailed(f"validation on {step.platform} needs the Docker runner ({reason})",
+                                        "start a Docker engine (.ci/docker-up.sh), or drop --platform")
+            return runner
+        return local_for, reason
     runners: dict[str | None, Runner] = {docker_host: runner}  # one per host
     guard = threading.Lock()
     noted: set = set()
@@ -101,10 +106,22 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
         wants = {}
         if getattr(step, "gpu", False):
             wants["gpus"] = "all"  # TensorRT: the host needs the NVIDIA container toolkit
-        platform = getattr(step, "platform", None)
+        platform, cpu = getattr(step, "platform", None), getattr(step, "emulate_cpu", None)
         if platform:
             ok, why = base.supports(platform)
-            if ok:
+            emulated = ok and why != "native"
+            if ok and cpu:  # an Arm validation: the artifact runs on the platform, emulated or not
+                wants["platform"] = platform
+                wants["qemu_cpu"] = cpu if emulated else None
+            elif cpu:
+                raise EnvironmentFailed(f"target {name}: cannot validate on {platform}: {why}")
+            elif emulated and not strict_platform:
+                # conversion does not depend on the CPU: under emulation it would only be 50-100x slower
+                if on_note and name not in noted:
+                    noted.add(name)
+                    on_note(f"{name}: converts on {base.engine.check().platform} (architecture independent; "
+                            f"{platform} would be emulated)")
+            elif ok:
                 wants["platform"] = platform
             elif strict_platform:
                 raise EnvironmentFailed(f"target {name}: {why}")
@@ -144,8 +161,9 @@ def runner_factory(kind: str, docker_host: str | None, *, base_image: str | None
         if host_map:
             break
     docker_options = {}
-    if base_image:
-        docker_options["base_image"] = base_image
+    if base_image:  # one reference for every image, or image=ref pairs, comma-separated
+        docker_options["base_image"] = (dict(pair.split("=", 1) for pair in base_image.split(","))
+                                        if "=" in base_image else base_image)
     if platform:
         docker_options["platform"] = platform
     return runners_for_targets(kind, docker_host, host_map=host_map, docker_options=docker_options,

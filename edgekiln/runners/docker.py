@@ -35,6 +35,8 @@ class DockerRunner(Runner):
     memory      container memory limit ("4g"); None: no limit
     user        "uid:gid" the steps run as; None: the invoking user's
     gpus        ``--gpus`` value for every container (TensorRT hosts), None: no GPU
+    qemu_cpu    the core QEMU emulates (``QEMU_CPU``, e.g. cortex-a72) in containers of a platform
+                this engine runs under emulation; None: QEMU's default
     copy        force the copy-in/copy-out way (None: only for engines on other machines)
     rebuild     rebuild images even when their tag exists
     cache_root, images_root   where contexts are rendered / recipes are read (tests)
@@ -49,6 +51,7 @@ class DockerRunner(Runner):
     def __init__(self, host: str | None = None, *, base_image: str | Mapping[str, str] | None = None,
                  platform: str | None = None, memory: str | None = None, user: str | None = None,
                  gpus: str | None = None, copy: bool | None = None, rebuild: bool = False,
+                 qemu_cpu: str | None = None,
                  build_timeout: float | None = None, engine: DockerEngine | None = None,
                  cache_root: Path | None = None, images_root: Path | None = None,
                  fallback: Callable[[], Runner] | None = None):
@@ -59,6 +62,7 @@ class DockerRunner(Runner):
         self.memory = memory
         self.user = user
         self.gpus = gpus
+        self.qemu_cpu = qemu_cpu  # QEMU_CPU of containers of an emulated platform (Arm validation)
         self.copy = copy
         self.rebuild = rebuild
         self.build_timeout = build_timeout
@@ -188,6 +192,8 @@ class DockerRunner(Runner):
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOME": "/tmp",
         }
+        if self.qemu_cpu and env.platform != self.engine.check().platform:
+            env_vars["QEMU_CPU"] = self.qemu_cpu  # binfmt's QEMU reads it from the process' environment
         return RunSpec(image=env.ref, command=(PYTHON, Path(script).as_posix()), step=step,
                        mounts=tuple(mounts), env=env_vars, workdir=JOB, user=self.user,
                        network="none", memory=self.memory, platform=env.platform, gpus=self.gpus,
