@@ -29,6 +29,8 @@ T0=$SECONDS
 say() { printf '[arm64-up %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 die() { echo "arm64-up: $*" >&2; exit 1; }
 mkdir -p "$CACHE" "$LOGDIR" "$(dirname "$QEMU_BIN")"
+PY=python3  # pip on the host (the checkout's .venv when the system Python has none)
+python3 -m pip --version >/dev/null 2>&1 || PY=.venv/bin/python
 hosts=("$@")
 ((${#hosts[@]})) || hosts=(unix:///var/run/docker.sock)
 
@@ -73,14 +75,14 @@ make_arm_tar() {
   for v in 2014 _2_17 _2_26 _2_27 _2_28; do plat+=(--platform "manylinux${v}_aarch64"); done
   trap 'rm -rf "$root" "$wheels"' EXIT
   say "pip: the aarch64 wheels of $LOCK into /opt/venv (on the host)"
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
     "${plat[@]}" -d "$wheels" -r "$LOCK" >"$LOGDIR/arm64-pip.log" 2>&1 || die "pip download failed (see $LOGDIR/arm64-pip.log)"
   local venv="$root/opt/venv"
   mkdir -p "$venv/bin"
   ln -s /usr/bin/python3.11 "$venv/bin/python"
   ln -s python "$venv/bin/python3"
   printf 'home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11\n' >"$venv/pyvenv.cfg"
-  python3 -m pip install -q --no-index --no-deps --no-compile --only-binary=:all: --python-version 3.11 \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --only-binary=:all: --python-version 3.11 \
     --implementation cp "${plat[@]}" --target "$venv/lib/python3.11/site-packages" "$wheels"/*.whl \
     >>"$LOGDIR/arm64-pip.log" 2>&1 || die "pip install --target failed (see $LOGDIR/arm64-pip.log)"
   tar --numeric-owner -C "$root" -cf "$CACHE/rootfs-arm64.tar" .

@@ -13,7 +13,9 @@
 #
 # Environment: EDGEKILN_BASE_CACHE (default /var/cache/edgekiln), EDGEKILN_STORAGE_DRIVER (force
 # overlay2 or vfs), EDGEKILN_DEBIAN_MIRROR, EDGEKILN_DOCKER2_TCP (the second engine's loopback TCP
-# address, default tcp://127.0.0.1:23750; empty: none).
+# address, default tcp://127.0.0.1:23750; empty: none). Arm emulation for the default engine comes
+# from .ci/arm64-up.sh (QEMU 10 + the arm64 stand-in base); when it cannot be had that is a warning,
+# or a failure with EDGEKILN_REQUIRE_ARM64=1 (CI).
 set -euo pipefail
 
 SECOND=1
@@ -139,4 +141,10 @@ import_base() {  # import_base HOST
 
 import_base "$HOST1"
 ((SECOND)) && import_base "$HOST2"
+
+# --- 4. arm64 under emulation (QEMU user mode) for the default engine ---------------------------
+if ! bash "$(dirname "$0")/arm64-up.sh" "$HOST1"; then
+  [[ "${EDGEKILN_REQUIRE_ARM64:-}" == 1 ]] && { echo "docker-up: arm64 emulation is required (EDGEKILN_REQUIRE_ARM64=1)" >&2; exit 1; }
+  say "no arm64 emulation here: Arm validation (--platform linux/arm64) is not available"
+fi
 say "ready: $(docker -H "$HOST1" info --format 'Docker {{.ServerVersion}}, {{.Driver}}')"

@@ -119,7 +119,7 @@ def status(platform: str = "linux/arm64", root: Path | None = None) -> tuple[boo
 def arm_validation_here(target) -> tuple[bool, str]:
     """Can ``target``'s artifacts be validated on Arm from this machine (``--platform linux/arm64``)?"""
     if not getattr(target, "emulation", None):
-        return False, "not an Arm target (no [emulation] in its file)"
+        return False, "not an Arm target (its target file has no emulation table)"
     import platform as _platform
 
     if _platform.machine() in ("aarch64", "arm64"):

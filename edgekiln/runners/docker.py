@@ -23,6 +23,8 @@ from .base import Env, Job, OnLine, Runner, step_error
 JOB = "/job"
 PYTHON = "/opt/venv/bin/python"
 IN = {"model": "/in/model", "calib": "/in/calib", "val": "/in/val"}
+# exit codes of a process killed by a signal that means a crash (128 + signal number; --init passes them on)
+CRASHES = {132: "SIGILL", 133: "SIGTRAP", 134: "SIGABRT", 135: "SIGBUS", 136: "SIGFPE", 139: "SIGSEGV"}
 
 
 class DockerRunner(Runner):
@@ -230,6 +232,13 @@ class DockerRunner(Runner):
             raise StepFailed(f"step {spec.step} ran out of memory (container limit "
                              f"{self.memory or 'none'}); it was killed",
                              f"raise --memory, or see the log: {log}")
+        if "QEMU_CPU" in spec.env and result.returncode in CRASHES:  # the step died of a signal, emulated
+            last = next((l for l in reversed(result.tail) if l.strip()), "")
+            raise StepFailed(f"step {spec.step} crashed under emulation ({CRASHES[result.returncode]}, exit "
+                             f"{result.returncode}) on {spec.platform} with QEMU_CPU={spec.env['QEMU_CPU']}"
+                             + (f": {last.strip()[:200]}" if last.strip() else ""),
+                             "check QEMU (python -m edgekiln.emulation status: QEMU < 8 crashes ONNX Runtime "
+                             f"and LiteRT), try another --emulate-cpu, or validate on an arm64 machine; log: {log}")
         if result.returncode == 137:
             raise StepFailed(f"step {spec.step} was killed (SIGKILL, exit 137) — from outside "
                              "the step or by the kernel", f"see the log: {log}")

@@ -118,7 +118,31 @@ def test_arm_validation_here_says_why_not(tmp_path, monkeypatch):
     from edgekiln.targets import all_targets
 
     t = all_targets()
-    assert emulation.arm_validation_here(t["intel"]) == (False, "not an Arm target (no [emulation] in its file)")
+    assert emulation.arm_validation_here(t["intel"]) == (False, "not an Arm target (its target file has no emulation table)")
     monkeypatch.setattr(emulation, "BINFMT", _binfmt(tmp_path / "old", version="7.2.0"))
     ok, why = emulation.arm_validation_here(t["rpi"])
     assert not ok and "too old" in why
+
+
+def test_targets_says_whether_arm_validation_is_available():
+    from tests.conftest import run_json
+
+    rows = {r["name"]: r for r in run_json("targets")}
+    assert rows["intel"]["arm_validation"] is False and "not an Arm target" in rows["intel"]["arm_validation_why"]
+    ok, why = emulation.arm_validation_here(__import__("edgekiln.targets", fromlist=["x"]).all_targets()["rpi"])
+    assert (rows["rpi"]["arm_validation"], rows["rpi"]["arm_validation_why"]) == (ok, why)
+    assert why  # available: how (QEMU version, QEMU_CPU); not: what is missing and the fix
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--platform", "linux/arm64", "--runner", "local"], "error: validation on linux/arm64 needs the Docker runner"),
+    (["--emulate-cpu", "cortex-a76"], "error: --emulate-cpu needs --platform linux/arm64"),
+    (["--platform", "linux/arm64", "--emulate-cpu", "pentium"], "error: --emulate-cpu 'pentium' is not a QEMU Arm core"),
+])
+def test_arm_validation_flags_are_checked_in_one_line(weights, extra, words):
+    from edgekiln.errors import UsageError
+    from tests.conftest import run_cli
+
+    proc = run_cli("build", "--model", weights, "--arch", "mobilenet_v2", "--target", "rpi", *extra, "--dry-run")
+    assert proc.returncode == UsageError.exit_code and proc.stderr.strip().splitlines()[-1].startswith(words), proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,145 @@
+"""Arm validation on emulated arm64 (QEMU user mode, .ci/arm64-up.sh): the real MobileNetV2 demo
+through rpi int8 and fp32 and onnx int8, each artifact validated on x86 and again in the arm64
+image; thresholds applied on both; arm64 outputs compared with x86's (int8 LiteRT with XNNPACK:
+bit-identical). Also: a missing QEMU is one line with the fix, a crashing emulated container
+fails its step clearly and leaves no container.
+
+Skipped without emulation — a FAILURE with EDGEKILN_REQUIRE_ARM64=1 (CI: .ci/run)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edgekiln import emulation
+from edgekiln.errors import StepFailed
+from tests.conftest import run_cli, run_json
+
+from .conftest import make_job
+
+ARM_BASE = os.environ.get("EDGEKILN_TEST_ARM64_BASE", "edgekiln/stand-in-base-arm64:bookworm")
+REQUIRED = os.environ.get("EDGEKILN_REQUIRE_ARM64") == "1"
+
+
+@pytest.fixture(scope="session")
+def arm_engine(engine):
+    ok, why = emulation.status("linux/arm64")
+    if ok and not engine.has_image(ARM_BASE):
+        ok, why = False, f"the engine lacks the arm64 stand-in base {ARM_BASE}"
+    if not ok:
+        if REQUIRED:
+            pytest.fail(f"EDGEKILN_REQUIRE_ARM64=1 but {why}", pytrace=False)
+        pytest.skip(f"{why} (EDGEKILN_REQUIRE_ARM64=1 fails instead)")
+    return engine
+
+
+def _demo_args(target: str, precision: str, out: Path) -> list[str]:
+    from edgekiln.demo import demo_build_args, demo_data
+
+    args = demo_build_args(demo_data(None), target, precision, str(out))
+    words = []
+    for key, value in args.items():
+        words += [f"--{key.replace('_', '-')}", value]
+    return ["build", *words, "--platform", "linux/arm64", "--base-image", f"arm-validate={ARM_BASE}"]
+
+
+@pytest.fixture(scope="module")
+def rpi_arm(arm_engine, tmp_path_factory):
+    """rpi int8 + fp32 of the demo, validated on x86 and on emulated arm64 (cortex-a72)."""
+    out = tmp_path_factory.mktemp("arm-rpi")
+    return run_json(*_demo_args("rpi", "int8,fp32", out), timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def onnx_arm(arm_engine, tmp_path_factory):
+    out = tmp_path_factory.mktemp("arm-onnx")
+    return run_json(*_demo_args("onnx", "int8", out), timeout=1500)
+
+
+def _check(art: dict, cpu: str, runtime: str) -> dict:
+    assert art["status"] == "built", art
+    manifest = json.loads(Path(art["manifest"]).read_text())
+    arm = manifest["arm_validation"]
+    # where each validation ran
+    assert arm["where"] == {"machine": "aarch64", "emulated": True, "cpu": cpu, "how": "QEMU user mode"}
+    here = manifest["validation"]["where"]
+    assert here["machine"] == "x86_64" and here["emulated"] is False
+    assert arm["runtime"]["name"] == runtime
+    # the same gates passed on arm64 (each computed, none failed)
+    gates = {g["threshold"]: g for g in arm["gates"]}
+    assert gates["min_cosine"]["passed"] and gates["min_top1_agreement"]["passed"], gates
+    assert not [g for g in arm["gates"] if g["passed"] is False]
+    # emulated latency: labelled, the x86 figure beside it, kept out of the validation (speed) figures
+    assert arm["latency_ms"]["label"] == emulation.EMULATED_LATENCY
+    assert arm["native_latency_ms"] == manifest["validation"]["latency_ms"]
+    assert "label" not in manifest["validation"]["latency_ms"]
+    # the arm step ran in the arm64 image with QEMU_CPU, --init; convert stayed on x86
+    steps = {s["id"]: s for s in manifest["steps"]}
+    arm_step = next(s for i, s in steps.items() if i.endswith("-validate-aarch64"))
+    assert arm_step["environment"]["platform"] == "linux/arm64"
+    assert f"QEMU_CPU={cpu}" in arm_step["command"] and "--init" in arm_step["command"]
+    convert = next(s for i, s in steps.items() if i.endswith("-convert"))
+    assert convert["environment"]["platform"] != "linux/arm64"
+    assert (Path(art["path"]) / "report-aarch64.json").is_file()
+    return arm
+
+
+def test_rpi_int8_and_fp32_validated_on_emulated_arm64(rpi_arm):
+    arts = {a["precision"]: a for a in rpi_arm["artifacts"]}
+    int8 = _check(arts["int8"], "cortex-a72", "litert")
+    assert int8["vs_native"]["identical"] is True and int8["vs_native"]["max_abs"] == 0.0
+    assert int8["metrics"]["top1_agreement"] == arts["int8"]["metrics"]["top1_agreement"]
+    fp32 = _check(arts["fp32"], "cortex-a72", "litert")
+    assert fp32["vs_native"]["max_abs"] < 1e-4 and fp32["vs_native"]["top1_agreement"] == 1.0
+    assert fp32["metrics"]["top1_agreement"] == 1.0
+
+
+def test_summary_says_where_validation_ran(rpi_arm):
+    from types import SimpleNamespace
+
+    from edgekiln.ui import where_lines
+
+    arts = [SimpleNamespace(target=a["target"], precision=a["precision"],
+                            manifest=json.loads(Path(a["manifest"]).read_text())) for a in rpi_arm["artifacts"]]
+    lines = where_lines(SimpleNamespace(artifacts=arts))
+    int8 = next(line for line in lines if line.startswith("rpi/int8"))
+    assert "aarch64 (emulated cortex-a72, QEMU user mode)" in int8 and "identical outputs" in int8
+    assert emulation.EMULATED_LATENCY in int8 and "x86_64 (native" in int8
+
+
+def test_onnx_int8_validated_on_emulated_arm64(onnx_arm):
+    arm = _check(onnx_arm["artifacts"][0], "cortex-a76", "onnxruntime")
+    assert arm["vs_native"]["top1_agreement"] == 1.0 and arm["vs_native"]["cosine"] > 0.999
+
+
+def test_missing_qemu_is_one_line_with_the_fix(engine, tmp_path):
+    empty = tmp_path / "binfmt"
+    empty.mkdir()
+    (empty / "status").write_text("enabled\n")
+    proc = run_cli(*_demo_args("rpi", "int8", tmp_path / "out"),
+                   env={"EDGEKILN_BINFMT": str(empty)}, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    from edgekiln.errors import EnvironmentFailed
+
+    line = proc.stderr.strip().splitlines()[-1]  # the error: one line, what is wrong and the fix
+    assert line.startswith("error: target rpi: cannot validate on linux/arm64: no QEMU user emulation"), proc.stderr
+    assert ".ci/docker-up.sh" in line and proc.returncode == EnvironmentFailed.exit_code
+    assert not (tmp_path / "out" / "mobilenet_v2").exists() or not any((tmp_path / "out" / "mobilenet_v2").iterdir())
+
+
+def test_crash_under_emulation_fails_the_step_and_leaves_no_container(arm_engine, tmp_path):
+    from edgekiln.runners.docker import DockerRunner
+
+    runner = DockerRunner(engine=arm_engine, base_image=ARM_BASE, qemu_cpu="cortex-a72")
+    env = runner.prepare("arm-validate", platform="linux/arm64", local_ok=False)
+    job = make_job(tmp_path / "job", "import ctypes, platform\nprint(platform.machine(), flush=True)\n"
+                                     "ctypes.string_at(0)\n")
+    with pytest.raises(StepFailed, match=r"crashed under emulation \(SIGSEGV, exit 139\) on linux/arm64 "
+                                         r"with QEMU_CPU=cortex-a72") as info:
+        runner.run(env, job, "steps/01-probe.py", job.log_path("01-probe"), timeout=120)
+    assert "edgekiln.emulation status" in info.value.hint
+    assert "aarch64" in job.log_path("01-probe").read_text()
+    assert not arm_engine.containers("edgekiln.step=01-probe")
