@@ -280,9 +280,10 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             missed = [threshold_sentence(v, request) for v in verdicts[artifact.key]
                       if v["passed"] is False or (v["passed"] is None and asked_for(v, artifact, request))]
             if artifact.arm_step:  # the same gates on Arm
-                arm = arm_report(job, artifact)
+                from .emulation import where_text
+                _, arm = arm_report(job, plan, artifact)
                 verdicts[artifact.key + "@arm"] = evaluate_thresholds(arm.get("metrics", {}), artifact.thresholds)
-                missed += [f"on {arm_where(arm)}: " + threshold_sentence(v, request)
+                missed += [f"on {where_text(arm.get('where'))}: " + threshold_sentence(v, request)
                            for v in verdicts[artifact.key + "@arm"] if v["passed"] is False]
             if missed:
                 failures[artifact.key] = missed + recovery_sentence(job, artifact)
@@ -335,34 +336,10 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
                        time.monotonic() - start, used, job.root if keep_job or error else None, error)
 
 
-def arm_report(job: Job, artifact: Artifact) -> dict:
-    """The report of the artifact's validation on Arm (``report-aarch64.json``)."""
-    name = plan_params_report(job, artifact.arm_step)
-    return read_json(job.work / artifact.work_dir / name, artifact.arm_step)
-
-
-def plan_params_report(job: Job, step_id: str) -> str:
-    return json.loads((job.root / "steps" / f"{step_id}.json").read_text()).get("report_name", "report.json")
-
-
-def arm_where(report: dict) -> str:
-    """"aarch64 (emulated cortex-a72)" from a report's ``where``."""
-    w = report.get("where") or {}
-    how = f"emulated {w.get('cpu')}" if w.get("emulated") else "native"
-    return f"{w.get('machine', '?')} ({how})"
-
-
-def arm_validation_record(report: dict, verdicts: list, native_latency: dict | None) -> dict:
-    """The manifest's ``arm_validation``: where it ran, its numbers and gates, the difference to
-    this machine's outputs; an emulated latency is labelled and the native figure kept beside it."""
-    where = report.get("where") or {}
-    latency = report.get("latency_ms")
-    if where.get("emulated") and latency:
-        from .emulation import EMULATED_LATENCY
-        latency = dict(latency, label=EMULATED_LATENCY)
-    return {"where": where, "runtime": report.get("runtime"), "metrics": report.get("metrics"),
-            "gates": verdicts, "vs_native": report.get("vs_native"), "latency_ms": latency,
-            "native_latency_ms": native_latency, "notes": report.get("notes", [])}
+def arm_report(job: Job, plan: Plan, artifact: Artifact) -> tuple[str, dict]:
+    """The file name and content of the artifact's validation on Arm (``report-aarch64.json``)."""
+    name = plan.step(artifact.arm_step).params["report_name"]
+    return name, read_json(job.work / artifact.work_dir / name, artifact.arm_step)
 
 
 def recovery_sentence(job: Job, artifact: Artifact) -> list[str]:
@@ -537,8 +514,9 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     }
     manifest["validation"]["where"] = report.get("where")
     if artifact.arm_step:  # the same artifact validated on Arm (edgekiln.emulation)
-        arm = arm_report(job, artifact)
-        shutil.copy2(src / plan_params_report(job, artifact.arm_step), folder / plan_params_report(job, artifact.arm_step))
+        from .emulation import arm_validation_record
+        name, arm = arm_report(job, plan, artifact)
+        shutil.copy2(src / name, folder / name)
         manifest["arm_validation"] = arm_validation_record(arm, rec.verdicts.get(artifact.key + "@arm", []),
                                                            report.get("latency_ms"))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

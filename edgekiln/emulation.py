@@ -129,6 +129,26 @@ def arm_validation_here(target) -> tuple[bool, str]:
                 "(needs the Docker runner)" if ok else why)
 
 
+def where_text(where: dict | None) -> str:
+    """"aarch64 (emulated cortex-a72, QEMU user mode)" / "x86_64 (native, <CPU model>)"."""
+    w = where or {}
+    how = f"emulated {w.get('cpu')}, QEMU user mode" if w.get("emulated") else f"native, {w.get('cpu') or '?'}"
+    return f"{w.get('machine', '?')} ({how})"
+
+
+def arm_validation_record(report: dict, verdicts: list, native_latency: dict | None) -> dict:
+    """The manifest's ``arm_validation`` from the Arm validate step's report: where it ran, the
+    runtime, its numbers and gates, ``vs_native`` (its outputs against this machine's), its latency
+    (labelled EMULATED_LATENCY under emulation) and this machine's latency beside it."""
+    where = report.get("where") or {}
+    latency = report.get("latency_ms")
+    if where.get("emulated") and latency:
+        latency = dict(latency, label=EMULATED_LATENCY)
+    return {"where": where, "runtime": report.get("runtime"), "metrics": report.get("metrics"),
+            "gates": verdicts, "vs_native": report.get("vs_native"), "latency_ms": latency,
+            "native_latency_ms": native_latency, "notes": report.get("notes", [])}
+
+
 def check_cpu(cpu: str) -> str:
     """An ``--emulate-cpu`` value, or UsageError."""
     if cpu not in CPUS:

@@ -168,17 +168,12 @@ def task_lines(result) -> list[str]:
     return lines
 
 
-def _where(w: dict | None) -> str:
-    if not w:
-        return "?"
-    how = f"emulated {w.get('cpu')}, QEMU user mode" if w.get("emulated") else f"native, {w.get('cpu') or '?'}"
-    return f"{w.get('machine')} ({how})"
-
-
 def where_lines(result) -> list[str]:
     """Per artifact validated on Arm too (--platform linux/arm64): where each validation ran, the
     Arm numbers, the difference to this machine's outputs; an emulated latency is labelled and
     the native figure stays beside it (the table's latency column is always the native one)."""
+    from .emulation import where_text
+
     lines = []
     for art in result.artifacts:
         arm = art.manifest.get("arm_validation")
@@ -193,7 +188,7 @@ def where_lines(result) -> list[str]:
             latency += f" ({lat['label']})"
         native = fmt((arm.get("native_latency_ms") or {}).get("median"), ".2f", " ms")
         runtime = arm.get("runtime") or {}
-        lines.append(f"{art.target}/{art.precision}: validated on {_where(here)} and on {_where(arm.get('where'))} "
+        lines.append(f"{art.target}/{art.precision}: validated on {where_text(here)} and on {where_text(arm.get('where'))} "
                      f"[{runtime.get('name')} {runtime.get('version')}]: agreement {fmt(m.get('top1_agreement'), '.1%')}, "
                      f"cosine {fmt(m.get('cosine'), '.5f')}; vs {(here or {}).get('machine')}: {same}; "
                      f"latency {latency}, {(here or {}).get('machine')}: {native}")
