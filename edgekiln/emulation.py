@@ -29,7 +29,7 @@ from pathlib import Path
 # where binfmt_misc is read (EDGEKILN_BINFMT: another folder of the same layout, e.g. in tests)
 BINFMT = Path(os.environ.get("EDGEKILN_BINFMT", "/proc/sys/fs/binfmt_misc"))
 MIN_QEMU = (8, 0)
-FIX = ("run .ci/docker-up.sh as root (it fetches QEMU 10 from Debian and registers it), or "
+FIX = ("run .ci/docker-up.sh as root (it fetches Debian trixie's qemu-user 10 and registers it), or "
        "validate on an arm64 machine: --docker-host ssh://user@pi")
 # e_ident + e_machine of a little-endian 64-bit ELF per platform (masked like qemu's own entries)
 MAGIC = {"linux/arm64": "7f454c460201010000000000000000000200b700"}
