@@ -64,19 +64,22 @@ say "$why"
 
 # --- 2. the arm64 stand-in base ----------------------------------------------------------------
 make_arm_tar() {
-  local root="$CACHE/rootfs-arm64.$$" wheels="$CACHE/wheels-arm64.$$" plat=() v
+  local root="$CACHE/rootfs-arm64.$$" wheels="$CACHE/wheels-arm64.$$" plat=() v pip_pid
   rm -rf "$root" "$wheels"
+  trap 'rm -rf "$root" "$wheels"' EXIT
+  for v in 2014 _2_17 _2_26 _2_27 _2_28; do plat+=(--platform "manylinux${v}_aarch64"); done
+  say "pip download: the aarch64 wheels of $LOCK (on the host, beside debootstrap)"
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+    "${plat[@]}" -d "$wheels" -r "$LOCK" >"$LOGDIR/arm64-pip.log" 2>&1 &
+  pip_pid=$!
   say "debootstrap --foreign --arch=arm64 bookworm minbase + python3 (download and unpack only)"
   debootstrap --foreign --arch=arm64 --variant=minbase --include=python3,ca-certificates \
     bookworm "$root" "$MIRROR" >"$LOGDIR/debootstrap-arm64.log" 2>&1 \
-    || { tail -n 20 "$LOGDIR/debootstrap-arm64.log" >&2; rm -rf "$root"; die "debootstrap failed"; }
+    || { tail -n 20 "$LOGDIR/debootstrap-arm64.log" >&2; die "debootstrap failed"; }
   for deb in "$root"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$root"; done
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/debootstrap "$root"/usr/share/{doc,man,info,locale}
-  for v in 2014 _2_17 _2_26 _2_27 _2_28; do plat+=(--platform "manylinux${v}_aarch64"); done
-  trap 'rm -rf "$root" "$wheels"' EXIT
-  say "pip: the aarch64 wheels of $LOCK into /opt/venv (on the host)"
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
-    "${plat[@]}" -d "$wheels" -r "$LOCK" >"$LOGDIR/arm64-pip.log" 2>&1 || die "pip download failed (see $LOGDIR/arm64-pip.log)"
+  wait "$pip_pid" || die "pip download failed (see $LOGDIR/arm64-pip.log)"
+  say "pip install --target /opt/venv of the rootfs (on the host)"
   local venv="$root/opt/venv"
   mkdir -p "$venv/bin"
   ln -s /usr/bin/python3.11 "$venv/bin/python"
