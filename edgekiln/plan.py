@@ -238,7 +238,7 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
                 arm_id = next_id(f"{target.name}-{precision}-validate-{arm['machine']}")
                 em = target.emulation
                 arm_opts = dict(options, latency_runs=int(em.get("latency_runs", 3)),
-                                latency_warmup=int(em.get("latency_warmup", 1)))
+                                latency_warmup=int(em.get("latency_warmup", 0)))
                 steps.append(Step(arm_id, "validate", via.get("validate", target.validate), em["image"],
                                   target.name, precision,
                                   _canon(dict(common, step=arm_id, kind="validate", options=arm_opts,

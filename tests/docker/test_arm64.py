@@ -56,10 +56,10 @@ def int8_arm(arm_engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp32_arm(arm_engine, tmp_path_factory):
-    """rpi fp32 on 8 of the photos: emulated fp32 XNNPACK is the slowest (~100x x86); 8 images
-    show the fp32 difference as well as 20 (bench/arm64_validation.py runs all 20)."""
+    """rpi fp32 on 5 of the photos: emulated fp32 XNNPACK is the slowest (~100x x86, ~3-7 s an
+    image); 5 images show the fp32 difference as well as 20 (bench/arm64_validation.py runs all 20)."""
     out = tmp_path_factory.mktemp("arm-fp32")
-    return run_json(*_demo_args("rpi", "fp32", out), "--max-images", "8", timeout=1500)
+    return run_json(*_demo_args("rpi", "fp32", out), "--max-images", "5", timeout=1500)
 
 
 def _check(art: dict, cpu: str, runtime: str) -> dict:
@@ -106,7 +106,7 @@ def test_onnx_int8_validated_on_emulated_arm64(int8_arm):
 def test_rpi_fp32_validated_on_emulated_arm64_within_1e_4(fp32_arm):
     art = fp32_arm["artifacts"][0]
     arm = _check(art, "cortex-a72", "litert")
-    assert arm["vs_native"]["n"] == 8 and arm["vs_native"]["max_abs"] < 1e-4
+    assert arm["vs_native"]["n"] == 5 and arm["vs_native"]["max_abs"] < 1e-4
     assert arm["vs_native"]["top1_agreement"] == 1.0 and arm["metrics"]["top1_agreement"] == 1.0
 
 
