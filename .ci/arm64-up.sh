@@ -53,9 +53,10 @@ if ! PYTHONPATH=. python3 -m edgekiln.emulation status >/dev/null; then
     install -m 0755 "$apt_dir/x/usr/bin/qemu-aarch64" "$QEMU_BIN"
     rm -rf "$apt_dir/x" "$apt_dir/deb"
   fi
-  for old in "$BINFMT"/qemu-aarch64 "$BINFMT"/edgekiln-aarch64; do
-    [[ -e "$old" ]] && echo -1 >"$old"  # remove: an older QEMU, or ours without the F flag
-  done
+  # the system's older QEMU entry is disabled (update-binfmts --enable qemu-aarch64 brings it back);
+  # an earlier registration of ours is removed, to be registered again below
+  [[ -e "$BINFMT/qemu-aarch64" ]] && echo 0 >"$BINFMT/qemu-aarch64"
+  [[ -e "$BINFMT/edgekiln-aarch64" ]] && echo -1 >"$BINFMT/edgekiln-aarch64"
   printf '%s' ":edgekiln-aarch64:M::\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:$QEMU_BIN:F" \
     >"$BINFMT/register"
 fi
