@@ -51,6 +51,22 @@ def test_schedule():
     assert R.schedule(0) == []
 
 
+def test_doubling_schedule_reaches_the_limit_in_few_tries():
+    assert R.schedule(16, "doubling") == [1, 2, 4, 8, 16]
+    assert R.schedule(10, "doubling") == [1, 2, 4, 8, 10]
+    assert R.schedule(1, "doubling") == [1]
+    assert R.schedule(0, "doubling") == []
+
+
+def test_no_try_starts_that_would_end_past_the_budget():
+    def never(*_):
+        raise AssertionError("no try fits the budget")
+
+    ranked = [{"layer": n, "op": "Conv", "sensitivity": 1.0} for n in "abc"]
+    out = R.search(ranked, never, never, {}, {"min_cosine": 0.9}, 3, max_seconds=5.0, first_try_seconds=6.0)
+    assert out["budget_spent"] and not out["passed"] and out["tries"] == [] and out["float_layers"] == []
+
+
 def test_precision_text_never_plain_int8_for_a_mixed_model():
     assert precision_text("int8", {}) == "int8"
     assert precision_text("int8", {"recovery": {"float_layers": [{"layer": "a"}]}}) == "int8 (1 layer float)"
