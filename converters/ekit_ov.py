@@ -213,6 +213,8 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
     ``recovery``)."""
     import ekit_recover
 
+    if options["recover_rank"] not in ("per_mac", "sensitivity"):
+        ekit.fail("usage", f"option recover_rank={options['recover_rank']!r} is not one of per_mac, sensitivity")
     t0 = time.perf_counter()
     ref = ekit.read_reference(src / "reference.npz")
     thresholds = params.get("thresholds") or {}
@@ -233,7 +235,9 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
     t1 = time.perf_counter()
     base = kwargs.get("ignored_scope")
     ignored = set(base.names) if base is not None else set()
-    ranked = [r for r in sensitivity(ov, float_model, int8_model, ref["x"]) if r["layer"] not in ignored]
+    mac_table = macs(float_model)
+    ranked = ekit_recover.rank([r for r in sensitivity(ov, float_model, int8_model, ref["x"]) if r["layer"] not in ignored],
+                               mac_table, options["recover_rank"])
     t_sens = time.perf_counter() - t1
     ekit.log("recover: most sensitive: " + ", ".join(f"{r['layer']} {r['sensitivity']:.4f}" for r in ranked[:5])
              + f" ({t_sens:.1f} s)")
@@ -247,9 +251,9 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
     budget = min(float(options["recover_max_seconds"]), max(0.0, (factor - 1.0) * plain_seconds - (t1 - t0) - t_sens))
     found = ekit_recover.search(ranked, build, run, ref, thresholds, int(options["recover_max_float_layers"]),
                                 budget, names, order="doubling", first_try_seconds=plain_seconds)
-    mac_table = macs(float_model)
     rec = ekit_recover.record(found, ranked, mac_table, before, thresholds, time.perf_counter() - t1, t_sens,
-                              method="per-layer output error (int8 vs float activations); the top-k ops "
+                              method=f"per-layer output error (int8 vs float activations), ranked "
+                                     f"{options['recover_rank']}; the top-k ops "
                                      "re-quantized float with NNCF ignored_scope, k = 1, 2, 4, 8, ... "
                                      "(each try is a full NNCF quantization)")
     rec.update(plain_int8_seconds=plain_seconds, budget_seconds=round(budget, 2))

@@ -58,6 +58,16 @@ def test_doubling_schedule_reaches_the_limit_in_few_tries():
     assert R.schedule(0, "doubling") == []
 
 
+def test_rank_per_mac_tries_the_cheapest_fix_first():
+    rows = [{"layer": "big", "sensitivity": 0.010}, {"layer": "small", "sensitivity": 0.004},
+            {"layer": "unknown", "sensitivity": 0.020}, {"layer": "mid", "sensitivity": 0.006}]
+    macs = {"big": 1000, "small": 10, "mid": 100, "unknown": 0}
+    assert [r["layer"] for r in R.rank(rows, macs, "sensitivity")] == ["unknown", "big", "mid", "small"]
+    assert [r["layer"] for r in R.rank(rows, macs, "per_mac")] == ["small", "mid", "big", "unknown"]
+    with pytest.raises(ValueError):
+        R.rank(rows, macs, "largest")
+
+
 def test_no_try_starts_that_would_end_past_the_budget():
     def never(*_):
         raise AssertionError("no try fits the budget")
