@@ -157,3 +157,12 @@ def test_intel_recover_out_of_time_is_refused_with_the_best_named(yolo, tmp_path
     assert "--recover did not reach the thresholds in 0 tries (time budget spent" in proc.stderr
     assert "best: 0 layer(s) float" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.glob("*/*/intel/int8/model.xml"))
+
+
+def test_an_unknown_recover_rank_is_one_line_naming_the_choices(yolo, tmp_path):
+    model, (calib, val) = yolo
+    proc = run_cli("build", "--target", "onnx", "--precision", "int8", "--model", model, "--calib", calib,
+                   "--val", val, "--out", tmp_path, "--runner", "local", "--recover",
+                   "--option", "recover_rank=largest", check=2)
+    assert "recover_rank='largest' is not one of per_mac, sensitivity" in proc.stderr
+    assert "Traceback" not in proc.stderr and not any(tmp_path.glob("*/*/onnx/int8/model.onnx"))
