@@ -218,11 +218,16 @@ def goals(res: dict) -> list[str]:
         speed = fp["latency_min_ms"] / rec["latency_min_ms"]
         size = rec["size_bytes"] / fp["size_bytes"]
         ratio = rec["convert_seconds"] / plain["convert_seconds"]
+        if rec.get("recovery_seconds") is not None:  # within the recovering build: immune to load between builds
+            inside = (rec["plain_int8_seconds"] + rec["recovery_seconds"]) / rec["plain_int8_seconds"]
+            timing = (f"{inside:.1f}× in the build ({rec['plain_int8_seconds']:.1f} s + {rec['recovery_seconds']:.1f} s); "
+                      f"{ratio:.1f}× the plain build's convert ({plain['convert_seconds']:.1f} s)")
+        else:
+            inside, timing = 1.0, f"no recovery needed; {ratio:.1f}× the plain build's convert (noise)"
         checks += [("≥ 90 % of MACs int8", f"{share:.1%}", share >= 0.9),
                    ("≥ 1.5× faster than fp32 (min latency)", f"{speed:.2f}×", speed >= 1.5),
                    ("size ≤ 0.35× fp32", f"{size:.2f}×", size <= 0.35),
-                   ("recovery ≤ 3× plain int8 convert time", f"{ratio:.1f}× ({rec['convert_seconds']:.1f} s vs "
-                    f"{plain['convert_seconds']:.1f} s)", ratio <= 3.0)]
+                   ("recovery ≤ 3× plain int8 convert time", timing, inside <= 3.0)]
         lines += [f"| {m['runtime']} | {m['label']} | {g} | {v} | {'yes' if ok else '**no**'} |" for g, v, ok in checks]
     return lines + [""]
 
@@ -231,7 +236,9 @@ def markdown(res: dict) -> str:
     lines = ["# int8 accuracy recovery (--recover): fp32 vs plain int8 vs recovered, and the bare tools", "",
              f"`{res['command']}` on {res['machine']} ({res['date']}). Latency: median of the validate step (all "
              "cores of a shared, busy 2-core machine: noisy; min in brackets). Convert s: the int8 convert step "
-             "(the fp32 row: its conversion), the bare rows: the tool's call alone.", ""]
+             "(the fp32 row: its conversion), the bare rows: the tool's call alone. On a machine shared with other "
+             "builds the latency columns are noise (a recovered row with 0 float layers IS the plain model); the "
+             "time goal is read inside the recovering build (its own plain quantization vs the recovery on top).", ""]
     for m in res["models"].values():
         metric, gate = m["metric"], m["gate"]
         lines += [f"## {m['runtime']}: {m['label']} — gate {gate}", "",
