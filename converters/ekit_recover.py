@@ -161,6 +161,14 @@ def _err(a, b) -> float:
     return float(np.mean(1.0 - np.clip(cos, -1, 1)))
 
 
+def added_error(layer: str, op: str, f_in, f_out, q_in, q_out) -> dict:
+    """One layer's row of a sensitivity ranking from its input and output activations in the
+    float (f_) and int8 (q_) model: the error it ADDS, (1 - cos) of its output minus that of its
+    input (any runtime that can expose intermediate tensors)."""
+    e_in, e_out = _err(f_in, q_in), _err(f_out, q_out)
+    return {"layer": layer, "op": op, "sensitivity": max(0.0, e_out - e_in), "error_in": e_in, "error_out": e_out}
+
+
 def onnx_sensitivity(float_model, int8_model, x: np.ndarray, images: int = 4, ops=COMPUTE) -> list[dict]:
     """Per compute layer, on ``images`` reference images: the error its int8 version adds,
     (1 - cos) of its output minus that of its input, int8 QDQ graph vs float graph (node names
@@ -185,33 +193,58 @@ def onnx_sensitivity(float_model, int8_model, x: np.ndarray, images: int = 4, op
 
     fa = acts(float_model, [t for _, f, _ in pairs for t in (f.input[0], f.output[0])])
     qa = acts(int8_model, [t for _, _, q in pairs for t in (q.input[0], q.output[0])])
-    rows = []
-    for name, f, q in pairs:
-        e_in, e_out = _err(fa[f.input[0]], qa[q.input[0]]), _err(fa[f.output[0]], qa[q.output[0]])
-        rows.append({"layer": name, "op": f.op_type, "sensitivity": max(0.0, e_out - e_in),
-                     "error_in": e_in, "error_out": e_out})
+    rows = [added_error(name, f.op_type, fa[f.input[0]], fa[f.output[0]], qa[q.input[0]], qa[q.output[0]])
+            for name, f, q in pairs]
     rows.sort(key=lambda r: -r["sensitivity"])
     return rows
 
 
+def rank(rows: list[dict], mac_table: dict, by: str = "per_mac") -> list[dict]:
+    """The order layers are kept float in. "sensitivity": the error each adds, largest first.
+    "per_mac": that error per multiply-accumulate, largest first: the cheapest fix first, so a
+    model that passes keeps the most MACs (and weights) int8 (bench/results/recover.md:
+    MobileNetV2 passes with 98.8 % of MACs int8 instead of 84.9 %). A layer whose MACs are
+    unknown (0) comes after the ones that are known."""
+    if by == "sensitivity":
+        return sorted(rows, key=lambda r: -r["sensitivity"])
+    if by != "per_mac":
+        raise ValueError(f"recover_rank {by!r}: use per_mac or sensitivity")
+    return sorted(rows, key=lambda r: (not mac_table.get(r["layer"]),
+                                       -r["sensitivity"] / max(1, mac_table.get(r["layer"]) or 1)))
+
+
 # --------------------------------------------------------------------------- search
 
-def schedule(limit: int) -> list[int]:
-    """How many layers each try keeps float: 1, 2, 3, ... ``limit`` (one more each try: a try
-    costs no calibration, and the fewest float layers keep the most MACs int8)."""
-    return list(range(1, max(0, limit) + 1))
+def schedule(limit: int, kind: str = "linear") -> list[int]:
+    """How many layers each try keeps float. "linear": 1, 2, 3, ... ``limit`` (one more each try:
+    for a runtime whose try is cheap, and the fewest float layers keep the most MACs int8).
+    "doubling": 1, 2, 4, 8, ... and ``limit`` last (a runtime whose try is a full re-quantization:
+    few tries reach many layers)."""
+    limit = max(0, limit)
+    if kind == "linear":
+        return list(range(1, limit + 1))
+    out, k = [], 1
+    while k < limit:
+        out.append(k)
+        k *= 2
+    return out + [limit] if limit else out
 
 
 def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: int,
-           max_seconds: float, names=None) -> dict:
+           max_seconds: float, names=None, order: str = "linear", first_try_seconds: float | None = None) -> dict:
     """Re-quantize with the top-k ``ranked`` layers float (``build(layers) -> artifact``), measure
-    (``run(artifact) -> outputs``), stop at the first pass or the budget. -> {"passed",
-    "float_layers", "metrics", "misses", "artifact", "tries": [...]} for the passing try, else
-    for the best one."""
-    t0, tries, best = time.perf_counter(), [], None
-    for k in schedule(min(limit, len(ranked))):
-        if tries and time.perf_counter() - t0 > max_seconds:
-            ekit.log(f"recover: time budget {max_seconds:g} s spent after {len(tries)} tries")
+    (``run(artifact) -> outputs``), stop at the first pass or the budget: no try starts that would
+    end past ``max_seconds`` (its length estimated from the longest try so far, the first from
+    ``first_try_seconds``; without an estimate the first try always runs). -> {"passed",
+    "float_layers", "metrics", "misses", "artifact", "tries": [...], "budget_spent"} for the
+    passing try, else for the best one."""
+    t0, tries, best, spent = time.perf_counter(), [], None, False
+    for k in schedule(min(limit, len(ranked)), order):
+        estimate = max([r["seconds"] for r in tries], default=first_try_seconds or 0.0)
+        if (tries or first_try_seconds) and time.perf_counter() - t0 + estimate > max_seconds:
+            ekit.log(f"recover: time budget {max_seconds:.1f} s: no room for another try after {len(tries)} "
+                     f"(one takes ~{estimate:.1f} s)")
+            spent = True
             break
         layers = [r["layer"] for r in ranked[:k]]
         t = time.perf_counter()
@@ -230,21 +263,22 @@ def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: i
             best = row
             break
     return dict(best or {"passed": False, "float_layers": [], "metrics": {}, "misses": [],
-                         "artifact": None}, tries=[{k: v for k, v in r.items() if k not in ("metrics", "artifact")}
-                                                   | {"summary": text(r["metrics"]),
-                                                      "top1_agreement": r["metrics"].get("top1_agreement")}
-                                                   for r in tries])
+                         "artifact": None}, budget_spent=spent,
+                tries=[{k: v for k, v in r.items() if k not in ("metrics", "artifact")}
+                       | {"summary": text(r["metrics"]), "top1_agreement": r["metrics"].get("top1_agreement")}
+                       for r in tries])
 
 
 def record(result: dict, ranked: list[dict], mac_table: dict, before: dict, thresholds: dict,
-           seconds: float, sensitivity_seconds: float) -> dict:
+           seconds: float, sensitivity_seconds: float, method: str | None = None) -> dict:
     """The ``recovery`` entry of the convert step's result (the manifest carries it)."""
     sens = {r["layer"]: r for r in ranked}
     layers = result.get("float_layers") or []
     return {
         "attempted": True,
         "passed": bool(result.get("passed")),
-        "method": "per-layer output error (int8 vs float activations), top-k kept float, k = 1, 2, 3, ...",
+        "method": method or "per-layer output error (int8 vs float activations), top-k kept float, k = 1, 2, 3, ...",
+        "budget_spent": bool(result.get("budget_spent")),
         "float_layers": [{"layer": n, "op": sens[n]["op"], "sensitivity": round(sens[n]["sensitivity"], 6),
                           "macs": mac_table.get(n, 0)} for n in layers],
         "int8_mac_share": round(int8_share(mac_table, layers), 4),

@@ -352,9 +352,10 @@ def recovery_sentence(job: Job, artifact: Artifact) -> list[str]:
     if not rec.get("attempted"):
         return []
     tries = len(rec.get("tries") or [])
-    return [f"--recover did not reach the thresholds in {tries} tries (budget: the options "
-            f"recover_max_float_layers / recover_max_seconds); best: {len(rec.get('float_layers') or [])} layer(s) "
-            f"float, {(rec.get('after') or {}).get('summary')}"]
+    budget = ("time budget spent: the options recover_max_seconds / recover_time_factor" if rec.get("budget_spent")
+              else "budget: the options recover_max_float_layers / recover_max_seconds")
+    return [f"--recover did not reach the thresholds in {tries} tries ({budget}); best: "
+            f"{len(rec.get('float_layers') or [])} layer(s) float, {(rec.get('after') or {}).get('summary')}"]
 
 
 def build_error(crashed: dict, failures: dict, passing: list, job: Job, all_or_nothing: bool) -> EdgekilnError:

@@ -51,6 +51,32 @@ def test_schedule():
     assert R.schedule(0) == []
 
 
+def test_doubling_schedule_reaches_the_limit_in_few_tries():
+    assert R.schedule(16, "doubling") == [1, 2, 4, 8, 16]
+    assert R.schedule(10, "doubling") == [1, 2, 4, 8, 10]
+    assert R.schedule(1, "doubling") == [1]
+    assert R.schedule(0, "doubling") == []
+
+
+def test_rank_per_mac_tries_the_cheapest_fix_first():
+    rows = [{"layer": "big", "sensitivity": 0.010}, {"layer": "small", "sensitivity": 0.004},
+            {"layer": "unknown", "sensitivity": 0.020}, {"layer": "mid", "sensitivity": 0.006}]
+    macs = {"big": 1000, "small": 10, "mid": 100, "unknown": 0}
+    assert [r["layer"] for r in R.rank(rows, macs, "sensitivity")] == ["unknown", "big", "mid", "small"]
+    assert [r["layer"] for r in R.rank(rows, macs, "per_mac")] == ["small", "mid", "big", "unknown"]
+    with pytest.raises(ValueError):
+        R.rank(rows, macs, "largest")
+
+
+def test_no_try_starts_that_would_end_past_the_budget():
+    def never(*_):
+        raise AssertionError("no try fits the budget")
+
+    ranked = [{"layer": n, "op": "Conv", "sensitivity": 1.0} for n in "abc"]
+    out = R.search(ranked, never, never, {}, {"min_cosine": 0.9}, 3, max_seconds=5.0, first_try_seconds=6.0)
+    assert out["budget_spent"] and not out["passed"] and out["tries"] == [] and out["float_layers"] == []
+
+
 def test_precision_text_never_plain_int8_for_a_mixed_model():
     assert precision_text("int8", {}) == "int8"
     assert precision_text("int8", {"recovery": {"float_layers": [{"layer": "a"}]}}) == "int8 (1 layer float)"
