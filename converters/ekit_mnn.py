@@ -1,0 +1,143 @@
+"""ekit_mnn — MNN converter/quantizer helpers for the mnn target's scripts (copied next to them).
+
+Plain Python + numpy (+ Pillow for the calibration images) at import time; no MNN import here,
+so the pure functions are unit-testable without MNN installed.
+
+What the `mnn` wheel (3.6.1) really does, and why these helpers exist:
+
+* Its console scripts ``mnnconvert`` / ``mnnquant`` import ``MNN.tools.utils.log``, which runs
+  ``os.system("pip install -U aliyun-log-python-sdk")`` when that package is missing and sends
+  usage logs (machine id, model uuid, arguments) to Alibaba. edgekiln never runs them: it calls
+  the C extension ``_tools`` directly (``mnnconvert(argv)``, ``mnnquant(argv)``).
+* ``mnnquant``'s own wrapper passes three strings where the 3.6 extension takes one argv list,
+  and the extension aborts the process (std::length_error). ``_tools`` also aborts on some bad
+  input, and prints from C: each call runs in a child process (``tool_command``), so the step
+  survives, captures the log and turns it into a one-line error.
+* MNNConvert reports an op it lacks as ``These Op Not Support: ONNX::Hardmax`` and ``Converted
+  Failed!`` — and returns normally, writing no file: ``unsupported_ops`` reads that line.
+* Every .mnn carries a random uuid4 (36 bytes); ``stable_uuid`` replaces it by one derived from
+  the file's other bytes, so the same inputs give the same bytes (``release --check``).
+* mnnquant calibrates from image FILES through its own preprocessing (RGBA read, bilinear resize
+  to width x height, ``(pixel - mean) * normal``). ``calibration_images`` writes the calibration
+  tensors edgekiln made (resize/crop/letterbox of the input spec already applied) back as 8-bit
+  PNGs of exactly the model's size, and ``quant_config`` gives mnnquant the spec's mean/std as
+  mean/normal: its resize is then the identity and it sees the same tensors as every other step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+TOOLS = {
+    "convert": "import sys, _tools; _tools.mnnconvert(['MNNConvert'] + sys.argv[1:])",
+    "quant": "import sys, _tools; _tools.mnnquant(['quantized.out'] + sys.argv[1:])",
+}
+RECON_TOLERANCE = 0.05  # |pixel - round(pixel)| of a calibration tensor mapped back to 0..255
+
+
+def tool_command(kind: str, args) -> list[str]:
+    return [sys.executable, "-c", TOOLS[kind], *map(str, args)]
+
+
+def run_tool(kind: str, args, timeout: float) -> tuple[int, str, float]:
+    """-> (exit code (negative: killed by that signal), stdout+stderr, seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(tool_command(kind, args), capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0
+
+
+def convert_args(onnx_path, mnn_path, fp16: bool, biz_code: str = "edgekiln") -> list[str]:
+    args = ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel", str(mnn_path), "--bizCode", biz_code]
+    return args + (["--fp16"] if fp16 else [])
+
+
+def unsupported_ops(log: str) -> list[str]:
+    """``These Op Not Support: ONNX::Hardmax ONNX::Foo`` -> ["Hardmax", "Foo"]."""
+    ops: list[str] = []
+    for m in re.finditer(r"Op Not Support:\s*(.+)", log):
+        for word in m.group(1).split():
+            op = word.split("::")[-1].strip(",")
+            if op and op not in ops:
+                ops.append(op)
+    return ops
+
+
+def last_lines(log: str, n: int = 3) -> str:
+    keep = [l.strip() for l in log.splitlines() if l.strip() and "device supports" not in l]
+    return " | ".join(keep[-n:])
+
+
+def stable_uuid(path, current: str) -> str:
+    """Replace the file's random uuid (``current``, 36 ASCII bytes, exactly once in the file) by
+    a uuid derived from sha256 of the file with those bytes zeroed. -> the new uuid."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    old = current.encode("ascii")
+    at = data.find(old)
+    if len(old) != 36 or at < 0 or data.find(old, at + 1) >= 0:
+        raise ValueError(f"uuid {current!r} is not in {path.name} exactly once")
+    data[at:at + 36] = b"0" * 36
+    new = str(uuid.UUID(bytes=hashlib.sha256(bytes(data)).digest()[:16], version=4))
+    data[at:at + 36] = new.encode("ascii")
+    path.write_bytes(bytes(data))
+    return new
+
+
+def _channel(value, c: int, default: float) -> np.ndarray:
+    if value is None:
+        return np.full(c, default, dtype=np.float64)
+    v = np.asarray(value, dtype=np.float64).reshape(-1)
+    return np.full(c, v[0]) if v.size == 1 else v[:c]
+
+
+def to_pixels(x: np.ndarray, spec: dict) -> tuple[np.ndarray, float]:
+    """One calibration tensor (model layout, no batch dim) -> (HxWxC uint8 in the model's channel
+    order, the largest distance of a value from an integer pixel before rounding)."""
+    hwc = x if spec.get("layout") == "nhwc" else np.transpose(x, (1, 2, 0))
+    c = hwc.shape[-1]
+    scale = float(spec.get("scale") or 1.0)
+    pix = (hwc * _channel(spec.get("std"), c, 1.0) + _channel(spec.get("mean"), c, 0.0)) * scale
+    err = float(np.abs(pix - np.round(pix)).max()) if pix.size else 0.0
+    return np.clip(np.round(pix), 0, 255).astype(np.uint8), err
+
+
+def calibration_images(calib: np.ndarray, spec: dict, folder, limit: int) -> tuple[int, float]:
+    """Write up to ``limit`` calibration tensors as PNGs (RGB files: a bgr model's channels are
+    swapped back; mnnquant swaps them again with format BGR). -> (count, worst rounding error)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    worst, n = 0.0, min(len(calib), int(limit))
+    for i in range(n):
+        pix, err = to_pixels(calib[i], spec)
+        worst = max(worst, err)
+        if pix.shape[-1] == 1:
+            Image.fromarray(pix[..., 0], "L").save(folder / f"{i:05d}.png")
+            continue
+        if spec.get("color") == "bgr":
+            pix = pix[..., ::-1]
+        Image.fromarray(np.ascontiguousarray(pix), "RGB").save(folder / f"{i:05d}.png")
+    return n, worst
+
+
+def quant_config(spec: dict, folder, count: int, feature_method: str, weight_method: str) -> dict:
+    """mnnquant's JSON: the spec's mean/std as mean/normal on 0-255 pixels, the model's size."""
+    shape = list(spec["shape"])
+    h, w, c = (shape[1], shape[2], shape[3]) if spec.get("layout") == "nhwc" else (shape[2], shape[3], shape[1])
+    scale = float(spec.get("scale") or 1.0)
+    mean = _channel(spec.get("mean"), c, 0.0) * scale
+    normal = 1.0 / (_channel(spec.get("std"), c, 1.0) * scale)
+    fmt = "GRAY" if c == 1 else ("BGR" if spec.get("color") == "bgr" else "RGB")
+    return {"format": fmt, "mean": [float(v) for v in mean], "normal": [float(v) for v in normal],
+            "width": int(w), "height": int(h), "path": str(folder).rstrip("/") + "/",  # its reader appends names
+            "used_image_num": int(count),
+            "feature_quantize_method": str(feature_method), "weight_quantize_method": str(weight_method)}
