@@ -61,7 +61,7 @@ def ncnn_variants(spec, artifacts, tmp: Path):
         net = ekit_ncnn.make_net(ncnn, folder / "model.ncnn.param", folder / "model.ncnn.bin", 2, "fp16" in label)
         runs[label] = (lambda n=net, i=ins, o=outs: lambda x: ekit_ncnn.run(ncnn, n, i, o, x))()
         info[label] = {"files": [folder / "model.ncnn.param", folder / "model.ncnn.bin"], "blobs": blobs}
-    return runs, info, (lambda x: x[0])  # ncnn: one CHW sample
+    return runs, info, (lambda x: x)  # ncnn: one CHW sample (no batch dim)
 
 
 def mnn_variants(spec, artifacts, tmp: Path, photos: str | None):
@@ -104,7 +104,7 @@ def mnn_variants(spec, artifacts, tmp: Path, photos: str | None):
         path = Path(folder) / "model.mnn"
         runs[label] = load(path, "low" if "fp16" in label else "high")
         info[label] = {"files": [path]}
-    return runs, info, (lambda x: x[None])  # MNN: the NCHW tensor with its batch dim
+    return runs, info, (lambda x: x[None])  # MNN: the NCHW tensor with a batch dim of 1
 
 
 def main() -> int:

@@ -77,8 +77,11 @@ def last_lines(log: str, n: int = 3) -> str:
 
 def stable_uuid(path, current: str) -> str:
     """Replace the file's random uuid (``current``, 36 ASCII bytes, exactly once in the file) by
-    a uuid derived from sha256 of the file with those bytes zeroed. -> the new uuid."""
+    a uuid derived from sha256 of the file with those bytes zeroed. -> the new uuid ("" when the
+    file carries none: the quantizer's EMA path writes none)."""
     path = Path(path)
+    if not current:
+        return ""
     data = bytearray(path.read_bytes())
     old = current.encode("ascii")
     at = data.find(old)

@@ -90,6 +90,7 @@ def test_stable_uuid_depends_on_content_only(km, tmp_path):
     ub = km.stable_uuid(b, "e9a69f2d-ec38-4a7a-8e0a-f5a398357908")
     uc = km.stable_uuid(c, "e9a69f2d-ec38-4a7a-8e0a-f5a398357908")
     assert ua == ub != uc and len(ua) == 36 and a.read_bytes() == b.read_bytes()
+    assert km.stable_uuid(a, "") == ""  # no uuid in the file: nothing to replace
     with pytest.raises(ValueError, match="exactly once"):
         km.stable_uuid(a, "00000000-0000-4000-8000-000000000000")
 
