@@ -110,19 +110,27 @@ def blob_names(layers: list[dict]) -> tuple[list[str], list[str]]:
     return numbered("in"), numbered("out")
 
 
+LOW_PRECISION = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage")
+
+
 def make_net(ncnn, param: Path, weights: Path, threads: int, low_precision: bool):
-    """An ncnn.Net with fp16/bf16 storage and arithmetic on (ncnn's default where the CPU has
-    them: what a device runs) or off (exact fp32)."""
+    """An ncnn.Net with ncnn's default Option (``low_precision``: fp16 storage/arithmetic wherever
+    the CPU has them, what a device runs) or with every fp16/bf16 path off (exact float32)."""
     net = ncnn.Net()
     opt = net.opt
     opt.num_threads = int(threads)
-    for key in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
-        setattr(opt, key, bool(low_precision))
+    if not low_precision:
+        for key in LOW_PRECISION:
+            setattr(opt, key, False)
     if net.load_param(str(param)) != 0:
         raise ValueError(f"ncnn could not load {param.name}")
     if net.load_model(str(weights)) != 0:
         raise ValueError(f"ncnn could not load {weights.name}")
     return net
+
+
+def options_of(net) -> dict:
+    return {key: bool(getattr(net.opt, key)) for key in LOW_PRECISION}
 
 
 def run(ncnn, net, inputs: list[str], outputs: list[str], x: np.ndarray) -> list[np.ndarray]:
