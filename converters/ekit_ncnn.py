@@ -16,6 +16,7 @@ functions are unit-testable without ncnn installed.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -53,9 +54,13 @@ def pnnx_command(model: Path, shape, work: Path, fp16: bool, optlevel: int) -> t
 
 
 def run_pnnx(model: Path, shape, work: Path, fp16: bool, optlevel: int = 2, timeout: float = 900):
-    """Run pnnx; -> (paths, seconds, log text, command). Raises CalledProcessError / TimeoutExpired."""
+    """Run pnnx on a copy of ``model`` inside ``work`` (pnnx also writes ``<model>.pnnxsim.onnx``
+    beside its input, which must not land in the shared source folder); -> (paths, seconds, log
+    text, command). Raises CalledProcessError / TimeoutExpired."""
     work.mkdir(parents=True, exist_ok=True)
-    cmd, paths = pnnx_command(model, shape, work, fp16, optlevel)
+    copy = work / "model.onnx"
+    shutil.copyfile(model, copy)
+    cmd, paths = pnnx_command(copy, shape, work, fp16, optlevel)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work)
     seconds = time.perf_counter() - t0

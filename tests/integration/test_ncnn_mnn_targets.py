@@ -93,6 +93,7 @@ def test_mobilenet_fp32_fp16_on_ncnn_and_mnn(mobilenet):
     assert ncnn["io"]["outputs"][0]["name"] == "out0" and ncnn["io"]["outputs"][0]["source_name"] == "output"
     assert "ncnn.Mat" in ncnn["feed"]["preprocessing"] and ncnn["feed"]["shape"] == [3, 224, 224]
     assert ncnn["validation"]["runtime"]["low_precision"] is True and "use_fp16_storage" in ncnn["validation"]["runtime"]["options"]
+    assert not list((mobilenet["job"] / "work" / "source").glob("*pnnx*"))  # pnnx ran on a private copy
     mnn = json.loads((Path(a[("mnn", "fp32")]["path"]) / "manifest.json").read_text())
     assert [t["name"] for t in mnn["io"]["outputs"]] == ["output"] and mnn["feed"]["shape"] == [1, 3, 224, 224]
     assert mnn["validation"]["runtime"]["name"] == "mnn"
