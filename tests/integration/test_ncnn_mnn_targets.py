@@ -73,7 +73,8 @@ def yolo(tmp_path_factory):
     shutil.copy(yolov8n_onnx(), model)
     (root / "yolov8n.onnx.edgekiln.toml").write_text('shape = [1, 3, 320, 320]\nresize = "letterbox"\n')
     out = root / "dist"
-    result = run_json("build", "--target", "ncnn,mnn", "--model", model, "--precision", "fp32,fp16",
+    # fp16, the targets' default (fp32 is measured in bench/results/new_runtimes.md): ncnn is slow on x86
+    result = run_json("build", "--target", "ncnn,mnn", "--model", model, "--precision", "fp16",
                       "--calib", calib, "--val", val, "--out", out, "--runner", "local", "--keep-job", *FAST)
     return {"arts": arts(result), "job": job_of(out), "model": model, "photos": (calib, val)}
 
@@ -132,7 +133,8 @@ def test_yolov8n_on_ncnn_and_mnn_keeps_the_boxes(yolo):
         assert (m["task"], m["head"]) == ("detect", "yolov8"), (target, precision)
         assert m["det_boxes_source"] >= 5
         assert m["det_f1"] >= (0.99 if precision == "fp32" else 0.98), (target, precision, m["det_f1"])
-    manifest = json.loads((Path(yolo["arts"][("ncnn", "fp32")]["path"]) / "manifest.json").read_text())
+    assert set(yolo["arts"]) == {("ncnn", "fp16"), ("mnn", "fp16")}
+    manifest = json.loads((Path(yolo["arts"][("ncnn", "fp16")]["path"]) / "manifest.json").read_text())
     assert "Letterbox" in manifest["feed"]["preprocessing"] and manifest["feed"]["shape"] == [3, 320, 320]
     assert manifest["io"]["outputs"][0]["source_name"] == "output0"
 
@@ -165,8 +167,8 @@ def zeroed_scores(model):
 
 
 def test_zeroed_scores_are_refused_by_the_detection_gate(yolo):
-    """A useless detector converted and validated by the real steps: no box survives, the
-    detection gate refuses it (the fp16 cosine gate alone would not for MNN/ncnn either)."""
+    """A useless detector converted and validated by the real steps of both targets: no box
+    survives, and the detection gate refuses it, naming det F1."""
     from edgekiln.plan import check_thresholds
     from edgekiln.targets import all_targets
 
@@ -174,12 +176,12 @@ def test_zeroed_scores_are_refused_by_the_detection_gate(yolo):
     source = job / "work" / "source" / "model.onnx"
     onnx.save(zeroed_scores(onnx.load(str(source))), str(source))
     for target in ("ncnn", "mnn"):
-        rerun(job, f"*-{target}-fp32-convert.py", target)
-        rerun(job, f"*-{target}-fp32-validate.py", target)
-        m = json.loads((job / "work" / target / "fp32" / "report.json").read_text())["metrics"]
+        rerun(job, f"*-{target}-fp16-convert.py", target)
+        rerun(job, f"*-{target}-fp16-validate.py", target)
+        m = json.loads((job / "work" / target / "fp16" / "report.json").read_text())["metrics"]
         assert m["det_boxes"] == 0 and m["det_f1"] == 0.0, target
-        failures = check_thresholds(m, all_targets()[target].thresholds_for("fp32"))
-        assert any(f.startswith("min det f1 0.99 missed") for f in failures), failures
+        failures = check_thresholds(m, all_targets()[target].thresholds_for("fp16"))
+        assert any(f.startswith("min det f1 0.98 missed") for f in failures), failures
 
 
 def hardmax_model(path: Path) -> Path:
