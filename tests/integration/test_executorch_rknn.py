@@ -64,6 +64,7 @@ def test_rknn_mobilenet_int8_and_fp16_in_the_simulator(rknn_mobilenet):
         assert "simulator" in report["runtime"]["name"] and report["runtime"]["soc"] == "rk3566"
         assert "NOT an NPU figure" in report["latency_ms"]["where"]
         assert any("not on the NPU" in n for n in m["notes"])
+        assert "x86 simulator instead" in m["not_executed"][0]
         assert m["feed"]["dtype"] == "uint8" and m["feed"]["layout"] == "nhwc"
         assert m["feed"]["shape"] == [1, 224, 224, 3]
         assert "inside the model" in m["feed"]["preprocessing"]
