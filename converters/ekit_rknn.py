@@ -78,3 +78,20 @@ def call(what: str, code) -> None:
     if code != 0:
         ekit.fail("unsupported", f"rknn-toolkit2 {what} failed (returned {code}); its reason is in "
                                  "the step log above")
+
+
+def head_pairs(onnx_path) -> list[list[str]]:
+    """rknn's custom_hybrid pairs [[start, output], ...] that keep a detector's decode tail (the
+    nodes after the last Conv/Gemm/MatMul: ``ekit_onnx.head``) in fp16; [] when there is none
+    (a classifier). int8 there makes box coordinates and class scores share one scale."""
+    import onnx
+
+    import ekit_onnx
+
+    model = onnx.load(str(onnx_path))
+    tail = ekit_onnx.head(model)
+    made = {o for n in tail for o in n.output}
+    consts = {t.name for t in model.graph.initializer} | {o for n in tail if n.op_type == "Constant"
+                                                          for o in n.output}
+    starts = sorted({i for n in tail for i in n.input if i and i not in made and i not in consts})
+    return [[s, o.name] for s in starts for o in model.graph.output if o.name in made]

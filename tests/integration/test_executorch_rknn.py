@@ -79,7 +79,9 @@ def test_rknn_yolov8n_int8_has_detection_numbers(yolo, tmp_path_factory):
     report = json.loads((job / "work" / "rknn" / "int8" / "report.json").read_text())
     m = report["metrics"]
     assert (m["task"], m["head"]) == ("detect", "yolov8") and m["det_boxes_source"] >= 5
-    assert m["det_f1"] is not None and m["cosine"] > 0.9
+    assert m["cosine"] > 0.99
+    # the decode tail in fp16 (keep_head_float): measured 0.86 (0.22 with the tail int8)
+    assert m["det_f1"] >= 0.8
     if proc.returncode == 10:  # refused by its gates: the message names the metric
         assert "det" in proc.stderr
 
