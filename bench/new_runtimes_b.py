@@ -103,7 +103,8 @@ def bare_rknn(job: Path, calib: str) -> list[dict]:
     for mode, algo in (("bare-int8", "normal"), ("tuned-int8", "normal"), ("tuned-int8", "kl_divergence"),
                        ("tuned-int8", "normal+auto_hybrid")):
         r = run_in("rknn", job, [str(HERE / "_bare_rknn.py"), json.dumps(spec), mode, algo], calib)
-        label = "bare rknn-toolkit2 (photo files, defaults)" if mode == "bare-int8" else f"int8 algorithm {algo}"
+        label = "bare rknn-toolkit2 (photo files, defaults)" if mode == "bare-int8" else \
+            f"int8 {algo}, everything int8 (build())"
         out.append({"variant": label, **{k: v for k, v in r.items() if k not in ("mode", "algorithm")},
                     "convert_seconds": r.get("seconds")})
     return out

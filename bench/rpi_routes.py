@@ -60,7 +60,9 @@ def main() -> None:
                 r = {"error": run.stderr.strip().splitlines()[-1][:300]}
             else:
                 r = json.loads(run.stdout.strip().splitlines()[-1])
-                r["onnx2tf"]["convert_seconds"] = conv.get("seconds") or conv.get("convert_seconds")
+                # onnx2tf (ONNX -> SavedModel) + TFLiteConverter; the torch.onnx.export of the source step not counted
+                r["onnx2tf"]["convert_seconds"] = round((conv.get("onnx2tf") or {}).get("seconds", 0)
+                                                        + (conv.get("convert_seconds") or 0), 1)
             res["models"][key] = {"model": label, "edgekiln_exit": proc.returncode, "edgekiln_build_seconds": build_s,
                                   **r}
             print(json.dumps({key: res["models"][key]}, default=str), flush=True)
