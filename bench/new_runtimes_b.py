@@ -104,7 +104,8 @@ def bare_rknn(job: Path, calib: str) -> list[dict]:
                        ("tuned-int8", "normal+auto_hybrid")):
         r = run_in("rknn", job, [str(HERE / "_bare_rknn.py"), json.dumps(spec), mode, algo], calib)
         label = "bare rknn-toolkit2 (photo files, defaults)" if mode == "bare-int8" else \
-            f"int8 {algo}, everything int8 (build())"
+            (f"int8 {algo}, everything int8 (build())" if "+" not in algo else
+             f"int8 {algo.split('+')[0]}, build(auto_hybrid=True)")
         out.append({"variant": label, **{k: v for k, v in r.items() if k not in ("mode", "algorithm")},
                     "convert_seconds": r.get("seconds")})
     return out
