@@ -148,13 +148,18 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stamp() -> dict:
+    """When and where a bench ran (both bench scripts of this issue)."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="rknn,executorch")
     ap.add_argument("--models", default="mobilenet,yolo")
     args = ap.parse_args()
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": {}}
+    res = {**stamp(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="new-runtimes-b-") as tmp:
         ms = models(Path(tmp))
         for target in args.only.split(","):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from new_runtimes_b import models  # noqa: E402
+from new_runtimes_b import models, stamp  # noqa: E402
 
 
 def main() -> None:
@@ -36,8 +35,7 @@ def main() -> None:
     ap.add_argument("--litert-python", required=True)
     ap.add_argument("--models", default="mobilenet,yolo")
     args = ap.parse_args()
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "models": {}}
+    res = {**stamp(), "models": {}}
     with tempfile.TemporaryDirectory(prefix="rpi-routes-") as tmp:
         ms = models(Path(tmp))
         for key in args.models.split(","):
