@@ -134,6 +134,23 @@ def lock_hash(name: str, images_root: Path | None = None) -> str:
     return hashlib.sha256(lock_file(name, images_root).read_bytes()).hexdigest()
 
 
+KNOWN_CONFLICT = "# pip-check-known: "
+
+
+def pip_check_known(name: str, images_root: Path | None = None) -> set[str]:
+    """The `pip check` lines a lock declares as known (``# pip-check-known: <line>``): a wheel
+    whose declared requirements are wider than what it imports (rknn-toolkit2 declares
+    torch<=2.4 and numpy<=1.26.4 yet runs on the pinned ones). Any other line still fails."""
+    return {line[len(KNOWN_CONFLICT):].strip() for line in lock_file(name, images_root).read_text().splitlines()
+            if line.startswith(KNOWN_CONFLICT)}
+
+
+def pip_check_failures(lines, known: set[str]) -> list[str]:
+    """The `pip check` output lines that are problems (not declared known in the lock)."""
+    return [line.strip() for line in lines
+            if line.strip() and line.strip() not in known and not line.startswith("No broken")]
+
+
 def load_bases(images_root: Path | None = None) -> dict[str, dict]:
     path = (images_root or data_dir("images")) / BASES
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..cmd import call, stream
 from ..errors import EnvironmentFailed
-from ..images import lock_file, lock_hash
+from ..images import lock_file, lock_hash, pip_check_failures, pip_check_known
 from ..resources import cache_dir
 from .base import Env, Job, OnLine, Runner, step_error
 
@@ -80,7 +80,10 @@ class LocalRunner(Runner):
             # same as the Docker image — and `pip check` proves nothing is missing.
             call(pip + ["install", "--no-input", "--no-deps", "-r", str(lock_file(image))], log=log,
                  on_line=on_line)
-            call(pip + ["check"], log=log, on_line=on_line)
+            code, tail = stream(pip + ["check"], log=log, on_line=on_line)
+            broken = pip_check_failures(tail, pip_check_known(image))
+            if code != 0 and broken:
+                raise EnvironmentFailed(f"`pip check` failed: {broken[0][:300]}")
         except EnvironmentFailed as exc:
             shutil.rmtree(path, ignore_errors=True)
             raise EnvironmentFailed(f"could not make the {image} environment: {exc.message}",

@@ -16,8 +16,8 @@ import pytest
 from edgekiln.docker import (DockerEngine, EngineInfo, Mount, RunSpec, _mount_arg, load_host_map,
                              resolve_host, write_script)
 from edgekiln.errors import EnvironmentFailed, UsageError
-from edgekiln.images import (check_base, image_facts, local_wheels, lock_hash, pinned, recipes,
-                             render, render_context, resolve_build_names)
+from edgekiln.images import (check_base, image_facts, local_wheels, lock_hash, pinned, pip_check_failures,
+                             pip_check_known, recipes, render, render_context, resolve_build_names)
 from edgekiln.resources import data_dir
 from edgekiln.runners.base import Job
 from edgekiln.runners.docker import DockerRunner
@@ -129,6 +129,17 @@ def test_one_lock_hash_by_image_name(images_copy):
     lock.unlink()
     with pytest.raises(EnvironmentFailed, match="has no requirements lock"):
         lock_hash("onnx", images_copy)
+
+
+def test_pip_check_known_lines_come_from_the_lock_and_nothing_else_passes(images_copy):
+    lock = images_copy / "onnx" / "requirements.txt"
+    known = "wheel 1.0 has requirement numpy<=1.26.4, but you have numpy 2.4.6."
+    lock.write_text(lock.read_text() + f"# pip-check-known: {known}\n")
+    assert pip_check_known("onnx", images_copy) == {known}
+    assert pip_check_failures([known + "\n"], {known}) == []
+    other = "wheel 1.0 requires cv2, which is not installed."
+    assert pip_check_failures([known, other], {known}) == [other]
+    assert pip_check_known("tflite") == set()  # the other locks declare nothing
 
 
 def test_images_module_neither_prints_nor_imports_targets():
