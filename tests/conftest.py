@@ -28,6 +28,21 @@ def photos(tmp_path_factory) -> tuple[Path, Path]:
     return photo_folders(tmp_path_factory.mktemp("photos"))
 
 
+@pytest.fixture(scope="session")
+def yolo(tmp_path_factory) -> tuple[Path, tuple[Path, Path]]:
+    """(model, (calib, val)): the real YOLOv8n detector (320x320, letterboxed, its input spec in the
+    sidecar file) and the task photos. Tests copy nothing into it: every build writes under --out."""
+    import shutil
+
+    from edgekiln.demo import task_photo_folders, yolov8n_onnx
+
+    root = tmp_path_factory.mktemp("yolo")
+    model = root / "yolov8n.onnx"
+    shutil.copy(yolov8n_onnx(), model)
+    (root / "yolov8n.onnx.edgekiln.toml").write_text('shape = [1, 3, 320, 320]\nresize = "letterbox"\n')
+    return model, task_photo_folders()
+
+
 def run_cli(*args, cwd=None, timeout=1500, env=None, check=None):
     """Run `python -m edgekiln ARGS`; return CompletedProcess (text). check=int asserts the exit code."""
     environ = dict(os.environ)

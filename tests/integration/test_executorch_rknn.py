@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,17 +19,6 @@ pytestmark = pytest.mark.integration
 
 MOBILENET = ["--arch", "mobilenet_v2", "--input-shape", "1,3,224,224",
              "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
-
-
-@pytest.fixture(scope="module")
-def yolo(tmp_path_factory):
-    from edgekiln.demo import task_photo_folders, yolov8n_onnx
-
-    root = tmp_path_factory.mktemp("yolo")
-    model = root / "yolov8n.onnx"
-    shutil.copy(yolov8n_onnx(), model)
-    (root / "yolov8n.onnx.edgekiln.toml").write_text('shape = [1, 3, 320, 320]\nresize = "letterbox"\n')
-    return model, task_photo_folders()
 
 
 def build(target, model, photos, out, precision, *extra, check=0):

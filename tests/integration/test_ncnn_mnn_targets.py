@@ -64,15 +64,9 @@ def mobilenet(weights, photos, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def yolo(tmp_path_factory):
-    from edgekiln.demo import task_photo_folders, yolov8n_onnx
-
-    calib, val = task_photo_folders()
-    root = tmp_path_factory.mktemp("yolo")
-    model = root / "yolov8n.onnx"
-    shutil.copy(yolov8n_onnx(), model)
-    (root / "yolov8n.onnx.edgekiln.toml").write_text('shape = [1, 3, 320, 320]\nresize = "letterbox"\n')
-    out = root / "dist"
+def yolo_built(yolo, tmp_path_factory):
+    model, (calib, val) = yolo
+    out = tmp_path_factory.mktemp("yolo-ncnn-mnn") / "dist"
     # fp16, the targets' default (fp32 is measured in bench/results/new_runtimes.md): ncnn is slow on x86
     result = run_json("build", "--target", "ncnn,mnn", "--model", model, "--precision", "fp16",
                       "--calib", calib, "--val", val, "--out", out, "--runner", "local", "--keep-job", *FAST)
@@ -127,21 +121,21 @@ def test_mnn_int8_calibrated_on_the_photos(mobilenet, photos, tmp_path):
     assert q["mean"] == pytest.approx([123.675, 116.28, 103.53]) and q["width"] == 224
 
 
-def test_yolov8n_on_ncnn_and_mnn_keeps_the_boxes(yolo):
-    for (target, precision), art in yolo["arts"].items():
+def test_yolov8n_on_ncnn_and_mnn_keeps_the_boxes(yolo_built):
+    for (target, precision), art in yolo_built["arts"].items():
         m = art["metrics"]
         assert (m["task"], m["head"]) == ("detect", "yolov8"), (target, precision)
         assert m["det_boxes_source"] >= 5
         assert m["det_f1"] >= (0.99 if precision == "fp32" else 0.98), (target, precision, m["det_f1"])
-    assert set(yolo["arts"]) == {("ncnn", "fp16"), ("mnn", "fp16")}
-    manifest = json.loads((Path(yolo["arts"][("ncnn", "fp16")]["path"]) / "manifest.json").read_text())
+    assert set(yolo_built["arts"]) == {("ncnn", "fp16"), ("mnn", "fp16")}
+    manifest = json.loads((Path(yolo_built["arts"][("ncnn", "fp16")]["path"]) / "manifest.json").read_text())
     assert "Letterbox" in manifest["feed"]["preprocessing"] and manifest["feed"]["shape"] == [3, 320, 320]
     assert manifest["io"]["outputs"][0]["source_name"] == "output0"
 
 
-def test_yolov8n_mnn_int8_keeps_f1_or_is_refused_naming_it(yolo, tmp_path):
-    calib, val = yolo["photos"]
-    proc = run_cli("build", "--target", "mnn", "--model", yolo["model"], "--precision", "int8", "--calib", calib,
+def test_yolov8n_mnn_int8_keeps_f1_or_is_refused_naming_it(yolo_built, tmp_path):
+    calib, val = yolo_built["photos"]
+    proc = run_cli("build", "--target", "mnn", "--model", yolo_built["model"], "--precision", "int8", "--calib", calib,
                    "--val", val, "--out", tmp_path, "--runner", "local", "--json", *FAST)
     if proc.returncode == 0:
         assert json.loads(proc.stdout)["artifacts"][0]["metrics"]["det_f1"] >= 0.95
@@ -166,13 +160,13 @@ def zeroed_scores(model):
     return m
 
 
-def test_zeroed_scores_are_refused_by_the_detection_gate(yolo):
+def test_zeroed_scores_are_refused_by_the_detection_gate(yolo_built):
     """A useless detector converted and validated by the real steps of both targets: no box
     survives, and the detection gate refuses it, naming det F1."""
     from edgekiln.plan import check_thresholds
     from edgekiln.targets import all_targets
 
-    job = yolo["job"]
+    job = yolo_built["job"]
     source = job / "work" / "source" / "model.onnx"
     onnx.save(zeroed_scores(onnx.load(str(source))), str(source))
     for target in ("ncnn", "mnn"):

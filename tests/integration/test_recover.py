@@ -79,19 +79,6 @@ def test_recover_flag_needs_a_target_that_declares_it(weights, photos, tmp_path)
 YOLO_GATE = ["--threshold", "int8.min_det_f1=0.75", "--threshold", "int8.min_det_recall=0.6"]
 
 
-@pytest.fixture(scope="module")
-def yolo(tmp_path_factory):
-    import shutil
-
-    from edgekiln.demo import task_photo_folders, yolov8n_onnx
-
-    root = tmp_path_factory.mktemp("recover-yolo")
-    model = root / "yolov8n.onnx"
-    shutil.copy(yolov8n_onnx(), model)
-    (root / "yolov8n.onnx.edgekiln.toml").write_text('shape = [1, 3, 320, 320]\nresize = "letterbox"\n')
-    return model, task_photo_folders()
-
-
 def intel_build(yolo, out, *extra, check=None):
     model, (calib, val) = yolo
     args = ["build", "--target", "intel", "--precision", "int8", "--model", model, "--calib", calib, "--val", val,
