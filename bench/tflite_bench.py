@@ -63,7 +63,8 @@ class Job:
         self.options = {"int8_io": "uint8", "int8_input": "pixels", "int8_float_fallback": False,
                         "calib_count": 200, "calib_warn_below": 100, "threads": threads,
                         "latency_runs": 50, "latency_warmup": 5, "onnx2tf_args": [],
-                        "onnx2tf_timeout": 1800}
+                        "onnx2tf_timeout": 1800, "recover": False, "recover_max_float_layers": 10,
+                        "recover_max_seconds": 600}
         (root / "steps").mkdir(parents=True, exist_ok=True)
         (root / "work" / "results").mkdir(parents=True, exist_ok=True)
         copy_support(CONVERTERS, root)

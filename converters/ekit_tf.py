@@ -91,6 +91,11 @@ def build_and_describe(conv, precision: str, artifact, fold: bool, int8_io: str,
     tmp.write_bytes(blob)
     tmp.replace(artifact)
     ekit.log(f"{precision}: {artifact.name} {len(blob) / 1e6:.2f} MB in {seconds} s")
+    return dict(describe(artifact, fold, int8_io, notes), convert_seconds=seconds)
+
+
+def describe(artifact, fold: bool, int8_io: str, notes: list) -> dict:
+    """What a written .tflite takes, read back from the file: ``{"size_bytes", "io", "feed_mode"}``."""
     spec = io_specs(interpreter(artifact, 1))
     qin = spec["inputs"][0]["quantization"]
     if fold and qin and (abs(qin["scale"][0] - 1.0) > 1e-6
@@ -98,7 +103,7 @@ def build_and_describe(conv, precision: str, artifact, fold: bool, int8_io: str,
         notes.append(f"input quantization is scale={qin['scale'][0]:g}, zero_point={qin['zero_point'][0]}, "
                      "not the pixel identity: quantize pixels with them")
     feed_mode = "pixels" if fold else ("quantized_tensor" if qin else "float_tensor")
-    return {"size_bytes": len(blob), "convert_seconds": seconds, "io": spec, "feed_mode": feed_mode}
+    return {"size_bytes": Path(artifact).stat().st_size, "io": spec, "feed_mode": feed_mode}
 
 
 def to_nhwc(x: np.ndarray) -> np.ndarray:
@@ -494,6 +499,32 @@ def run_litert(it, feeds: np.ndarray, batch: int = 1) -> list[np.ndarray]:
         for k, d in enumerate(outs_d):
             collected[k].append(dequantize(it.get_tensor(d["index"]).copy(), d))
     return [np.concatenate(c, axis=0) for c in collected]
+
+
+def reference_feeds(it, ref: dict, spec: dict, mode: str) -> np.ndarray:
+    """The reference images as a user feeds the artifact (``mode``: the convert step's feed_mode):
+    pixels -> RGB (greyscale for one channel) 0-255, quantized when the input is integer;
+    quantized_tensor -> the preprocessed NHWC tensor quantized; float_tensor -> that tensor."""
+    inp = it.get_input_details()[0]
+    dtype = np.dtype(inp["dtype"])
+    if mode == "pixels":
+        grey = int(inp["shape"][-1]) == 1
+        pix = (grey_pixels(ref["pixels"]) if grey else ref["pixels"]).astype(np.float32)
+        return quantize(pix, inp) if dtype.kind in "iu" else pix
+    x = model_input_nhwc(ref["x"], spec)
+    return quantize(x, inp) if mode == "quantized_tensor" else x.astype(dtype)
+
+
+def reference_outputs(it, feeds: np.ndarray, batch: int, ref: dict) -> tuple[list[np.ndarray], list[str]]:
+    """Run ``feeds``; dequantized outputs in the reference's layout (NHWC ones transposed back),
+    and the notes of what was transposed."""
+    matched, notes = [], []
+    for r, o in zip(ref["y"], run_litert(it, feeds, batch)):
+        o2, note = match_layout(r, o)
+        matched.append(o2)
+        if note:
+            notes.append(note)
+    return matched, notes
 
 
 def match_layout(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, str | None]:

@@ -244,3 +244,60 @@ def op_counts(model) -> dict:
     for node in model.graph.node:
         out[node.op_type] = out.get(node.op_type, 0) + 1
     return out
+
+
+PROXY = ("recovery measured with ONNX Runtime CPU on the Q/DQ model; the engine's own numbers are "
+         "checked on the device by check_engine")
+
+
+def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: dict, opts, excluded=()) -> dict:
+    """--recover for a Q/DQ ONNX (``quantize(dest, layers) -> dest`` re-quantizes with ``layers``
+    kept float: modelopt / ORT ``nodes_to_exclude``): measure ``qdq_path`` in ONNX Runtime on the
+    reference images (the proxy the validate step gates), and when it misses ``thresholds`` keep
+    its most sensitive Conv/Gemm/MatMul layers float (``qdq_path`` is replaced by the best try that
+    does better than plain int8). Every try re-calibrates (the quantizers keep no calibration to
+    reuse). -> the ``recovery`` record (ekit_recover.record + the proxy sentence)."""
+    import time
+
+    import onnx
+
+    import ekit
+    import ekit_onnx
+    import ekit_recover
+
+    def run(path):
+        return ekit_onnx.ort_run(ekit_onnx.ort_session(path), ref["x"].astype(np.float32))
+
+    before = ekit_recover.measure(ref, run(qdq_path))
+    missed = ekit_recover.misses(before, thresholds)
+    if not missed:
+        ekit.log("recover: the plain int8 Q/DQ model meets its thresholds; nothing kept float")
+        return {"attempted": False, "passed": True, "float_layers": [], "int8_mac_share": None,
+                "reason": "the plain int8 model meets its thresholds", "proxy": PROXY}
+    ekit.log(f"recover: plain int8 misses {'; '.join(missed)} (ONNX Runtime proxy); ranking layers")
+    t0 = time.perf_counter()
+    fmodel = onnx.load(os.fspath(float_path))
+    ranked = [r for r in ekit_recover.onnx_sensitivity(fmodel, onnx.load(os.fspath(qdq_path)), ref["x"])
+              if r["layer"] not in set(excluded)]
+    t_sens = time.perf_counter() - t0
+    ekit.log("recover: most sensitive: " + ", ".join(f"{r['layer']} {r['sensitivity']:.4f}" for r in ranked[:5])
+             + f" ({t_sens:.1f} s)")
+    trial = Path(qdq_path).with_suffix(".recover")
+    found = ekit_recover.search(ranked, lambda layers: quantize(trial.with_suffix(f".{len(layers)}.onnx"), layers),
+                                run, ref, thresholds, int(opts["recover_max_float_layers"]),
+                                float(opts["recover_max_seconds"]))
+    record = ekit_recover.record(found, ranked, ekit_recover.macs(fmodel), before, thresholds,
+                                 time.perf_counter() - t0, t_sens)
+    record["method"] += " (each try a new Q/DQ quantization with those nodes in nodes_to_exclude)"
+    record["proxy"] = PROXY
+    if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
+        os.replace(found["artifact"], qdq_path)
+    else:
+        record["float_layers"], record["int8_mac_share"] = [], 1.0
+        record["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
+    for f in Path(qdq_path).parent.glob(trial.name + ".*"):
+        f.unlink()
+    ekit.log(f"recover: {'passes' if record['passed'] else 'still misses'} (ONNX Runtime proxy) with "
+             f"{len(record['float_layers'])} layer(s) float, {record['int8_mac_share']:.1%} of MACs int8, "
+             f"{record['seconds']} s")
+    return record

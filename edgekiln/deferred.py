@@ -112,7 +112,8 @@ def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: P
               "version_compatible": bool(options.get("version_compatible", False)),
               "thresholds": {k: v for k, v in thresholds.items() if k in ("min_cosine", "min_top1_agreement")},
               "latency_runs": int(options["latency_runs"]), "made_for": made_for, "trtexec": trtexec,
-              "api_level": stack.api, "strongly_typed": stack.typed_build(dla_core is not None)}
+              "api_level": stack.api, "strongly_typed": stack.typed_build(dla_core is not None),
+              "recovery": recovery_of(info)}
     (device / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
     return {"reason": reason, "stack": made_for, "image_base": stack.base, "image_recipe_sha256": recipe,
             "how_to_finish": ["edgekiln finish <this folder>   (on the device)",
@@ -124,6 +125,15 @@ def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: P
                              "device/preflight.py (device check)", "device/build_engine.sh (docker run)",
                              "device/image (docker build of NVIDIA's base)"],
             "trtexec": " ".join(trtexec), "workstation": info}
+
+
+def recovery_of(info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """--recover's outcome for the device: the nodes the Q/DQ ONNX keeps float and how it was measured."""
+    rec = info.get("recovery") or {}
+    if not rec.get("float_layers"):
+        return None
+    return {"float_layers": [r["layer"] for r in rec["float_layers"]], "int8_mac_share": rec.get("int8_mac_share"),
+            "passed": rec.get("passed"), "measured": rec.get("proxy")}
 
 
 def mark_pending(folder: Path, manifest: dict[str, Any], deferred: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 real MobileNetV2 on the 20 ImageNet photos. Plain ORT int8 agrees with fp32 on 19/20 mirrored
 photos, so a gate of 20/20 (min_top1_agreement=1.0) refuses it; --recover keeps the most
 sensitive layers float until it passes. With a budget of one layer it cannot, and is refused
-with the best result named."""
+with the best result named. The jetson target (TensorRT Q/DQ, modelopt nodes_to_exclude, measured
+in the ONNX Runtime proxy) likewise, down to the device bundle; TFLite: test_rpi_templates.py."""
 
 from __future__ import annotations
 
@@ -62,12 +63,11 @@ def test_recover_within_budget_or_refused_with_the_best_named(weights, photos, t
     assert not any(tmp_path.glob("*/*/onnx/int8/model.onnx"))
 
 
-def test_recover_flag_needs_a_target_that_declares_it(weights, photos, tmp_path):
-    calib, val = photos
-    proc = run_cli("build", "--target", "rpi", "--model", weights, *MOBILENET, "--recover",
-                   "--out", tmp_path, "--dry-run", check=2)
-    assert "target rpi has no option(s) recover" in proc.stderr
-    assert "recover" in proc.stderr and "Traceback" not in proc.stderr
+def test_recover_flag_on_the_tflite_and_tensorrt_targets(weights, photos, tmp_path):
+    """rpi (TFLite), jetson and x86-gpu (TensorRT Q/DQ) declare the option: --recover plans there."""
+    proc = run_cli("build", "--target", "rpi,jetson,x86-gpu", "--precision", "int8", "--model", weights, *MOBILENET,
+                   "--calib", photos[0], "--recover", "--out", tmp_path, "--dry-run", check=0)
+    assert all(f"{t}-int8-convert" in proc.stdout for t in ("rpi", "jetson", "x86-gpu"))
 
 
 # --------------------------------------------------------------------------- intel (OpenVINO/NNCF)
@@ -153,3 +153,57 @@ def test_an_unknown_recover_rank_is_one_line_naming_the_choices(yolo, tmp_path):
                    "--option", "recover_rank=largest", check=2)
     assert "recover_rank='largest' is not one of per_mac, sensitivity" in proc.stderr
     assert "Traceback" not in proc.stderr and not any(tmp_path.glob("*/*/onnx/int8/model.onnx"))
+
+
+# --------------------------------------------------------------------------- TensorRT Q/DQ (jetson)
+
+@pytest.fixture(scope="module")
+def mobilenet_onnx(tmp_path_factory, weights) -> Path:
+    """torchvision's MobileNetV2 with the real ImageNet weights as an ONNX file (the torch env)."""
+    import subprocess
+
+    from edgekiln.runners.local import LocalRunner
+    from tests.conftest import ROOT
+
+    path = tmp_path_factory.mktemp("mnv2") / "mobilenet_v2.onnx"
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from zoo.mobilenet_v2 import mobilenet_v2; "
+            "m = mobilenet_v2(); m.load_state_dict(torch.load(sys.argv[2], map_location='cpu')); m.eval(); "
+            "torch.onnx.export(m, torch.zeros(1, 3, 224, 224), sys.argv[3], dynamo=False, opset_version=17, "
+            "input_names=['input'], output_names=['logits'])")
+    subprocess.run([LocalRunner().prepare("torch").ref, "-c", code, ROOT / "converters", weights, path],
+                   check=True, capture_output=True, timeout=600)
+    return path
+
+
+# the plain modelopt int8 (max calibration on 8 photos: cheap tries) reaches a minimum cosine of
+# 0.969 in the ONNX Runtime proxy, so a gate of 0.97 refuses it
+TRT = ["--target", "jetson", "--precision", "int8", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
+       "--option", "calibration_method=max", "--option", "calibration_limit=8", "--threshold", "int8.min_cosine=0.97",
+       "--runner", "local", "--recover"]
+
+
+def test_tensorrt_qdq_recover_excludes_nodes_and_the_bundle_says_so(mobilenet_onnx, photos, tmp_path):
+    calib, val = photos
+    res = run_json("build", "--model", mobilenet_onnx, *TRT, "--calib", calib, "--val", val, "--out", tmp_path)
+    art = res["artifacts"][0]
+    rec = art["recovery"]
+    n = len(rec["float_layers"])
+    assert art["status"] == "deferred: bundle ready" and rec["passed"] and art["metrics"]["cosine"] >= 0.97
+    assert rec["before"]["misses"][0].startswith("min_cosine 0.97: got 0.96")
+    assert 1 <= n <= 10 and art["summary"] == f"int8 ({n} layer{'s' if n > 1 else ''} float)"
+    assert rec["proxy"].startswith("recovery measured with ONNX Runtime CPU on the Q/DQ model")
+    assert 0.5 < rec["int8_mac_share"] < 1.0
+    folder = Path(art["path"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recovery"]["float_layers"] == rec["float_layers"]
+    bundle = json.loads((folder / "device" / "bundle.json").read_text())
+    floats = {r["layer"] for r in rec["float_layers"]}
+    assert set(bundle["recovery"]["float_layers"]) == floats and "check_engine" in bundle["recovery"]["measured"]
+    # the nodes kept float have no Q/DQ around them: float weights, inputs not from a DequantizeLinear;
+    # every other Conv reads DequantizeLinear weights
+    model = onnx.load(str(folder / "model.onnx"))
+    producer = {o: node.op_type for node in model.graph.node for o in node.output}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            dq = [producer.get(i) == "DequantizeLinear" for i in node.input[:2]]
+            assert (not any(dq)) if node.name in floats else dq[1], node.name

@@ -31,7 +31,8 @@ CONVERTERS = ROOT / "converters"
 FIXTURES = Path(__file__).with_name("rpi_fixtures.py")
 OPTIONS = {"int8_io": "uint8", "int8_input": "pixels", "int8_float_fallback": False, "calib_count": 200,
            "calib_warn_below": 100, "threads": 2, "latency_runs": 20, "latency_warmup": 3,
-           "onnx2tf_args": [], "onnx2tf_timeout": 1200}
+           "onnx2tf_args": [], "onnx2tf_timeout": 1200, "recover": False, "recover_max_float_layers": 10,
+           "recover_max_seconds": 600}
 FMNIST_SPEC = {"name": None, "shape": None, "layout": "nhwc", "color": "rgb", "scale": 255.0,
                "mean": None, "std": None, "resize": "stretch", "dynamic_batch": False}
 IMAGENET_SPEC = {"name": None, "shape": [1, 3, 224, 224], "layout": "nchw", "color": "rgb", "scale": 255.0,
@@ -315,3 +316,55 @@ def test_cli_qat_keras_to_int8_without_calibration(fmnist, tmp_path):
                       "--val", fmnist / "val", "--out", tmp_path, "--runner", "local", timeout=1200)
     (int8,) = result["artifacts"]
     assert int8["metrics"]["top1_agreement"] >= 0.95
+
+
+# --------------------------------------------------------------------------- --recover (int8 recovery)
+
+def test_mobilenet_int8_recover_keeps_sensitive_layers_float(mobilenet_job, mobilenet_reports):
+    """--recover on TFLite for real: MobileNetV2's full-int8 model has a minimum cosine of 0.957 on
+    the 20 held-out photos, so a gate made strict on purpose (min_cosine 0.958) refuses it; recovery
+    (QuantizationDebugger: calibrated once, the ops adding most error kept float with
+    denylisted_nodes) passes it with a few layers float. Reuses onnx2tf's SavedModel of the
+    fixture above (same job), so this costs the recovery only."""
+    common = dict(source_format="onnx", model_name="mobilenet_v2", input=IMAGENET_SPEC, source_step="01-source",
+                  options=dict(OPTIONS, recover=True),
+                  thresholds={"min_cosine": 0.958, "min_top1_agreement": 0.85})
+    mobilenet_job.ok("tflite/convert.py.jinja", "convert", "rpi-int8r-convert", "int8", **common)
+    mobilenet_job.ok("tflite/validate.py.jinja", "validate", "rpi-int8r-validate", "int8", **common)
+    results = mobilenet_job.root / "work" / "results"
+    conv = json.loads(next(results.glob("*-rpi-int8r-convert.json")).read_text())
+    rec = conv["quantization"]["recovery"]
+    assert rec["attempted"] and rec["passed"] and rec["before"]["misses"][0].startswith("min_cosine 0.958: got 0.95")
+    n = len(rec["float_layers"])
+    assert 1 <= n <= 10 and len(rec["tries"]) == n
+    assert 290e6 < rec["total_macs"] < 310e6 and 0.5 < rec["int8_mac_share"] < 1.0
+    assert all(r["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and r["macs"] > 0 for r in rec["float_layers"])
+    assert any(f"int8 with {n} layer(s) kept float by --recover" in note for note in conv["notes"])
+    report = json.loads((mobilenet_job.root / "work" / "rpi" / "int8" / "report.json").read_text())
+    assert report["metrics"]["cosine"] >= 0.958  # the validate step agrees with the recovery's own measurement
+    # exactly n compute ops of the artifact run in float; its pixel input is still uint8
+    assert report["io"]["inputs"][0]["dtype"] == "uint8"
+    assert float_compute_ops(mobilenet_job, mobilenet_job.root / "work" / "rpi" / "int8" / "model.tflite") == n
+
+
+def float_compute_ops(job, path) -> int:
+    code = ("import sys; from ai_edge_litert.interpreter import Interpreter; it = Interpreter(model_path=sys.argv[1]); "
+            "t = {d['index']: d['dtype'].__name__ for d in it.get_tensor_details()}; "
+            "print(sum(1 for o in it._get_ops_details() if o['op_name'] in ('CONV_2D', 'DEPTHWISE_CONV_2D', "
+            "'FULLY_CONNECTED') and t[o['outputs'][0]] == 'float32'))")
+    return int(subprocess.run([job.python, "-c", code, path], check=True, capture_output=True, text=True).stdout)
+
+
+def test_cli_keras_int8_recover_budget_refused_with_the_best_named(fmnist, tmp_path):
+    """Through the CLI: a gate the plain int8 CNN misses on purpose (cosine 0.999; it reaches 0.997)
+    and a budget of one float layer, which is not enough: refused, the error names the best try,
+    nothing is published."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("build", "--target", "rpi", "--model", fmnist / "cnn.keras", "--precision", "int8",
+                   "--calib", fmnist / "calib", "--val", fmnist / "val", "--out", tmp_path, "--runner", "local",
+                   "--recover", "--option", "recover_max_float_layers=1", "--threshold", "int8.min_cosine=0.999",
+                   timeout=1200, check=10)
+    assert "min cosine 0.999 missed" in proc.stderr
+    assert "--recover did not reach the thresholds in 1 tries" in proc.stderr and "best: " in proc.stderr
+    assert not list(tmp_path.glob("cnn/*/rpi/int8/model.tflite"))
