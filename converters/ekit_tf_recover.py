@@ -6,8 +6,8 @@ calibrates the converter ONCE; then
 * sensitivity: its debug model runs every quantized op beside its float twin on the SAME
   (dequantized) input, so the error an op adds is measured directly: (1 - cosine) of the
   dequantized int8 output vs the float output, on a few reference images (``layer_error``). Ranked
-  are the compute ops (conv, depthwise conv, fully connected, transpose conv, batch matmul), the
-  ones ``QuantizationDebugOptions(denylisted_nodes=...)`` can keep float;
+  are the compute ops (conv, depthwise conv, fully connected, transpose conv, batch matmul); for a
+  detector or a map the ops of the decode tail (``tail``: after the last compute ops) come first;
 * a try: ``debugger.options = QuantizationDebugOptions(denylisted_nodes=<output tensor names>)``
   and ``get_nondebug_quantized_model()`` (a re-quantization, no calibration), then the integer I/O
   the target asked for (TFLiteConverter's own ``modify_model_io_type``). A float layer at the
@@ -76,6 +76,28 @@ def macs(model: bytes) -> dict:
     return res
 
 
+def tail(model: bytes) -> list[str]:
+    """Output tensor names of the ops between the last compute ops and the graph outputs, nearest
+    the output first: a detector's decode tail (box maths, sigmoid, the Concat of boxes and scores,
+    whose one int8 scale flattens 0..1 scores beside 0..640 px boxes). Empty for a model whose
+    output comes straight from a compute op."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=bytes(model))
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    producer = {t: op for op in ops for t in op["outputs"]}
+    todo, seen, out = [d["index"] for d in it.get_output_details()], set(), []
+    while todo:
+        op = producer.get(todo.pop(0))
+        if op is None or op["index"] in seen or op["op_name"] in COMPUTE_OPS:
+            continue
+        seen.add(op["index"])
+        out.append((names[op["outputs"][0]], op["op_name"]))
+        todo.extend(int(i) for i in op["inputs"] if i >= 0)
+    return out
+
+
 class Recovery:
     """One calibration (the debugger's), then any number of re-quantizations with layers float."""
 
@@ -97,22 +119,24 @@ class Recovery:
             debug_options=tf.lite.experimental.QuantizationDebugOptions(layer_direct_compare_metrics=self.metrics))
         self.calibration_seconds = round(time.perf_counter() - t, 2)
 
-    def sensitivity(self) -> list[dict]:
-        """[{"layer": output tensor name, "op", "sensitivity", "rmse_per_scale"}], most sensitive first
-        (compute ops only)."""
+    def sensitivity(self, tail_first: bool) -> list[dict]:
+        """[{"layer": output tensor name, "op", "sensitivity", "rmse_per_scale"[, "tail"]}]: with
+        ``tail_first`` (detectors, maps) the decode tail first (``tail``: an error the per-op cosine
+        cannot see, scores sharing one scale with boxes), then the compute ops, most sensitive first."""
         self.debugger.run()
         buf = io.StringIO()
         self.debugger.layer_statistics_dump(buf)
-        rows = []
+        measured = {}
         for r in csv.DictReader(io.StringIO(buf.getvalue())):
-            if r["op_name"] not in COMPUTE_OPS:
-                continue
             scale = float(r["scale"]) or 1.0
-            rows.append({"layer": r["tensor_name"], "op": r["op_name"],
-                         "sensitivity": max(0.0, float(r["error"])),
-                         "rmse_per_scale": float(np.sqrt(float(r["mean_squared_error"]))) / scale})
-        rows.sort(key=lambda r: -r["sensitivity"])
-        return rows
+            measured[r["tensor_name"]] = {"layer": r["tensor_name"], "op": r["op_name"],
+                                          "sensitivity": max(0.0, float(r["error"])),
+                                          "rmse_per_scale": float(np.sqrt(float(r["mean_squared_error"]))) / scale}
+        head = [dict(measured.get(name) or {"layer": name, "op": op, "sensitivity": 0.0}, tail=True)
+                for name, op in (tail(self.debugger.calibrated_model) if tail_first else [])]
+        first = {r["layer"] for r in head}
+        rows = [r for r in measured.values() if r["op"] in COMPUTE_OPS and r["layer"] not in first]
+        return head + sorted(rows, key=lambda r: -r["sensitivity"])
 
     def build(self, layers, dest: Path) -> Path:
         """The int8 model with ``layers`` (output tensor names) float, integer I/O as asked where
@@ -157,7 +181,9 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     n = min(len(ref["x"]), 8)
     samples = ekit_tf.pixels_from_x(ref["x"][:n], spec) if fold else ekit_tf.model_input_nhwc(ref["x"][:n], spec)
     rec = Recovery(make_converter(), samples, batch, int8_io)
-    ranked = rec.sensitivity()
+    # a detector's / map's decode tail is tried first: measured on YOLOv8n (bench/results/
+    # recover_tflite_trt.md) its final Concat, one uint8 scale for boxes and scores, is what breaks it
+    ranked = rec.sensitivity(tail_first=before.get("task") in ("detect", "segment", "map"))
     t_sens = time.perf_counter() - t0
     ekit.log("recover: most sensitive: " + ", ".join(f"{r['op']} {r['layer'][:60]} {r['sensitivity']:.3g}"
                                                    for r in ranked[:5]) + f" ({t_sens:.1f} s)")
@@ -168,7 +194,8 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
                                 float(opts["recover_max_seconds"]), names)
     record = ekit_recover.record(found, ranked, table, before, thresholds, time.perf_counter() - t0, t_sens)
     record["method"] = ("TFLite QuantizationDebugger: per-op error added (1 - cos of the int8 op vs its float "
-                        "twin on the same input), top-k kept float with denylisted_nodes, k = 1, 2, 3, ...")
+                        "twin on the same input; a detector's/map's decode tail first), top-k kept float with "
+                        "denylisted_nodes, k = 1, 2, 3, ...")
     record["calibration_seconds"] = rec.calibration_seconds
     if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
         os.replace(found["artifact"], artifact)
