@@ -39,6 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+# when the step's script imported ekit: the clock of the whole step (e.g. --recover's budget is a
+# multiple of the plain int8 step's time so far)
+STARTED = time.perf_counter()
+
 ERROR_MARK = "EDGEKILN-ERROR "
 ERROR_KINDS = ("invalid_model", "data", "shape", "unsupported", "usage")
 EXIT_USER_ERROR = 3

@@ -230,6 +230,16 @@ def schedule(limit: int, kind: str = "linear") -> list[int]:
     return out + [limit] if limit else out
 
 
+def time_budget(opts, plain_seconds: float | None, spent: float) -> float:
+    """Seconds left for tries: ``recover_max_seconds``, and, with the plain int8 time known, no more
+    than ``recover_time_factor`` x the plain int8 time in all (``spent``: the recovery so far, e.g.
+    the ranking). The issue's goal is recovery <= 3x the plain build; every target's default is 3."""
+    budget = float(opts["recover_max_seconds"])
+    if plain_seconds:
+        budget = min(budget, (float(opts["recover_time_factor"]) - 1.0) * plain_seconds - spent)
+    return max(0.0, budget)
+
+
 def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: int,
            max_seconds: float, names=None, order: str = "linear", first_try_seconds: float | None = None) -> dict:
     """Re-quantize with the top-k ``ranked`` layers float (``build(layers) -> artifact``), measure

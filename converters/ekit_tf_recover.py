@@ -191,12 +191,14 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     trial = artifact.with_name(artifact.name + ".recover")
     found = ekit_recover.search(ranked, lambda layers: rec.build(layers, trial.with_suffix(f".{len(layers)}.tflite")),
                                 run, ref, thresholds, int(opts["recover_max_float_layers"]),
-                                float(opts["recover_max_seconds"]), names)
+                                ekit_recover.time_budget(opts, t0 - ekit.STARTED, time.perf_counter() - t0),
+                                names)
     record = ekit_recover.record(found, ranked, table, before, thresholds, time.perf_counter() - t0, t_sens)
     record["method"] = ("TFLite QuantizationDebugger: per-op error added (1 - cos of the int8 op vs its float "
                         "twin on the same input; a detector's/map's decode tail first), top-k kept float with "
                         "denylisted_nodes, k = 1, 2, 3, ...")
     record["calibration_seconds"] = rec.calibration_seconds
+    record["plain_int8_seconds"] = round(t0 - ekit.STARTED, 2)  # the step until recovery began (onnx2tf + converter)
     if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
         os.replace(found["artifact"], artifact)
     else:

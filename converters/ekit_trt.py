@@ -250,13 +250,16 @@ PROXY = ("recovery measured with ONNX Runtime CPU on the Q/DQ model; the engine'
          "checked on the device by check_engine")
 
 
-def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: dict, opts, excluded=()) -> dict:
+def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: dict, opts, excluded=(),
+            plain_seconds: float | None = None) -> dict:
     """--recover for a Q/DQ ONNX (``quantize(dest, layers) -> dest`` re-quantizes with ``layers``
     kept float: modelopt / ORT ``nodes_to_exclude``): measure ``qdq_path`` in ONNX Runtime on the
     reference images (the proxy the validate step gates), and when it misses ``thresholds`` keep
     its most sensitive Conv/Gemm/MatMul layers float (``qdq_path`` is replaced by the best try that
     does better than plain int8). Every try re-calibrates (the quantizers keep no calibration to
-    reuse). -> the ``recovery`` record (ekit_recover.record + the proxy sentence)."""
+    reuse), so k doubles (1, 2, 4, ...) and no try starts that would end past ``recover_time_factor``
+    x ``plain_seconds`` (the plain int8 quantization). -> the ``recovery`` record (ekit_recover.record
+    + the proxy sentence)."""
     import time
 
     import onnx
@@ -285,10 +288,12 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
     trial = Path(qdq_path).with_suffix(".recover")
     found = ekit_recover.search(ranked, lambda layers: quantize(trial.with_suffix(f".{len(layers)}.onnx"), layers),
                                 run, ref, thresholds, int(opts["recover_max_float_layers"]),
-                                float(opts["recover_max_seconds"]))
+                                ekit_recover.time_budget(opts, plain_seconds, time.perf_counter() - t0),
+                                order="doubling", first_try_seconds=plain_seconds)
     record = ekit_recover.record(found, ranked, ekit_recover.macs(fmodel), before, thresholds,
                                  time.perf_counter() - t0, t_sens)
-    record["method"] += " (each try a new Q/DQ quantization with those nodes in nodes_to_exclude)"
+    record["method"] += (" (each try a new Q/DQ quantization with those nodes in nodes_to_exclude; "
+                         "k = 1, 2, 4, ...)")
     record["proxy"] = PROXY
     if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
         os.replace(found["artifact"], qdq_path)

@@ -32,7 +32,7 @@ FIXTURES = Path(__file__).with_name("rpi_fixtures.py")
 OPTIONS = {"int8_io": "uint8", "int8_input": "pixels", "int8_float_fallback": False, "calib_count": 200,
            "calib_warn_below": 100, "threads": 2, "latency_runs": 20, "latency_warmup": 3,
            "onnx2tf_args": [], "onnx2tf_timeout": 1200, "recover": False, "recover_max_float_layers": 10,
-           "recover_max_seconds": 600}
+           "recover_max_seconds": 600, "recover_time_factor": 3.0}
 FMNIST_SPEC = {"name": None, "shape": None, "layout": "nhwc", "color": "rgb", "scale": 255.0,
                "mean": None, "std": None, "resize": "stretch", "dynamic_batch": False}
 IMAGENET_SPEC = {"name": None, "shape": [1, 3, 224, 224], "layout": "nchw", "color": "rgb", "scale": 255.0,

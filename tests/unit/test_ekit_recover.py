@@ -81,3 +81,11 @@ def test_precision_text_never_plain_int8_for_a_mixed_model():
     assert precision_text("int8", {}) == "int8"
     assert precision_text("int8", {"recovery": {"float_layers": [{"layer": "a"}]}}) == "int8 (1 layer float)"
     assert precision_text("int8", {"recovery": {"float_layers": [{}, {}, {}]}}) == "int8 (3 layers float)"
+
+
+def test_time_budget_is_the_smaller_of_seconds_and_the_plain_time_multiple():
+    opts = {"recover_max_seconds": 600, "recover_time_factor": 3.0}
+    assert R.time_budget(opts, 10.0, 4.0) == pytest.approx(16.0)  # (3 - 1) x 10 s, 4 s already spent ranking
+    assert R.time_budget(opts, 1000.0, 0.0) == 600.0  # the seconds cap wins
+    assert R.time_budget(opts, 10.0, 30.0) == 0.0  # spent: no try at all
+    assert R.time_budget(opts, None, 5.0) == 600.0  # plain time unknown: the seconds cap only
