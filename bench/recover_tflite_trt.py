@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from recover_bench import fmt, models  # noqa: E402  (the same models, photos and gates)
+from recover_bench import GOALS_HEAD, checks, fmt, models  # noqa: E402  (the same models, photos and gates)
 
 GATES = {"top1_agreement": "min_top1_agreement 1.0", "det_f1": "min_det_f1 0.95", "region_f1": "min_region_f1 0.90"}
 
@@ -141,35 +141,21 @@ def bare(job: Path, target: str, metric: str) -> dict:
 
 
 def goals(res: dict) -> list[str]:
-    lines = ["## The issue's goals", "", "| runtime | model | goal | measured | met |", "|---|---|---|---|---|"]
+    lines = list(GOALS_HEAD)
     for (rt, _), m in ((k.split("/", 1), v) for k, v in res["models"].items()):
         rows = {r["variant"]: r for r in m["rows"]}
         fp, plain, rec = rows["fp32"], rows["int8 (plain)"], rows["int8 --recover"]
-        metric, checks = m["metric"], []
         if "error" in rec or "error" in fp:
             continue
-        if metric == "top1_agreement":
-            checks.append(("≥ 19/20 top-1 agreement", f"{rec[metric] * 20:.0f}/20", rec[metric] >= 0.95))
-        if metric == "det_f1":
-            checks.append(("det F1 ≥ 0.95", f"{rec[metric]:.3f}", rec[metric] >= 0.95))
-        if metric == "region_f1":
-            checks.append(("region F1 ≥ 0.90 (its gate)", f"{rec[metric]:.3f}", rec[metric] >= 0.90))
-        share = rec["int8_mac_share"]
-        speed = fp["latency_min_ms"] / rec["latency_min_ms"]
-        size = rec["size_bytes"] / fp["size_bytes"]
         # recovery's own seconds on top of the plain int8 conversion (the rpi --recover build ran onnx2tf
         # again where the plain one reused the fp32 step's SavedModel: its convert s column is not comparable)
         base = plain["convert_seconds"]
         total = base + (rec.get("recovery_seconds") or 0) if base else None
         ratio = total / base if base else None
-        checks += [("≥ 90 % of MACs int8", f"{share:.1%}", share >= 0.9),
-                   ("≥ 1.5× faster than fp32 (min latency)" + (" — ORT proxy, not TensorRT" if rt == "jetson" else ""),
-                    f"{speed:.2f}×", speed >= 1.5),
-                   ("size ≤ 0.35× fp32", f"{size:.2f}×", size <= 0.35),
-                   ("recovery ≤ 3× plain int8 convert time",
-                    f"{fmt(ratio, '.1f')}× ({fmt(total, '.1f')} s vs {fmt(base, '.1f')} s)",
-                    ratio is not None and ratio <= 3.0)]
-        lines += [f"| {rt} | {m['label']} | {g} | {v} | {'yes' if ok else '**no**'} |" for g, v, ok in checks]
+        found = checks(m["metric"], fp, rec, " — ORT proxy, not TensorRT" if rt == "jetson" else "") + [
+            ("recovery ≤ 3× plain int8 convert time", f"{fmt(ratio, '.1f')}× ({fmt(total, '.1f')} s vs {fmt(base, '.1f')} s)",
+             ratio is not None and ratio <= 3.0)]
+        lines += [f"| {rt} | {m['label']} | {g} | {v} | {'yes' if ok else '**no**'} |" for g, v, ok in found]
     return lines + [""]
 
 
