@@ -219,7 +219,9 @@ def test_ctrl_c_removes_the_container(engine, cache_root, onnx_image, tmp_path):
     job = make_job(tmp_path / "job", "import time\nprint('sleeping', flush=True)\ntime.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(job.root), STAND_IN,
                              str(cache_root), str(job.inputs["model"])],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            # SIGINT as a terminal leaves it (a suite started with `cmd &` inherits it ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "sleeping" in line:
             break
