@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the demo MobileNetV2 state dict (edgekiln.demo.mobilenet_weights) as the build flags that describe it
+MOBILENET = ["--arch", "mobilenet_v2", "--input-shape", "1,3,224,224",
+             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
 
 
 @pytest.fixture(scope="session")

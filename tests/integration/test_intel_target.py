@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_json
+from tests.conftest import MOBILENET, run_json
 
 pytestmark = pytest.mark.integration
 
-MOBILENET = ["--arch", "mobilenet_v2", "--input-shape", "1,3,224,224",
-             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
 
 
 def test_intel_fp32_fp16_int8(weights, photos, tmp_path):

@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, run_json
+from tests.conftest import MOBILENET, run_cli, run_json
 
 pytestmark = pytest.mark.integration
 
 onnx = pytest.importorskip("onnx")
 
-MOBILENET = ["--arch", "mobilenet_v2", "--input-shape", "1,3,224,224",
-             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
 FAST = ["--option", "latency_runs=5", "--option", "latency_warmup=1"]
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, run_json
-from tests.integration.test_onnx_target import MOBILENET
+from tests.conftest import MOBILENET, run_cli, run_json
 
 pytestmark = pytest.mark.integration
 
