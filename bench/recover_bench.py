@@ -87,6 +87,19 @@ def row(job: Path, precision: str, metric: str, label: str, target: str = "onnx"
             "recovered": rec.get("passed") if rec.get("attempted") else None, "tries": rec.get("tries")}
 
 
+def ort_measure(runs: int, warmup: int) -> str:
+    """The end of a bare-tool snippet that wrote bare.onnx: its metrics on the job's reference images,
+    size and latency in ONNX Runtime, as one JSON line (recover_tflite_trt.py's modelopt snippet too)."""
+    return ('''sess = ekit_onnx.ort_session("bare.onnx")
+ys = ekit_onnx.ort_run(sess, ref["x"].astype(np.float32))
+x1 = ref["x"][:1].astype(np.float32)
+lat = ekit.latency(lambda: sess.run(None, {sess.get_inputs()[0].name: x1}), runs=%d, warmup=%d)
+met = ekit_recover.measure(ref, ys)
+print(json.dumps({"metrics": ekit.jsonable(met), "size_bytes": os.path.getsize("bare.onnx"),
+                  "latency_ms": lat["median"], "latency_min_ms": lat.get("min"), "seconds": round(seconds, 2)}))
+''' % (runs, warmup))
+
+
 BARE = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -100,14 +113,7 @@ m = onnx.load(str(src / "model.onnx"))
 t = time.perf_counter()
 quantize_static(str(src / "model.onnx"), "bare.onnx", ekit_onnx.calibration_reader(m.graph.input[0].name, calib))
 seconds = time.perf_counter() - t
-sess = ekit_onnx.ort_session("bare.onnx")
-ys = ekit_onnx.ort_run(sess, ref["x"].astype(np.float32))
-x1 = ref["x"][:1].astype(np.float32)
-lat = ekit.latency(lambda: sess.run(None, {sess.get_inputs()[0].name: x1}), runs=50, warmup=5)
-met = ekit_recover.measure(ref, ys)
-print(json.dumps({"metrics": ekit.jsonable(met), "size_bytes": os.path.getsize("bare.onnx"),
-                  "latency_ms": lat["median"], "latency_min_ms": lat.get("min"), "seconds": round(seconds, 2)}))
-"""
+""" + ort_measure(50, 5)
 
 
 BARE_OV = r"""

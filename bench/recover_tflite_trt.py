@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from recover_bench import GOALS_HEAD, checks, fmt, models  # noqa: E402  (the same models, photos and gates)
+from recover_bench import GOALS_HEAD, checks, fmt, models, ort_measure  # noqa: E402  (the same models, photos and gates)
 
 GATES = {"top1_agreement": "min_top1_agreement 1.0", "det_f1": "min_det_f1 0.95", "region_f1": "min_region_f1 0.90"}
 
@@ -111,14 +111,7 @@ t = time.perf_counter()
 quantize(str(src / "model.onnx"), quantize_mode="int8", calibration_data=np.load(src / "calib.npy")[:500],
          calibration_eps=["cpu"], output_path="bare.onnx")
 seconds = time.perf_counter() - t
-sess = ekit_onnx.ort_session("bare.onnx")
-ys = ekit_onnx.ort_run(sess, ref["x"].astype(np.float32))
-x1 = ref["x"][:1].astype(np.float32)
-lat = ekit.latency(lambda: sess.run(None, {sess.get_inputs()[0].name: x1}), runs=20, warmup=3)
-met = ekit_recover.measure(ref, ys)
-print(json.dumps({"metrics": ekit.jsonable(met), "size_bytes": os.path.getsize("bare.onnx"),
-                  "latency_ms": lat["median"], "latency_min_ms": lat.get("min"), "seconds": round(seconds, 2)}))
-"""
+""" + ort_measure(20, 3)
 
 
 def bare(job: Path, target: str, metric: str) -> dict:
