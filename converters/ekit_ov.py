@@ -99,9 +99,24 @@ def nncf_kwargs(nncf, options: dict) -> dict:
                            "NPU": nncf.TargetDevice.NPU}.get(device, nncf.TargetDevice.ANY)
     if "fast_bias_correction" in options:
         kw["fast_bias_correction"] = bool(options["fast_bias_correction"])
+    fix = str(options.get("overflow_fix") or "").strip().lower()
+    if fix:  # 7-bit weights where the int8 kernels of CPUs without VNNI would saturate (edgekiln.isa)
+        try:
+            kw["advanced_parameters"] = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(fix))
+        except ValueError:
+            ekit.fail("usage", f"overflow_fix {fix!r}: use enable, first_layer_only or disable")
     scope = ignored_scope(nncf, options.get("ignored_scopes"))
     if scope is not None:
         kw["ignored_scope"] = scope
+    return kw
+
+
+def accuracy_control_kwargs(kw: dict) -> dict:
+    """``nncf_kwargs`` for nncf.quantize_with_accuracy_control, which names the advanced
+    parameters ``advanced_quantization_parameters``."""
+    kw = dict(kw)
+    if "advanced_parameters" in kw:
+        kw["advanced_quantization_parameters"] = kw.pop("advanced_parameters")
     return kw
 
 
@@ -111,6 +126,8 @@ def describe_kwargs(kw: dict) -> dict:
     for k, v in kw.items():
         if k == "ignored_scope":
             out[k] = {"names": v.names, "patterns": v.patterns, "types": v.types}
+        elif k == "advanced_parameters":
+            out["overflow_fix"] = v.overflow_fix.value
         elif hasattr(v, "value"):
             out[k] = v.value
         else:

@@ -114,9 +114,10 @@ def _static(path: str) -> bool:
 
 
 def find_qemu() -> Qemu | None:
-    """QEMU user mode for x86-64 on this machine (EDGEKILN_QEMU_X86_64, else the usual places)."""
-    wanted = os.environ.get("EDGEKILN_QEMU_X86_64")
-    for cand in ([wanted] if wanted is not None else list(QEMU_PATHS)):
+    """QEMU user mode for x86-64 on this machine: EDGEKILN_QEMU_X86_64 (a path; empty: none, so
+    every validation runs natively; ``auto`` or unset: the usual places)."""
+    wanted = os.environ.get("EDGEKILN_QEMU_X86_64", "auto")
+    for cand in (list(QEMU_PATHS) if wanted == "auto" else [wanted] if wanted else []):
         path = cand if os.path.isabs(cand) else shutil.which(cand)
         if path and os.access(path, os.X_OK):
             try:

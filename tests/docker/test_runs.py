@@ -247,3 +247,42 @@ def test_choose_runner_auto_docker_local(engine, monkeypatch):
     with pytest.raises(EnvironmentFailed, match="no Docker engine answers"):
         choose_runner("docker")
     assert choose_runner("local")[0] is sentinel
+
+
+CPU_PROBE = r'''
+import json, os
+import numpy as np
+try:
+    from numpy._core._multiarray_umath import __cpu_features__ as f
+except ImportError:
+    from numpy.core._multiarray_umath import __cpu_features__ as f
+print(json.dumps({"avx2": f["AVX2"], "avx512f": f["AVX512F"], "qemu_cpu": os.environ.get("QEMU_CPU")}))
+'''
+
+
+def test_a_step_runs_on_an_emulated_x86_cpu_class_inside_the_container(engine, cache_root, onnx_env, tmp_path,
+                                                                       monkeypatch):
+    """--option cpu=x86-64-v3 on a host that lacks it: the step's python runs under the host's static
+    QEMU (mounted read-only), so the runtime sees an AVX2 CPU without AVX-512 whatever the host is."""
+    from edgekiln.isa import find_qemu
+
+    from .conftest import REQUIRED
+
+    monkeypatch.setenv("EDGEKILN_QEMU_X86_64", "auto")
+    qemu = find_qemu()
+    if qemu is None or not qemu.static:
+        if REQUIRED:
+            pytest.fail("no static qemu-x86_64 (.ci/arm64-up.sh installs /usr/local/lib/edgekiln/qemu-x86_64)")
+        pytest.skip("no static qemu-x86_64 here (.ci/arm64-up.sh installs it)")
+    job = make_job(tmp_path / "job", CPU_PROBE, calib=False)
+    runner = _runner(engine, cache_root)
+    runner.qemu_user = (qemu.path, "Haswell-noTSX")
+    argv = runner.command(onnx_env, job, "steps/01-probe.py")
+    assert f"{qemu.path}:/opt/edgekiln/qemu-user:ro" in " ".join(argv) or any("qemu-user" in a for a in argv)
+    assert argv[-5:] == ["/opt/edgekiln/qemu-user", "-0", "/opt/venv/bin/python", "/opt/venv/bin/python",
+                         "steps/01-probe.py"]
+    lines = []
+    runner.run(onnx_env, job, "steps/01-probe.py", job.log_path("01-probe"), on_line=lines.append)
+    seen = json.loads(next(l for l in lines if l.startswith("{")))
+    assert seen == {"avx2": True, "avx512f": False, "qemu_cpu": "Haswell-noTSX"}
+    assert _gone(engine, "01-probe")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MOBILENET, ROOT, run_cli, run_json
+from tests.conftest import MOBILENET, QEMU_ON, ROOT, run_cli, run_json
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,8 @@ def built(out, weights, photos):
     """state dict → ONNX → fp32 + int8, validated on the mirrored photos, published."""
     calib, val = photos
     return run_json("build", "--target", "onnx", "--model", weights, *MOBILENET, "--precision", "fp32,int8",
-                    "--calib", calib, "--val", val, "--name", "mobilenet_v2", "--out", out, "--runner", "local")
+                    "--calib", calib, "--val", val, "--name", "mobilenet_v2", "--out", out, "--runner", "local",
+                    env=QEMU_ON)  # the README's first command: its int8 must hold on AVX2 (emulated on a VNNI host)
 
 
 def artifact(result, precision):
@@ -42,10 +43,38 @@ def test_fp32_and_int8_agree_with_pytorch(built):
     assert fp32["metrics"]["top1_agreement"] == 1.0
     assert fp32["metrics"]["cosine"] > 0.99999
     assert fp32["metrics"]["accuracy"] >= 0.85  # MobileNetV2 on 20 mirrored ImageNet photos
-    assert int8["metrics"]["top1_agreement"] >= 0.85
-    assert int8["metrics"]["cosine"] > 0.97
+    assert int8["metrics"]["top1_agreement"] >= 0.95  # 20/20 measured, on AVX2 and on VNNI alike
+    assert int8["metrics"]["cosine"] > 0.95
     assert int8["size_bytes"] < 0.35 * fp32["size_bytes"]
     assert int8["metrics"]["accuracy"] >= fp32["metrics"]["accuracy"] - 0.10
+
+
+def test_the_int8_is_declared_for_avx2_and_validated_on_its_kernels(built, out):
+    """Issue 18: the default int8 is for x86-64-v3 (AVX2, no VNNI), whose u8s8 kernels saturate: its
+    recipe (7-bit weights) holds there, and it was validated on that path — natively on an AVX2 host,
+    under QEMU Haswell on any other x86 host — with the same gates; the manifest says so."""
+    from edgekiln.isa import host
+
+    manifest = json.loads((out / "mobilenet_v2" / built["version"] / "onnx" / "int8" / "manifest.json").read_text())
+    cpu = manifest["cpu"]
+    assert cpu["declared"] == "x86-64-v3" and "x86-64-v3" in cpu["validated_on"] and cpu["nearest"] is None
+    here = host().cpu_class
+    assert cpu["native"] == here == manifest["validation"]["where"]["cpu_class"]
+    assert any(s["id"].endswith("-validate") for s in manifest["steps"])
+    if here != "x86-64-v3":  # validated again on the declared class, emulated, and gated there too
+        other = manifest["cpu_validation"]
+        assert other["where"] == {"machine": "x86_64", "emulated": True, "cpu": "Haswell-noTSX",
+                                  "how": "QEMU user mode", "cpu_class": "x86-64-v3"}
+        assert other["metrics"]["top1_agreement"] >= 0.95 and other["metrics"]["cosine"] >= 0.90
+        assert all(g["passed"] is not False for g in other["gates"]) and other["gates"]
+        assert other["vs_native"]["identical"]  # 7-bit weights: the same outputs on both kernel paths
+        assert other["latency_ms"]["label"] == "emulated — not a device figure"
+        assert any(s["id"].endswith("-validate-x86-64-v3") for s in manifest["steps"])
+    else:
+        assert "cpu_validation" not in manifest
+    quant = next(s for s in manifest["steps"] if s["kind"] == "convert")
+    assert json.loads((out / "mobilenet_v2" / built["version"] / "onnx" / "int8" / quant["params"]).read_text()
+                      )["options"]["reduce_range"] is True
 
 
 def test_published_tree_and_manifest(built, out):
@@ -79,7 +108,7 @@ def test_identical_request_is_a_cache_hit(built, out, weights, photos):
     calib, val = photos
     proc = run_cli("build", "--target", "onnx", "--model", weights, *MOBILENET, "--precision", "fp32,int8",
                    "--calib", calib, "--val", val, "--name", "mobilenet_v2", "--out", out, "--runner", "local",
-                   "--json", check=0)
+                   "--json", check=0, env=QEMU_ON)
     again = json.loads(proc.stdout)
     assert again["version"] == built["version"]
     assert {a["status"] for a in again["artifacts"]} == {"cached"}

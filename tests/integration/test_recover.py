@@ -1,7 +1,8 @@
 """int8 accuracy recovery (--recover, converters/ekit_recover.py) for real, through the CLI: the
-real MobileNetV2 on the 20 ImageNet photos. Plain ORT int8 agrees with fp32 on 19/20 mirrored
-photos, so a gate of 20/20 (min_top1_agreement=1.0) refuses it; --recover keeps the most
-sensitive layers float until it passes. With a budget of one layer it cannot, and is refused
+real MobileNetV2 on the 20 ImageNet photos. Plain ORT int8 (the x86-64-v3 recipe: 7-bit weights,
+the same outputs on AVX2 and VNNI kernels) reaches a minimum cosine of 0.9535 on the mirrored photos,
+so a gate of 0.96 refuses it; --recover keeps the most sensitive layers float until it passes
+(4 layers: 0.962; 1 layer: 0.958). With a budget of one layer it cannot, and is refused
 with the best result named. The jetson target (TensorRT Q/DQ, modelopt nodes_to_exclude, measured
 in the ONNX Runtime proxy) likewise, down to the device bundle; TFLite: test_rpi_templates.py."""
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 onnx = pytest.importorskip("onnx")
 
-TIGHT = ["--threshold", "int8.min_top1_agreement=1.0"]
+TIGHT = ["--threshold", "int8.min_cosine=0.96"]
 
 
 def build(weights, photos, out, *extra, check=None):
@@ -31,10 +32,10 @@ def build(weights, photos, out, *extra, check=None):
 def test_recover_passes_a_gate_plain_int8_misses(weights, photos, tmp_path):
     res = build(weights, photos, tmp_path, "--recover")
     art = res["artifacts"][0]
-    assert art["status"] == "built" and art["metrics"]["top1_agreement"] == 1.0
+    assert art["status"] == "built" and art["metrics"]["cosine"] >= 0.96
     rec = art["recovery"]
     assert rec["attempted"] and rec["passed"]
-    assert rec["before"]["misses"] == ["min_top1_agreement 1: got 0.95"]  # plain int8: 19/20
+    assert rec["before"]["misses"] == ["min_cosine 0.96: got 0.9535"]  # plain int8
     n = len(rec["float_layers"])
     assert 1 <= n <= 10 and art["summary"] == f"int8 ({n} layer{'s' if n > 1 else ''} float)"
     assert 290e6 < rec["total_macs"] < 310e6  # MobileNetV2 at 224: 300.8 M multiply-accumulates
@@ -55,9 +56,9 @@ def test_recover_passes_a_gate_plain_int8_misses(weights, photos, tmp_path):
 
 def test_recover_within_budget_or_refused_with_the_best_named(weights, photos, tmp_path):
     proc = build(weights, photos, tmp_path, "--recover", "--option", "recover_max_float_layers=1", check=10)
-    assert "min top1 agreement 1 missed: got 0.95" in proc.stderr
+    assert "min cosine 0.96 missed: got 0.958" in proc.stderr  # the best try: 1 layer float
     assert "--recover did not reach the thresholds in 1 tries" in proc.stderr
-    assert "best: 0 layer(s) float, no try did better than plain int8" in proc.stderr  # a tie keeps it all int8
+    assert "best: 1 layer(s) float" in proc.stderr
     assert not any(tmp_path.glob("*/*/onnx/int8/model.onnx"))
 
 
@@ -154,24 +155,6 @@ def test_an_unknown_recover_rank_is_one_line_naming_the_choices(yolo, tmp_path):
 
 
 # --------------------------------------------------------------------------- TensorRT Q/DQ (jetson)
-
-@pytest.fixture(scope="module")
-def mobilenet_onnx(tmp_path_factory, weights) -> Path:
-    """torchvision's MobileNetV2 with the real ImageNet weights as an ONNX file (the torch env)."""
-    import subprocess
-
-    from edgekiln.runners.local import LocalRunner
-    from tests.conftest import ROOT
-
-    path = tmp_path_factory.mktemp("mnv2") / "mobilenet_v2.onnx"
-    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from zoo.mobilenet_v2 import mobilenet_v2; "
-            "m = mobilenet_v2(); m.load_state_dict(torch.load(sys.argv[2], map_location='cpu')); m.eval(); "
-            "torch.onnx.export(m, torch.zeros(1, 3, 224, 224), sys.argv[3], dynamo=False, opset_version=17, "
-            "input_names=['input'], output_names=['logits'])")
-    subprocess.run([LocalRunner().prepare("torch").ref, "-c", code, ROOT / "converters", weights, path],
-                   check=True, capture_output=True, timeout=600)
-    return path
-
 
 # the plain modelopt int8 (max calibration on 8 photos: cheap tries) reaches a minimum cosine of
 # 0.969 in the ONNX Runtime proxy, so a gate of 0.97 refuses it
