@@ -50,7 +50,8 @@ MANIFEST = "release.json"
 MEASURED = "measured.json"
 VOLATILE = ("created", "validation.latency_ms", "steps[].seconds", "steps[].command", "model.file",
             "data.*.path", "steps[].environment.ref",
-            "arm_validation.latency_ms", "arm_validation.native_latency_ms")
+            "arm_validation.latency_ms", "arm_validation.native_latency_ms",
+            "cpu_validation.latency_ms", "cpu_validation.native_latency_ms")
 MEASURED_FILES = {
     MEASURED: "measured: build times, latency and commands (they name the job folder)",
     "report.html": "measured: shows latency",
@@ -96,6 +97,9 @@ def split_manifest(manifest: dict) -> tuple[dict, dict]:
     volatile["model_file"] = (stable.get("model") or {}).pop("file", None)
     volatile["data_paths"] = {k: v.pop("path", None) for k, v in (stable.get("data") or {}).items()
                               if isinstance(v, dict)}
+    for key in ("arm_validation", "cpu_validation"):  # validations elsewhere: their timings
+        if isinstance(stable.get(key), dict):
+            volatile[key] = {k: stable[key].pop(k, None) for k in ("latency_ms", "native_latency_ms")}
     for step in stable.get("steps", []):
         env = step.get("environment") or {}
         volatile["steps"][step.get("id")] = {"seconds": step.pop("seconds", None),
