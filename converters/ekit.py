@@ -103,6 +103,8 @@ def resolved_spec(requested: dict, io: dict) -> dict:
     (io.json) wins key by key over the requested one (params["input"])."""
     spec = dict(requested or {})
     spec.update((io or {}).get("input_spec") or {})
+    if (io or {}).get("input_spec"):
+        spec.pop("resize_auto", None)  # the source step resolved it (ekit_task.letterbox_detector)
     return spec
 
 
@@ -409,6 +411,8 @@ def describe_preprocessing(spec: dict) -> str:
                      f"{w}/width), rounding the new size, paste it centred (offsets floored) on "
                      f"a {size} canvas filled with ({pad}, {pad}, {pad})" if h else
                      f"Letterbox the image (scale to fit, centre, pad with {pad})")
+        if spec.get("resize_why"):  # chosen by edgekiln (ekit_task.letterbox_detector)
+            parts[-1] += f" (letterbox: {spec['resize_why']})"
     else:
         parts.append(f"Resize the image (bilinear) to exactly {size}, ignoring the aspect ratio")
     if c == 1:

@@ -327,6 +327,31 @@ def task_file():
     return ekit.work() / "source" / "task.json"
 
 
+LETTERBOX_WHY = "the default for a detector (as Ultralytics trains them); --resize crop or stretch to change"
+
+
+def letterbox_detector(p: dict, ref_outputs, names, spec: dict, metadata: dict | None = None) -> bool:
+    """Source step, after the first reference run: a model whose outputs are a detector's and
+    whose resize was not given (``spec["resize_auto"]``) is fed letterboxed, pad 114 (Ultralytics'
+    convention). Switches ``spec`` in place (its ``resize_why`` says why, the feed sentence
+    repeats it); True when it did: the reference inputs must then be loaded again."""
+    if not spec.pop("resize_auto", False) or spec.get("resize", "crop") != "crop":
+        return False
+    import ekit
+
+    opts = p.get("options") or {}
+    outs = [{"name": n, "shape": list(np.asarray(y).shape)} for n, y in zip(names, ref_outputs)]
+    try:
+        task = detect_task(outs, ekit.input_hw(spec)[:2], metadata, opts.get("task"), opts.get("head"))
+    except ValueError:
+        return False  # write_task reports it
+    if task["task"] != "detect":
+        return False
+    spec.update(resize="letterbox", pad=114, resize_why=LETTERBOX_WHY)
+    ekit.log(f"task detect ({task['reason']}): inputs letterboxed, {LETTERBOX_WHY}")
+    return True
+
+
 def write_task(p: dict, ref_outputs, names, spec: dict, metadata: dict | None = None,
                folder=None, files=None) -> dict:
     """Source step: decide the task (``p["options"]`` task/head/task_params win, then metadata,

@@ -72,7 +72,8 @@ BUILD_HELP = {
     "std": "per-channel std divided after the mean, e.g. 0.229,0.224,0.225",
     "bgr": "the model takes BGR channel order",
     "pixel_scale": "pixels are divided by this first (255: 0..1 input, default; 1: 0..255 input)",
-    "resize": "crop (shorter side to size/0.875, centre crop; default), stretch, or letterbox (YOLO: fit, centre, pad)",
+    "resize": "crop (shorter side to size/0.875, centre crop), stretch, or letterbox (YOLO: fit, centre, pad); "
+              "default: letterbox when the model is a detector, else crop",
     "pad": "letterbox fill value 0-255 (default 114)",
     "task": "what the outputs are: classify, detect, segment, map or raw (default: from the model's metadata/shapes)",
     "head": "detector head: yolov5, yolov8, yolox, ssd or e2e (implies --task detect)",

@@ -44,11 +44,16 @@ class InputSpec:
     resize: str = "crop"
     dynamic_batch: bool = False
     pad: int | None = None  # letterbox fill (0-255); None: 114 with letterbox
+    # --resize not given: the source step letterboxes a detector, crops anything else
+    # (converters/ekit_task.py letterbox_detector)
+    resize_auto: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if data["pad"] is None:
             del data["pad"]  # absent unless letterboxing: older specs (and build keys) unchanged
+        if not data["resize_auto"]:
+            del data["resize_auto"]
         for key in ("shape", "mean", "std"):
             if data[key] is not None:
                 data[key] = list(data[key])
@@ -181,6 +186,7 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
         resize=(pick(resize, "resize") or "crop").lower(),
         dynamic_batch=bool(pick(dynamic_batch, "dynamic_batch") or False),
         pad=parse_pad(pick(pad, "pad"), (pick(resize, "resize") or "crop").lower()),
+        resize_auto=pick(resize, "resize") is None,
     )
     if spec.layout not in LAYOUTS:
         raise UsageError(f"--layout {spec.layout!r} is unknown", "use nchw or nhwc")
