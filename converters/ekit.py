@@ -187,6 +187,18 @@ def write_json(path: str | os.PathLike, data) -> None:
     os.replace(tmp, path)
 
 
+def unmeasured(value):
+    """``value`` without what was measured rather than made — wall-clock keys (``seconds``,
+    ``*_seconds``), at any depth — for what goes INTO an artifact's bytes (OpenVINO's rt_info):
+    two builds of the same inputs must give the same file. The step's result keeps them."""
+    if isinstance(value, dict):
+        return {k: unmeasured(v) for k, v in value.items()
+                if not (isinstance(k, str) and (k == "seconds" or k.endswith("_seconds")))}
+    if isinstance(value, (list, tuple)):
+        return [unmeasured(v) for v in value]
+    return value
+
+
 def jsonable(value):
     """numpy scalars/arrays, Paths, tuples -> plain JSON values; NaN/inf -> None."""
     if isinstance(value, dict):

@@ -325,6 +325,9 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         ui.stage(f"nothing published; the job is kept for inspection: {job.root}")
         raise
     if error is not None:
+        from .report import record_refused  # `edgekiln report` shows them beside the published ones
+
+        record_refused(loc.version_dir, request.model_name, failed)
         mark_job(job.root, "failed")  # kept for inspection of the artifacts that failed
         ui.stage(f"published what passed; the job is kept for inspection: {job.root}")
     elif keep_job:
