@@ -150,6 +150,8 @@ def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) 
     environment is made, no image built, nothing published."""
     import tempfile
 
+    from .docker import host_platform
+
     prep = prepare(request)
     job_root = Path(tempfile.mkdtemp(prefix="edgekiln-dry-run-"))
     try:
@@ -160,7 +162,9 @@ def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) 
             runner = runner_for(s)
             env = runner.planned_env(s.image, getattr(runner, "platform", None), local_ok=s.local)
             steps.append({"id": s.id, "kind": s.kind, "image": s.image, "template": s.template,
-                          "runner": env.runner, "platform": s.platform, "environment": env.ref,
+                          # where it runs: the environment's platform (an Arm target's convert steps
+                          # run on this engine's own), a local virtualenv this machine's
+                          "runner": env.runner, "platform": env.platform or host_platform(), "environment": env.ref,
                           # local: byte for byte the line commands.sh gets; Docker: the same but for
                           # the job folder (made at build time), shown as <job>
                           "command": quote(runner.command(env, job, s.script)).replace(str(job_root.resolve()), "<job>")})

@@ -218,7 +218,8 @@ def _print_dry_run(info: dict, as_json: bool) -> None:
     console.print(f"input spec: {_json.dumps(info['input'])}", markup=False)
     console.print("commands (from the job folder; the same lines as build/commands.sh):", markup=False)
     for s in info["steps"]:
-        console.print(f"  {s['id']:<28} {s['kind']:<9} {s['runner']}:{s['image']:<9} {s['template']}", markup=False)
+        console.print(f"  {s['id']:<28} {s['kind']:<9} {s['runner']}:{s['image']:<9} {s['platform']:<12} "
+                      f"{s['template']}", markup=False)
         console.print(f"      {s['command']}", markup=False)
     for a in info["artifacts"]:
         console.print(f"  → {a['publish_to']}  thresholds {_json.dumps(a['thresholds'])}", markup=False)

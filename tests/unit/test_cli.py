@@ -88,3 +88,19 @@ def test_json_failure_is_json_with_the_error_kind(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
     proc = run_cli("build", "--model", tmp_path / "m.onnx", "--head", "yolo9", "--json")
     assert proc.returncode == 2 and json.loads(proc.stdout)["error"]["kind"] == "usage"
+
+
+def test_dry_run_platform_is_where_each_step_runs(weights):
+    """rpi's image is for linux/arm64, but its convert/validate steps run here (a local virtualenv):
+    the dry run says this machine's platform, not the image's."""
+    import json
+
+    from edgekiln.docker import host_platform
+
+    proc = run_cli("build", "--model", weights, "--arch", "mobilenet_v2", "--target", "rpi", "--runner", "local",
+                   "--dry-run", "--json", check=0)
+    steps = json.loads(proc.stdout)["steps"]
+    assert {s["platform"] for s in steps} == {host_platform()}, steps
+    text = run_cli("build", "--model", weights, "--arch", "mobilenet_v2", "--target", "rpi", "--runner", "local",
+                   "--dry-run", check=0).stdout
+    assert f"local:tflite    {host_platform()}" in text, text
