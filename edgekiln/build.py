@@ -208,6 +208,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
     job = Job(new_job_dir(request.out),
               {"model": request.model, "calib": request.calib, "val": request.val})
     envs: dict[tuple[str, str], Env] = {}
+    fell_back: dict[str, str] = {}  # image -> why it runs in a local virtualenv instead of Docker
     timings: dict[str, float] = {}
     commands: dict[str, str] = {}
 
@@ -229,10 +230,9 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             where = (f"local virtualenv {Path(env.ref).parent.parent}" if env.runner == "local"
                      else f"Docker image {env.ref}" + (f" on {env.host}" if env.host else ""))
             ui.step_done(label, time.monotonic() - t0, f"environment {step.image}: {where}")
-            if env.runner != runner.name:
+            if env.runner != runner.name:  # said once per build, after every environment (fallback_warning)
                 why = next((l for l in reversed(said) if "instead" in l), "the image cannot be had here")
-                ui.warn(f"{why.split('; using')[0]}: the {step.image} steps run in a local virtualenv. "
-                        f"To run them in Docker, make that base available, then: edgekiln images --build {step.image}")
+                fell_back[step.image] = why.split("; using")[0]
         return runner, envs[key]
 
     def run_step(step: Step) -> None:
@@ -264,6 +264,8 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         render_job(plan, job.root, arch_file)
         for step in plan.steps:  # environments first, one at a time (parallel steps only read them)
             env_for(step)
+        if fell_back:
+            ui.warn(fallback_warning(fell_back))
         for step in plan.steps:
             if step.kind == "source":
                 run_step(step)
@@ -391,6 +393,24 @@ def defer_engine(folder: Path, artifact: Artifact, target: Target, params: dict,
     deferred = device_bundle(folder, params, job.work / artifact.work_dir, job.work / "source",
                              artifact.thresholds, reason)
     return mark_pending(folder, manifest, deferred)
+
+
+def fallback_warning(fell_back: dict[str, str]) -> str:
+    """One line for every image of the build that runs in a local virtualenv, its reason said once
+    ("image onnx: its base B is neither on the engine … nor reachable …" for onnx and torch:
+    "images onnx, torch: their base B is neither …")."""
+    by_why: dict[str, list[str]] = {}
+    for image, why in fell_back.items():
+        prefix = f"image {image}: "
+        by_why.setdefault(why[len(prefix):] if why.startswith(prefix) else why, []).append(image)
+    parts = []
+    for why, images in by_why.items():
+        many = len(images) > 1
+        parts.append(f"image{'s' if many else ''} {', '.join(images)}: "
+                     + (why.replace("its base", "their base", 1) if many else why))
+    return (f"{'; '.join(parts)}: {'these steps run' if len(fell_back) > 1 else 'its steps run'} in a local "
+            f"virtualenv. To run them in Docker, make that base available, then: "
+            f"edgekiln images --build {','.join(fell_back)}")
 
 
 def env_key(runner: Runner, image: str) -> tuple[str, str]:

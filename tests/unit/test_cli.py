@@ -104,3 +104,14 @@ def test_dry_run_platform_is_where_each_step_runs(weights):
     text = run_cli("build", "--model", weights, "--arch", "mobilenet_v2", "--target", "rpi", "--runner", "local",
                    "--dry-run", check=0).stdout
     assert f"local:tflite    {host_platform()}" in text, text
+
+
+def test_the_local_fallback_is_one_warning_per_build():
+    from edgekiln.build import fallback_warning
+
+    why = "its base python:3.11-slim-bookworm is neither on the engine at E nor reachable in a registry (docker load it)"
+    line = fallback_warning({"torch": f"image torch: {why}", "onnx": f"image onnx: {why}"})
+    assert line.count("neither on the engine") == 1 and line.startswith("images torch, onnx: their base python")
+    assert line.endswith("edgekiln images --build torch,onnx")
+    one = fallback_warning({"onnx": f"image onnx: {why}"})
+    assert one.startswith("image onnx: its base") and "its steps run in a local virtualenv" in one
