@@ -15,7 +15,7 @@ def bench(c, only="", repeats=3):
     """Run the benchmarks in bench/ (numbers go to bench/results/*.json and *.md)."""
     scripts = {"spine": f"bench/spine.py --repeats {repeats}", "onnx_quant_choices": "bench/onnx_quant_choices.py",
                "openvino": "bench/openvino_bench.py", "tflite": "bench/tflite_bench.py",
-               "demo_matrix": "bench/demo_matrix.py"}  # last: it rewrites README.md's measured table
+               "demo_matrix": "bench/demo_matrix.py"}  # last: it rewrites docs/measurements.md's table
     for name, cmd in scripts.items():
         if only and name != only:
             continue
