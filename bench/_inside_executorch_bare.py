@@ -4,7 +4,7 @@ torch.export -> to_edge_transform_and_lower(XnnpackPartitioner()) -> .pte; int8:
 with get_symmetric_quantization_config() (its default: per-tensor weights), calibrated on the
 job's calib.npy. Scored in the ExecuTorch runtime with the validate step's metrics. One JSON line.
 
-    python _bare_executorch.py WEIGHTS.pth fp32|int8
+    python _inside_executorch_bare.py WEIGHTS.pth fp32|int8
 """
 
 import json

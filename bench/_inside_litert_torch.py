@@ -3,8 +3,8 @@ route for PyTorch sources into rpi, litert_torch.convert(module, (sample,)) -> .
 the job's onnx2tf artifact (work/rpi/fp32/model.tflite) and this one in LiteRT on the job's
 reference images, scored with the validate step's metrics. One JSON line on stdout.
 
-    python _litert_torch.py mobilenet WEIGHTS.pth    (the demo module: zoo arch + weights)
-    python _litert_torch.py onnx                     (work/source/model.onnx via onnx2torch)
+    python _inside_litert_torch.py mobilenet WEIGHTS.pth    (the demo module: zoo arch + weights)
+    python _inside_litert_torch.py onnx                     (work/source/model.onnx via onnx2torch)
 """
 
 import json

@@ -1,8 +1,8 @@
-"""Worker of bench/new_runtimes.py, run INSIDE the ncnn or mnn environment with converters/ on
+"""Worker of bench/ncnn_mnn_vs_bare.py, run INSIDE the ncnn or mnn environment with converters/ on
 PYTHONPATH and a kept edgekiln job as the working directory (its work/source: model.onnx,
 reference.npz, task.json).
 
-    python new_runtimes_worker.py ncnn|mnn SPEC.json OUT.json [--photos DIR] [--artifact LABEL=PATH ...]
+    python _inside_ncnn_mnn.py ncnn|mnn SPEC.json OUT.json [--photos DIR] [--artifact LABEL=PATH ...]
 
 1. Runs the runtime's own tool BARE on work/source/model.onnx, as its documentation shows:
    ncnn: ``pnnx model.onnx inputshape=[...]`` (its defaults: fp16=1, optlevel=2), run with

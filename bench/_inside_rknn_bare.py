@@ -2,7 +2,7 @@
 on the job's work/source/model.onnx, then its simulator on the job's reference images, scored with
 the validate step's own metrics (ekit.compare + ekit_task.evaluate). One JSON line on stdout.
 
-    python _bare_rknn.py JOB_SOURCE_SPEC_JSON MODE [ALGORITHM]
+    python _inside_rknn_bare.py JOB_SOURCE_SPEC_JSON MODE [ALGORITHM]
 MODE: bare-int8  the toolkit's documented defaults: dataset.txt listing the calibration photo
                  FILES (the toolkit reads and resizes them itself), mean/std in config, normal
       tuned-int8 edgekiln's calibration (calib.npy folded back to pixels) with ALGORITHM

@@ -1,11 +1,11 @@
 """Make a contract-shaped ``work/source/`` from the real ImageNet MobileNetV2 (torchvision weights)
 without the host: model.onnx (opset 17, dynamic batch), reference.npz (PyTorch outputs on the
-validation photos), calib.npy, io.json. Used by bench/openvino_bench.py and the intel template
+validation photos), calib.npy, io.json. Used by bench/intel_vs_bare.py and the intel template
 tests; an edgekiln build's source step writes the same files.
 
 Run it with a Python that has torch + onnx (the torch image's environment):
 
-    python bench/mobilenet_source.py OUT_SOURCE_DIR --weights mobilenet_v2-b0353104.pth \
+    python bench/_mobilenet_source.py OUT_SOURCE_DIR --weights mobilenet_v2-b0353104.pth \
         --calib photos/ --val photos-mirrored/ [--static]
 """
 

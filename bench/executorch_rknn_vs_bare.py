@@ -18,9 +18,9 @@ job's data and are scored with the validate steps' own metrics (bench/_bare_*.py
               default: per-tensor). ExecuTorch has no ONNX importer: for YOLOv8n (ONNX only)
               there is no bare ExecuTorch tool to compare with; edgekiln goes through onnx2torch.
 
-    .venv/bin/python bench/new_runtimes_b.py [--only rknn,executorch] [--models mobilenet,yolo]
+    .venv/bin/python bench/executorch_rknn_vs_bare.py [--only rknn,executorch] [--models mobilenet,yolo]
 
-Writes bench/results/new_runtimes_b.{json,md}.
+Writes bench/results/executorch_rknn_vs_bare.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,15 +54,9 @@ def models(tmp: Path) -> dict:
 
 
 def build(target, model_args, photos, out: Path) -> tuple[Path, float, int]:
-    cmd = [sys.executable, "-m", "edgekiln", "build", "--target", target, "--precision", PRECISIONS[target],
-           "--model", *model_args, "--calib", photos[0], "--val", photos[1], "--out", str(out),
-           "--runner", "local", "--keep-job"]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode not in (0, 10):
-        raise SystemExit(f"build failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    job = max((out / ".edgekiln" / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
-    return job, round(time.perf_counter() - t, 1), proc.returncode
+    from _common import cli_build
+
+    return cli_build(target, PRECISIONS[target], model_args, photos, out)
 
 
 def rows(job: Path, target: str) -> list[dict]:
@@ -102,7 +95,7 @@ def bare_rknn(job: Path, calib: str) -> list[dict]:
     # mmse is left out: over 10 minutes per model on this shared 2-core machine (stopped)
     for mode, algo in (("bare-int8", "normal"), ("tuned-int8", "normal"), ("tuned-int8", "kl_divergence"),
                        ("tuned-int8", "normal+auto_hybrid")):
-        r = run_in("rknn", job, [str(HERE / "_bare_rknn.py"), json.dumps(spec), mode, algo], calib)
+        r = run_in("rknn", job, [str(HERE / "_inside_rknn_bare.py"), json.dumps(spec), mode, algo], calib)
         label = "bare rknn-toolkit2 (photo files, defaults)" if mode == "bare-int8" else \
             (f"int8 {algo}, everything int8 (build())" if "+" not in algo else
              f"int8 {algo.split('+')[0]}, build(auto_hybrid=True)")
@@ -114,7 +107,7 @@ def bare_rknn(job: Path, calib: str) -> list[dict]:
 def bare_executorch(job: Path, weights: str, calib: str) -> list[dict]:
     out = []
     for precision in ("fp32", "int8"):
-        r = run_in("executorch", job, [str(HERE / "_bare_executorch.py"), weights, precision], calib)
+        r = run_in("executorch", job, [str(HERE / "_inside_executorch_bare.py"), weights, precision], calib)
         out.append({"variant": f"bare ExecuTorch snippet {precision}", **{k: v for k, v in r.items() if k != "mode"},
                     "convert_seconds": r.get("seconds")})
     return out
@@ -125,7 +118,7 @@ def fmt(v, f=".4f"):
 
 
 def markdown(res: dict) -> str:
-    lines = ["# executorch and rknn targets (bench/new_runtimes_b.py)", "",
+    lines = ["# executorch and rknn targets (bench/executorch_rknn_vs_bare.py)", "",
              f"Run {res['date']} on {res['machine']}; a busy shared 2-core machine: latencies are noisy. "
              "rknn numbers are from rknn-toolkit2's x86 SIMULATOR, not an NPU: its latency is the "
              "simulator's on this CPU, not a device figure.", ""]
@@ -175,11 +168,11 @@ def main() -> None:
                                                   "exit": code, "rows": found}
                 print(json.dumps({f"{target}/{key}": found}, default=str), flush=True)
     results = HERE / "results"
-    previous = results / "new_runtimes_b.json"
+    previous = results / "executorch_rknn_vs_bare.json"
     if previous.is_file():  # a partial run (--only/--models) keeps the other rows of the last one
         res["runs"] = {**json.loads(previous.read_text()).get("runs", {}), **res["runs"]}
-    (results / "new_runtimes_b.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    (results / "new_runtimes_b.md").write_text(markdown(res))
+    (results / "executorch_rknn_vs_bare.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    (results / "executorch_rknn_vs_bare.md").write_text(markdown(res))
     print(markdown(res))
 
 

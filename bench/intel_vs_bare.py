@@ -13,11 +13,11 @@ over interleaved rounds) and throughput (AsyncInferQueue, THROUGHPUT hint; the b
 interleaved 1 s windows). Every number is taken at INFERENCE_PRECISION_HINT=f32 (int8: quantized
 layers int8, the rest f32).
 
-    python bench/openvino_bench.py                       # envs from images/*/requirements.txt
-    python bench/openvino_bench.py --python ~/.cache/edgekiln/probe-openvino/bin/python \
+    python bench/intel_vs_bare.py                       # envs from images/*/requirements.txt
+    python bench/intel_vs_bare.py --python ~/.cache/edgekiln/probe-openvino/bin/python \
         --source /path/to/work/source                    # an existing work/source
 
-Writes bench/results/openvino.json and bench/results/openvino.md.
+Writes bench/results/intel_vs_bare.json and bench/results/intel_vs_bare.md.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def build_source(dest: Path, torch_python: str | None) -> None:
 
         torch_python = LocalRunner().prepare("torch").ref
     calib, val = photo_folders()
-    subprocess.run([torch_python, str(ROOT / "bench" / "mobilenet_source.py"), str(dest),
+    subprocess.run([torch_python, str(ROOT / "bench" / "_mobilenet_source.py"), str(dest),
                     "--weights", str(mobilenet_weights()), "--calib", str(calib), "--val", str(val)],
                    check=True)
 
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         else:
             build_source(src, args.torch_python)
         if not (src / "spec.json").is_file():
-            raise SystemExit(f"{src} has no spec.json (the InputSpec); make it with bench/mobilenet_source.py")
+            raise SystemExit(f"{src} has no spec.json (the InputSpec); make it with bench/_mobilenet_source.py")
         ours = {}
         for p in PRECISIONS:
             print(f"edgekiln {p} ...", flush=True)
@@ -196,9 +196,9 @@ def main(argv=None) -> int:
                 "value": f"edgekiln {e8['correct']}/{e8['agree']} vs plain {p8['correct']}/{p8['agree']}"},
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "openvino.json").write_text(json.dumps(data, indent=2) + "\n")
-        write_markdown(data, args.out / "openvino.md")
-        print((args.out / "openvino.md").read_text())
+        (args.out / "intel_vs_bare.json").write_text(json.dumps(data, indent=2) + "\n")
+        write_markdown(data, args.out / "intel_vs_bare.md")
+        print((args.out / "intel_vs_bare.md").read_text())
     finally:
         if args.keep:
             print(f"job kept: {job}")

@@ -6,13 +6,13 @@ defaults; MNNConvert with its defaults and --fp16; MNN's quantizer with its docu
 config on the raw photos), plus the MNN int8 activation-range methods (KL / EMA / ADMM) that
 choose the target's default.
 
-    python bench/new_runtimes.py [--models mobilenet,yolo] [--out bench/results]
+    python bench/ncnn_mnn_vs_bare.py [--models mobilenet,yolo] [--out bench/results]
 
 Metrics: cosine (minimum over images), top-1 agreement / detection F1 against the source model's
 outputs (converters/ekit_task.py), size, conversion seconds (edgekiln: the convert step's wall
 time, with the step's process start; bare: the tool call), and latency measured INTERLEAVED in one
 process per runtime (rounds of one run of every variant, 2 threads), on this busy 2-core machine:
-compare rows with each other, not with a phone. Writes bench/results/new_runtimes.{json,md}.
+compare rows with each other, not with a phone. Writes bench/results/ncnn_mnn_vs_bare.{json,md}.
 """
 
 from __future__ import annotations
@@ -45,14 +45,7 @@ def cli(*args) -> tuple[int, dict, float]:
     return proc.returncode, data, time.perf_counter() - t0
 
 
-def newest_job(out: Path) -> Path:
-    return max((out / ".edgekiln" / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
-
-
-def python_for(image: str) -> str:
-    from edgekiln.runners.local import LocalRunner
-
-    return LocalRunner().prepare(image).ref
+from _common import env_python as python_for, newest_job  # noqa: E402,F401  (shared by the studies)
 
 
 def edgekiln_rows(job: Path, target: str, label_suffix: str = "") -> dict:
@@ -117,7 +110,7 @@ def bench_model(name: str, tmp: Path) -> dict:
         for var in ("PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(var, None)
         extra = ["--photos", str(calib)] if runtime == "mnn" else []
-        proc = subprocess.run([python_for(runtime), str(ROOT / "bench" / "new_runtimes_worker.py"), runtime,
+        proc = subprocess.run([python_for(runtime), str(ROOT / "bench" / "_inside_ncnn_mnn.py"), runtime,
                                str(spec_file), str(res_file), *extra, *arts], cwd=job, env=env,
                               capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
@@ -135,7 +128,7 @@ def fmt(v, spec=".4f"):
 
 
 def markdown(results: dict) -> str:
-    lines = ["# ncnn and MNN targets: edgekiln vs the runtimes' own tools (bench/new_runtimes.py)", "",
+    lines = ["# ncnn and MNN targets: edgekiln vs the runtimes' own tools (bench/ncnn_mnn_vs_bare.py)", "",
              f"{results['when']}, {results['machine']}. Latency: interleaved, 2 threads, batch 1, busy "
              "shared 2-core x86 machine (compare rows, not devices). cosine: minimum over the validation "
              "images; agreement: top-1 vs the source (classifier); det F1: boxes vs the source's "
@@ -176,8 +169,8 @@ def main() -> int:
             for row in res[runtime].values():
                 row.pop("folder", None)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "new_runtimes.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "new_runtimes.md").write_text(markdown(results))
+    (args.out / "ncnn_mnn_vs_bare.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "ncnn_mnn_vs_bare.md").write_text(markdown(results))
     print(markdown(results))
     return 0
 

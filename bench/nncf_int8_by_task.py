@@ -1,5 +1,5 @@
 """NNCF int8 settings for the intel (OpenVINO) target, measured by what the outputs MEAN — the
-same models, photos and metrics as bench/task_quant.py (which see), NNCF instead of ORT:
+same models, photos and metrics as bench/ort_int8_by_task.py (which see), NNCF instead of ORT:
 
   bare NNCF defaults     nncf.quantize(model, dataset) and nothing else
   edgekiln before        preset performance, full bias correction (the MobileNetV2 choice)
@@ -9,12 +9,14 @@ same models, photos and metrics as bench/task_quant.py (which see), NNCF instead
 
 Artifact vs the fp32 IR on the validation photos, CPU, INFERENCE_PRECISION_HINT f32.
 
-    python bench/task_quant_intel.py --detector D.onnx --map-model M.onnx --classifier C.onnx
+    python bench/nncf_int8_by_task.py --detector D.onnx --map-model M.onnx --classifier C.onnx
 
-Run in the openvino image's environment (images/openvino). Writes bench/results/task_quant_intel.*
+Run in the openvino image's environment (images/openvino). Writes bench/results/nncf_int8_by_task.*
 """
 
 from __future__ import annotations
+
+ENV = 'openvino'  # the converter environment this study runs in (bench/_common.py, invoke bench)
 
 import json
 import os
@@ -28,7 +30,7 @@ sys.path.insert(0, str(HERE))
 # converters/ (on sys.path for ekit*) has a torch/ folder of templates: without a real torch in
 # this environment it would import as an empty namespace package and break nncf's optional import.
 sys.modules.setdefault("torch", None)
-import task_quant as tq  # noqa: E402  (puts converters/ and the repo on sys.path)
+import ort_int8_by_task as tq  # noqa: E402  (puts converters/ and the repo on sys.path)
 
 import ekit  # noqa: E402
 import ekit_ov  # noqa: E402
@@ -51,7 +53,7 @@ def run(ov, core, model, x, runs):
 
 
 def main() -> None:
-    a = tq.arguments(__doc__, "task_quant_intel").parse_args()
+    a = tq.arguments(__doc__, "nncf_int8_by_task").parse_args()
     import nncf
     import openvino as ov
 

@@ -19,6 +19,8 @@ bench/results/onnx_quant_choices.{json,md} (or --out PREFIX).
 
 from __future__ import annotations
 
+ENV = 'onnx'  # the converter environment this study runs in (bench/_common.py, invoke bench)
+
 import argparse
 import itertools
 import json

@@ -7,7 +7,7 @@
     the other, side by side in this run. Environment creation is excluded from both and reported
     separately (``--with-env`` times it in a fresh cache).
 
-Writes bench/results/spine.json and spine.md. Run: ``invoke bench`` or ``python bench/spine.py``.
+Writes bench/results/orchestration_overhead.json and .md. Run: ``invoke bench`` or ``python bench/orchestration_overhead.py``.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main() -> None:
         "env_creation_s": env_seconds,
         "goals": {"cache_hit_s": "< 0.5", "cold_over_bare": "<= 1.05"},
     }
-    (RESULTS / "spine.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "orchestration_overhead.json").write_text(json.dumps(data, indent=2) + "\n")
     md = [
         "# Spine benchmark", "", f"{data['model']}; {data['machine']['cpus']} CPUs.", "",
         "| measure | edgekiln | bare | ratio | goal |", "|---|---|---|---|---|",
@@ -133,7 +133,7 @@ def main() -> None:
     ]
     if env_seconds:
         md.append(f"| environment creation (excluded above) | {env_seconds} | | | |")
-    (RESULTS / "spine.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "orchestration_overhead.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -16,12 +16,14 @@ Variants (static QDQ, calibrated on the same images):
                       (ekit_onnx.head_nodes: the Concat of boxes and scores, sigmoid, box maths)
   U8S8 / S8S8 minmax  per-channel MinMax, with and without the head float
 
-    python bench/task_quant.py --detector D.onnx --map-model M.onnx --classifier C.onnx
+    python bench/ort_int8_by_task.py --detector D.onnx --map-model M.onnx --classifier C.onnx
 
-Run in the onnx image's environment (images/onnx). Writes bench/results/task_quant.{json,md}.
+Run in the onnx image's environment (images/onnx). Writes bench/results/ort_int8_by_task.{json,md}.
 """
 
 from __future__ import annotations
+
+ENV = 'onnx'  # the converter environment this study runs in (bench/_common.py, invoke bench)
 
 import argparse
 import json
@@ -153,7 +155,7 @@ def arguments(doc: str, out: str) -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    ap = arguments(__doc__, "task_quant")
+    ap = arguments(__doc__, "ort_int8_by_task")
     ap.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     a = ap.parse_args()
     if a.render:

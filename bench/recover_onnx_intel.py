@@ -16,9 +16,9 @@ Models and the gate recovery aims at (the artifact's thresholds):
 Per row: the task metric, top-1 agreement, size, latency (median, validate step: every core of a
 busy shared machine, so noisy), share of MACs still int8, convert seconds.
 
-    .venv/bin/python bench/recover_bench.py [--only mobilenet,yolo,ppocr] [--runtimes onnx,intel]
+    .venv/bin/python bench/recover_onnx_intel.py [--only mobilenet,yolo,ppocr] [--runtimes onnx,intel]
 
-Writes bench/results/recover.{json,md}.
+Writes bench/results/recover_onnx_intel.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,13 +60,9 @@ def models(tmp: Path) -> dict:
 
 def build(model_args, photos, out: Path, precision: str, extra, target: str = "onnx") -> Path:
     """One CLI build (kept job); -> the job folder (passed or refused)."""
-    cmd = [sys.executable, "-m", "edgekiln", "build", "--target", target, "--precision", precision, "--model",
-           *model_args, "--calib", photos[0], "--val", photos[1], "--out", str(out), "--runner", "local",
-           "--keep-job", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode not in (0, 10):
-        raise SystemExit(f"build failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return max((out / ".edgekiln" / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
+    from _common import cli_build
+
+    return cli_build(target, precision, model_args, photos, out, extra)[0]
 
 
 def row(job: Path, precision: str, metric: str, label: str, target: str = "onnx") -> dict:
@@ -89,7 +84,7 @@ def row(job: Path, precision: str, metric: str, label: str, target: str = "onnx"
 
 def ort_measure(runs: int, warmup: int) -> str:
     """The end of a bare-tool snippet that wrote bare.onnx: its metrics on the job's reference images,
-    size and latency in ONNX Runtime, as one JSON line (recover_tflite_trt.py's modelopt snippet too)."""
+    size and latency in ONNX Runtime, as one JSON line (recover_rpi_jetson.py's modelopt snippet too)."""
     return ('''sess = ekit_onnx.ort_session("bare.onnx")
 ys = ekit_onnx.ort_run(sess, ref["x"].astype(np.float32))
 x1 = ref["x"][:1].astype(np.float32)
@@ -208,7 +203,7 @@ def fmt(v, f=".3f"):
 
 def checks(metric: str, fp: dict, rec: dict, speed_note: str = "") -> list[tuple]:
     """The issue's goals every runtime shares: (goal, measured, met) for the task metric, MACs, speed
-    and size of the recovered int8 against fp32 of the same run (recover_tflite_trt.py uses it too)."""
+    and size of the recovered int8 against fp32 of the same run (recover_rpi_jetson.py uses it too)."""
     out = []
     if metric == "top1_agreement":
         out.append(("≥ 19/20 top-1 agreement", f"{rec[metric] * 20:.0f}/20", rec[metric] >= 0.95))
@@ -294,12 +289,12 @@ def main() -> None:
     ap.add_argument("--markdown-only", action="store_true", help="rewrite recover.md from recover.json")
     a = ap.parse_args()
     if a.markdown_only:
-        res = json.loads((HERE / "results" / "recover.json").read_text())
-        (HERE / "results" / "recover.md").write_text(markdown(res))
+        res = json.loads((HERE / "results" / "recover_onnx_intel.json").read_text())
+        (HERE / "results" / "recover_onnx_intel.md").write_text(markdown(res))
         return
     extra_args = "".join(f" --{k} {v}" for k, v, d in (("only", a.only, "mobilenet,yolo,ppocr"),
                                                        ("runtimes", a.runtimes, "onnx,intel")) if v != d)
-    res = {"command": "python bench/recover_bench.py" + extra_args,
+    res = {"command": "python bench/recover_onnx_intel.py" + extra_args,
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,8 +320,8 @@ def main() -> None:
                                                     "gate": gate, "rows": rows}
                 print(f"{target} {label}: " + ", ".join(f"{r['variant']} {r.get(metric)}" for r in rows), flush=True)
                 out = HERE / "results"
-                (out / "recover.json").write_text(json.dumps(res, indent=2) + "\n")
-                (out / "recover.md").write_text(markdown(res))
+                (out / "recover_onnx_intel.json").write_text(json.dumps(res, indent=2) + "\n")
+                (out / "recover_onnx_intel.md").write_text(markdown(res))
     print(markdown(res))
 
 

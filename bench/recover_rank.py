@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from recover_bench import build, models  # noqa: E402
+from recover_onnx_intel import build, models  # noqa: E402
 
 TRY = r"""
 import json, sys, time

@@ -10,12 +10,12 @@ reference images, in the same run:
            (its other defaults) on the source ONNX. Every jetson number is the ONNX Runtime CPU proxy
            of the Q/DQ ONNX: its latency is NOT a TensorRT figure (no engine is built here).
 
-Models and the gate recovery aims at (the same as bench/recover_bench.py): MobileNetV2 demo
+Models and the gate recovery aims at (the same as bench/recover_onnx_intel.py): MobileNetV2 demo
 min_top1_agreement 1.0; YOLOv8n min_det_f1 0.95; PP-OCRv4 det min_region_f1 0.90.
 
-    .venv/bin/python bench/recover_tflite_trt.py [--only mobilenet,yolo,ppocr] [--runtimes rpi,jetson]
+    .venv/bin/python bench/recover_rpi_jetson.py [--only mobilenet,yolo,ppocr] [--runtimes rpi,jetson]
 
-Writes bench/results/recover_tflite_trt.{json,md}.
+Writes bench/results/recover_rpi_jetson.{json,md}.
 """
 
 from __future__ import annotations
@@ -33,20 +33,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from recover_bench import GOALS_HEAD, checks, fmt, models, ort_measure  # noqa: E402  (the same models, photos and gates)
+from recover_onnx_intel import GOALS_HEAD, checks, fmt, models, ort_measure  # noqa: E402  (the same models, photos and gates)
 
 GATES = {"top1_agreement": "min_top1_agreement 1.0", "det_f1": "min_det_f1 0.95", "region_f1": "min_region_f1 0.90"}
 
 
 def build(target, model_args, photos, out: Path, precision: str, extra) -> Path:
     """One CLI build (kept job); -> the job folder (passed or refused)."""
-    cmd = [sys.executable, "-m", "edgekiln", "build", "--target", target, "--precision", precision, "--model",
-           *model_args, "--calib", photos[0], "--val", photos[1], "--out", str(out), "--runner", "local",
-           "--keep-job", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode not in (0, 10):
-        raise SystemExit(f"build failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return max((out / ".edgekiln" / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
+    from _common import cli_build
+
+    return cli_build(target, precision, model_args, photos, out, extra)[0]
 
 
 def row(job: Path, target: str, precision: str, metric: str, label: str) -> dict:
@@ -210,10 +206,10 @@ def main() -> None:
     a = ap.parse_args()
     out = HERE / "results"
     if a.markdown_only:
-        res = json.loads((out / "recover_tflite_trt.json").read_text())
-        (out / "recover_tflite_trt.md").write_text(markdown(res))
+        res = json.loads((out / "recover_rpi_jetson.json").read_text())
+        (out / "recover_rpi_jetson.md").write_text(markdown(res))
         return
-    res = {"command": "python bench/recover_tflite_trt.py" + (f" --only {a.only}" if a.only != "mobilenet,yolo,ppocr" else "")
+    res = {"command": "python bench/recover_rpi_jetson.py" + (f" --only {a.only}" if a.only != "mobilenet,yolo,ppocr" else "")
            + (f" --runtimes {a.runtimes}" if a.runtimes != "rpi,jetson" else ""),
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {}}
@@ -234,8 +230,8 @@ def main() -> None:
                     rows = [{"variant": v, "error": str(e)[-300:]} for v in ("fp32", "int8 (plain)", "int8 --recover")]
                 res["models"][name] = {"label": label, "metric": metric, "gate": GATES[metric], "rows": rows}
                 print(f"{name}: " + ", ".join(f"{r['variant']} {r.get(metric, r.get('error'))}" for r in rows), flush=True)
-                (out / "recover_tflite_trt.json").write_text(json.dumps(res, indent=2) + "\n")  # partial results survive
-    (out / "recover_tflite_trt.md").write_text(markdown(res))
+                (out / "recover_rpi_jetson.json").write_text(json.dumps(res, indent=2) + "\n")  # partial results survive
+    (out / "recover_rpi_jetson.md").write_text(markdown(res))
     print(markdown(res))
 
 

@@ -1,7 +1,7 @@
 """Release numbers on the demo MobileNetV2 × onnx fp32/int8 (real weights, 20 real photos).
 
-    python bench/release_bench.py                       ->  bench/results/release.{json,md}
-    python bench/release_bench.py --matrix examples/release.toml --name release_example
+    python bench/release_cold_cached_check.py                       ->  bench/results/release_cold_cached_check.{json,md}
+    python bench/release_cold_cached_check.py --matrix examples/release.toml --name release_example
 
 Measures, with the CLI in a subprocess and the local runner (environments already made):
 * a cold release (empty build store) vs a fully cached one (same store, new release root) vs
@@ -87,7 +87,7 @@ def rerun_on_one_cpu(folder: Path, tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--matrix", help="a release file (default: the demo × onnx fp32/int8)")
-    parser.add_argument("--name", default="release", help="results file name in bench/results/")
+    parser.add_argument("--name", default="release_cold_cached_check", help="results file name in bench/results/")
     parser.add_argument("--store", help="build store (dist) to reuse: the first release is then not cold "
                                         "(the results say so); default: an empty temporary one")
     args = parser.parse_args()

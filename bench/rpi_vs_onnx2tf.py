@@ -2,7 +2,7 @@
 top-1 agreement with the source model, LiteRT latency — side by side with onnx2tf's own default
 outputs (``onnx2tf -oiqt``, same model, same calibration tensors, same run).
 
-    python bench/tflite_bench.py [--models mobilenet,fmnist] [--threads 1] [--out bench/results]
+    python bench/rpi_vs_onnx2tf.py [--models mobilenet,fmnist] [--threads 1] [--out bench/results]
 
 Models: torchvision's ImageNet MobileNetV2 (ONNX route; calibrated on the 20 foolbox photos,
 judged on their 20 mirror images) and a Keras CNN trained here on real Fashion-MNIST (TF route,
@@ -12,7 +12,7 @@ tensor, its integer ones the quantized normalized tensor). Latency is LiteRT on 
 (batch 1, ``--threads``), not on a Pi, measured interleaved (every variant in turn, several rounds,
 in one process) so that the load of a shared machine hits all of them alike: compare the rows
 with each other, not with a Pi.
-Writes bench/results/tflite_bench.json and .md.
+Writes bench/results/rpi_vs_onnx2tf.json and .md.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ ONNX2TF_VARIANTS = {  # onnx2tf -oiqt file suffix -> what it is
 def python_for(image: str, var: str) -> str:
     if os.environ.get(var):
         return os.environ[var]
-    from edgekiln.runners.local import LocalRunner
+    from _common import env_python
 
-    return LocalRunner().prepare(image).ref
+    return env_python(image)
 
 
 class Job:
@@ -294,8 +294,8 @@ def main():
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tflite_bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "tflite_bench.md").write_text(markdown(result))
+    (args.out / "rpi_vs_onnx2tf.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "rpi_vs_onnx2tf.md").write_text(markdown(result))
     print(markdown(result))
 
 

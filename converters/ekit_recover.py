@@ -9,7 +9,7 @@ When an int8 model misses its artifact's thresholds, keep the layers that break 
    (1 - cosine) of its output minus (1 - cosine) of its input, int8 vs float activations on a
    few reference images. One run of each model with the intermediate tensors exposed: no extra
    quantization. (Measured against quantize-one-layer-at-a-time, which needs one calibration
-   per layer: bench/results/recover.md.)
+   per layer: bench/results/recover_onnx_intel.md.)
 3. re-quantize with the k most sensitive layers float, k = 1, 2, 3, ... up to
    ``recover_max_float_layers`` (the runtime reuses its calibration: a try costs one
    re-quantization and one run on the reference images); stop at the first configuration that passes; otherwise keep
@@ -202,7 +202,7 @@ def onnx_sensitivity(float_model, int8_model, x: np.ndarray, images: int = 4, op
 def rank(rows: list[dict], mac_table: dict, by: str = "per_mac") -> list[dict]:
     """The order layers are kept float in. "sensitivity": the error each adds, largest first.
     "per_mac": that error per multiply-accumulate, largest first: the cheapest fix first, so a
-    model that passes keeps the most MACs (and weights) int8 (bench/results/recover.md:
+    model that passes keeps the most MACs (and weights) int8 (bench/results/recover_onnx_intel.md:
     MobileNetV2 passes with 98.8 % of MACs int8 instead of 84.9 %). A layer whose MACs are
     unknown (0) comes after the ones that are known."""
     if by == "sensitivity":

@@ -182,7 +182,7 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     samples = ekit_tf.pixels_from_x(ref["x"][:n], spec) if fold else ekit_tf.model_input_nhwc(ref["x"][:n], spec)
     rec = Recovery(make_converter(), samples, batch, int8_io)
     # a detector's / map's decode tail is tried first: measured on YOLOv8n (bench/results/
-    # recover_tflite_trt.md) its final Concat, one uint8 scale for boxes and scores, is what breaks it
+    # recover_rpi_jetson.md) its final Concat, one uint8 scale for boxes and scores, is what breaks it
     ranked = rec.sensitivity(tail_first=before.get("task") in ("detect", "segment", "map"))
     t_sens = time.perf_counter() - t0
     ekit.log("recover: most sensitive: " + ", ".join(f"{r['op']} {r['layer'][:60]} {r['sensitivity']:.3g}"
