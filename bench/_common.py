@@ -88,3 +88,27 @@ def cli_build(target: str, precision: str, model_args, photos, out: Path, extra=
     if proc.returncode not in ok:
         raise SystemExit(f"build failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return newest_job(out), round(time.perf_counter() - t, 1), proc.returncode
+
+
+_FLAT: dict[str, str] = {}
+
+
+def flat_helpers(dest: Path | None = None) -> str:
+    """A folder holding every converter helper flat, as a job holds them (ekit/, ekit_onnx.py, …;
+    edgekiln.helpers): what a study puts on sys.path/PYTHONPATH to import them. Never converters/
+    itself: its runtime folders (torch/, onnx/) would shadow those packages."""
+    import atexit
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from edgekiln.helpers import copy_helpers
+
+    if dest is None:
+        if "tmp" not in _FLAT:
+            _FLAT["tmp"] = tempfile.mkdtemp(prefix="edgekiln-helpers-")
+            atexit.register(shutil.rmtree, _FLAT["tmp"], True)
+            copy_helpers(ROOT / "converters", Path(_FLAT["tmp"]))
+        return _FLAT["tmp"]
+    copy_helpers(ROOT / "converters", Path(dest))
+    return str(dest)

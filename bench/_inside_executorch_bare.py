@@ -17,7 +17,7 @@ import torch
 
 import ekit
 import ekit_executorch
-import ekit_task
+from ekit import task as ekit_task
 from zoo.mobilenet_v2 import mobilenet_v2
 
 weights, precision = sys.argv[1], sys.argv[2]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import ekit
-import ekit_task
+from ekit import task as ekit_task
 
 src = Path("work/source")
 ref = ekit.read_reference(src / "reference.npz")

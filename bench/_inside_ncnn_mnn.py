@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import ekit
-import ekit_task
+from ekit import task as ekit_task
 
 ROUNDS = 15
 

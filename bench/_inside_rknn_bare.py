@@ -18,7 +18,7 @@ import numpy as np
 
 import ekit
 import ekit_rknn
-import ekit_task
+from ekit import task as ekit_task
 from rknn.api import RKNN
 
 spec = json.loads(sys.argv[1])

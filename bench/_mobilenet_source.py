@@ -29,7 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--val", type=Path, required=True)
     ap.add_argument("--static", action="store_true", help="fixed batch 1 instead of dynamic")
     args = ap.parse_args(argv)
-    sys.path[:0] = [str(ROOT / "converters")]
+    from _common import flat_helpers  # noqa: E402
+
+    sys.path[:0] = [flat_helpers()]
     import numpy as np
     import onnx
     import torch

@@ -82,7 +82,9 @@ def run_in(image: str, job: Path, argv: list[str], calib: str) -> dict:
     from edgekiln.runners.local import LocalRunner
 
     python = LocalRunner().prepare(image).ref
-    env = dict(os.environ, PYTHONPATH=".", EKIT_PATHS=json.dumps({"model": None, "calib": calib, "val": None}))
+    from _common import flat_helpers
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([".", flat_helpers()]), EKIT_PATHS=json.dumps({"model": None, "calib": calib, "val": None}))
     proc = subprocess.run([python, *argv], capture_output=True, text=True, cwd=job, env=env)
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else "failed"}

@@ -45,7 +45,7 @@ def cli(*args) -> tuple[int, dict, float]:
     return proc.returncode, data, time.perf_counter() - t0
 
 
-from _common import env_python as python_for, newest_job  # noqa: E402,F401  (shared by the studies)
+from _common import env_python as python_for, flat_helpers, newest_job  # noqa: E402,F401  (shared by the studies)
 
 
 def edgekiln_rows(job: Path, target: str, label_suffix: str = "") -> dict:
@@ -106,7 +106,7 @@ def bench_model(name: str, tmp: Path) -> dict:
         spec_file.write_text(json.dumps(spec))
         res_file = tmp / f"{name}-{runtime}.json"
         arts = [f"--artifact={label}={row['folder']}" for label, row in result[runtime].items() if row.get("folder")]
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "converters"))
+        env = dict(os.environ, PYTHONPATH=flat_helpers())
         for var in ("PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(var, None)
         extra = ["--photos", str(calib)] if runtime == "mnn" else []

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "converters"))
+from _common import flat_helpers  # noqa: E402
+
+sys.path.insert(0, flat_helpers())  # the converter helpers, flat (as a job holds them)
 import ekit  # noqa: E402
 import ekit_onnx  # noqa: E402
 

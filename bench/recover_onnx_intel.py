@@ -99,7 +99,8 @@ BARE = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, onnx
-import ekit, ekit_onnx, ekit_recover
+import ekit, ekit_onnx
+from ekit import recover as ekit_recover
 from onnxruntime.quantization import quantize_static
 src = ekit.work() / "source"
 calib = np.load(src / "calib.npy")
@@ -116,7 +117,8 @@ import json, os, sys, time, tempfile
 sys.path.insert(0, sys.argv[1])
 metric, gate, ac = sys.argv[2], float(sys.argv[3]), sys.argv[4] == "ac"
 import numpy as np, openvino as ov, nncf
-import ekit, ekit_ov, ekit_recover, ekit_task
+import ekit, ekit_ov
+from ekit import recover as ekit_recover, task as ekit_task
 src = ekit.work() / "source"
 calib = np.load(src / "calib.npy")
 ref = ekit.read_reference(src / "reference.npz")
@@ -166,9 +168,10 @@ def bare_ov(job: Path, metric: str, gate: float, ac: bool) -> dict:
 
     label = "bare NNCF quantize_with_accuracy_control" if ac else "bare NNCF quantize defaults"
     python = LocalRunner().prepare("openvino").ref
+    from _common import flat_helpers
+
     with tempfile.TemporaryDirectory() as helpers:  # the helpers alone: converters/torch/ would shadow torch
-        for f in (ROOT / "converters").glob("ekit*.py"):
-            shutil.copy(f, helpers)
+        flat_helpers(Path(helpers))
         proc = subprocess.run([python, "-c", BARE_OV, helpers, metric, str(gate), "ac" if ac else "q"],
                               capture_output=True, text=True, cwd=job)
     if proc.returncode:
@@ -186,7 +189,9 @@ def bare(job: Path, metric: str) -> dict:
     from edgekiln.runners.local import LocalRunner
 
     python = LocalRunner().prepare("onnx").ref
-    proc = subprocess.run([python, "-c", BARE, str(ROOT / "converters")], capture_output=True, text=True, cwd=job)
+    from _common import flat_helpers
+
+    proc = subprocess.run([python, "-c", BARE, flat_helpers()], capture_output=True, text=True, cwd=job)
     if proc.returncode:
         return {"variant": "bare ORT defaults", "error": proc.stderr[-500:]}
     r = json.loads(proc.stdout.strip().splitlines()[-1])

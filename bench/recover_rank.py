@@ -13,7 +13,6 @@ integration test uses: NNCF int8 keeps 4 of 8 boxes, so 0.95 is out of reach for
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,8 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 runtime, thresholds, orders = sys.argv[2], json.loads(sys.argv[3]), sys.argv[4].split(",")
 import numpy as np
-import ekit, ekit_recover
+import ekit
+from ekit import recover as ekit_recover
 params = json.loads(next((ekit.work().parent / "steps").glob(f"*-{runtime}-int8-convert.json")).read_text())
 opts = params["options"]
 src = ekit.work() / "source"
@@ -112,9 +112,9 @@ def main() -> None:
         tmp = Path(tmp)
         table = models(tmp)
         helpers = tmp / "helpers"  # the helpers alone: converters/torch/ would shadow torch
-        helpers.mkdir()
-        for f in (HERE.parent / "converters").glob("ekit*.py"):
-            shutil.copy(f, helpers)
+        from _common import flat_helpers
+
+        flat_helpers(helpers)
         for runtime, key, thresholds, limit in CASES:
             label, model_args, photos, extra, _ = table[key]
             job = build(model_args, photos, tmp / f"{runtime}-{key}", "int8", [], runtime)

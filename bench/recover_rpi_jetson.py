@@ -34,6 +34,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from recover_onnx_intel import GOALS_HEAD, checks, fmt, models, ort_measure  # noqa: E402  (the same models, photos and gates)
+from _common import flat_helpers  # noqa: E402
 
 GATES = {"top1_agreement": "min_top1_agreement 1.0", "det_f1": "min_det_f1 0.95", "region_f1": "min_region_f1 0.90"}
 
@@ -70,7 +71,8 @@ BARE_TFLITE = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, tensorflow as tf
-import ekit, ekit_tf, ekit_recover
+import ekit, ekit_tf
+from ekit import recover as ekit_recover
 src = ekit.work() / "source"
 spec = json.loads((src / "io.json").read_text()).get("input_spec") or json.loads(sys.argv[2])
 saved = next((ekit.work() / "rpi" / "_onnx2tf").glob("*/saved_model"))
@@ -99,7 +101,8 @@ BARE_MODELOPT = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-import ekit, ekit_onnx, ekit_recover
+import ekit, ekit_onnx
+from ekit import recover as ekit_recover
 from modelopt.onnx.quantization import quantize
 src = ekit.work() / "source"
 ref = ekit.read_reference(src / "reference.npz")
@@ -117,7 +120,7 @@ def bare(job: Path, target: str, metric: str) -> dict:
     image, code, label = (("tflite", BARE_TFLITE, "bare TFLiteConverter full-int8") if target == "rpi"
                           else ("trtprep", BARE_MODELOPT, "bare modelopt defaults"))
     params = json.loads(next((job / "steps").glob(f"*-{target}-int8-convert.json")).read_text())
-    proc = subprocess.run([LocalRunner().prepare(image).ref, "-c", code, str(ROOT / "converters"),
+    proc = subprocess.run([LocalRunner().prepare(image).ref, "-c", code, flat_helpers(),
                            json.dumps(params["input"])], capture_output=True, text=True, cwd=job)
     if proc.returncode:
         return {"variant": label, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else "?"}

@@ -51,7 +51,7 @@ def main() -> None:
             conv = json.loads(next((job / "work" / "results").glob("*-rpi-fp32-convert.json")).read_text())
             argv = [str(HERE / "_inside_litert_torch.py"), "mobilenet", model_args[0]] if key == "mobilenet" else \
                 [str(HERE / "_inside_litert_torch.py"), "onnx"]
-            shutil.copy(ROOT / "converters" / "ekit_executorch.py", job / "ekit_executorch.py")
+            shutil.copy(ROOT / "converters" / "executorch" / "ekit_executorch.py", job / "ekit_executorch.py")
             run = subprocess.run([args.litert_python, *argv], capture_output=True, text=True, cwd=job,
                                  env=dict(os.environ, PYTHONPATH="."))
             if run.returncode:

@@ -474,8 +474,9 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     build = folder / "build"
     (build / "steps").mkdir(parents=True)
     (build / "logs").mkdir()
-    copy_support(data_dir("converters"), build)
     steps = plan.steps_for(artifact)
+    copy_support(data_dir("converters"), build,  # only the helpers this artifact's steps imported
+                 [(job.root / s.script).read_text() for s in steps], [s.params for s in steps])
     results = {}
     for step in steps:
         for suffix in (".py", ".json"):

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import ekit
-import ekit_task
+from . import task as ekit_task
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ekit_measure import STRIDES, decode, ground_truth, map50, map_metrics, match, miou
+from .measure import STRIDES, decode, ground_truth, map50, map_metrics, match, miou
 
 TASKS = ("classify", "detect", "segment", "map", "raw")
 HEADS = ("yolov5", "yolov8", "yolox", "ssd", "e2e")

@@ -168,7 +168,7 @@ def sensitivity(ov, float_model, int8_model, x: np.ndarray, images: int = 4) -> 
     ((1 - cos) of its output minus that of its input, int8 vs float activations) on ``images``
     reference images, both models run at f32 with the ops' inputs and outputs exposed.
     -> [{"layer", "op", "sensitivity", "error_in", "error_out"}], most sensitive first."""
-    import ekit_recover
+    from ekit import recover as ekit_recover
 
     fops, qops = compute_ops(float_model), compute_ops(int8_model)
     names = [n for n in fops if n in qops]
@@ -211,7 +211,7 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
     on the same calibration (``kwargs``: the plain build's own arguments) and stop at the first
     passing k or the budget (ekit_recover.search). -> (the model to ship, the manifest's
     ``recovery``)."""
-    import ekit_recover
+    from ekit import recover as ekit_recover
 
     if options["recover_rank"] not in ("per_mac", "sensitivity"):
         ekit.fail("usage", f"option recover_rank={options['recover_rank']!r} is not one of per_mac, sensitivity")

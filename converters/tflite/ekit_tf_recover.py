@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import ekit
-import ekit_recover
+from ekit import recover as ekit_recover
 import ekit_tf
 
 COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")

@@ -266,7 +266,7 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
 
     import ekit
     import ekit_onnx
-    import ekit_recover
+    from ekit import recover as ekit_recover
 
     def run(path):
         return ekit_onnx.ort_run(ekit_onnx.ort_session(path), ref["x"].astype(np.float32))

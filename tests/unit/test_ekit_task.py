@@ -16,8 +16,8 @@ CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
 sys.path.insert(0, str(CONVERTERS))
 
 import ekit  # noqa: E402
-import ekit_measure as M  # noqa: E402
-import ekit_task as T  # noqa: E402
+from ekit import measure as M  # noqa: E402
+from ekit import task as T  # noqa: E402
 
 from edgekiln import request  # noqa: E402
 from edgekiln.plan import check_thresholds, evaluate_thresholds  # noqa: E402
