@@ -89,6 +89,21 @@ def test_release_tree_archives_and_sums(released, root):
     assert not [p for p in (root / "rel").iterdir() if p.name.startswith(".")], "staging left behind"
 
 
+def test_a_published_build_folder_holds_only_what_its_steps_imported(released):
+    """build/ of onnx/int8: its step scripts and exactly the helpers they import (edgekiln.helpers),
+    none of another runtime's."""
+    from edgekiln.helpers import needed
+    from edgekiln.resources import data_dir
+
+    build = Path(released[1]["path"]) / "mobilenet_v2" / "onnx" / "int8" / "build"
+    scripts = [p.read_text() for p in sorted((build / "steps").glob("*.py"))]
+    params = [json.loads(p.read_text()) for p in sorted((build / "steps").glob("*.json"))]
+    helpers = {p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file() and "steps" not in p.parts}
+    assert helpers == set(needed(data_dir("converters"), scripts, params)), helpers
+    assert {"ekit/__init__.py", "ekit_onnx.py", "ekit_torch.py", "zoo/mobilenet_v2.py"} <= helpers
+    assert not {"ekit_rknn.py", "ekit_ov.py", "ekit_tf.py", "ekit_trt.py", "tensorrt_onnx_ops.json"} & helpers
+
+
 def test_same_release_again_is_a_no_op_and_other_inputs_are_refused(released, root, weights, photos, tmp_path):
     file, _ = released
     again = run_json("release", file, "--out", root / "rel", "--dist", root / "dist", "--runner", "local")
