@@ -117,14 +117,14 @@ import json, os, sys, time, tempfile
 sys.path.insert(0, sys.argv[1])
 metric, gate, ac = sys.argv[2], float(sys.argv[3]), sys.argv[4] == "ac"
 import numpy as np, openvino as ov, nncf
-import ekit, ekit_ov
+import ekit, ekit_ov, ekit_ov_recover
 from ekit import recover as ekit_recover, task as ekit_task
 src = ekit.work() / "source"
 calib = np.load(src / "calib.npy")
 ref = ekit.read_reference(src / "reference.npz")
 model = ov.convert_model(str(src / "model.onnx"))
 names = [o.get_any_name() for o in model.outputs]
-mac_table = ekit_ov.macs(model)
+mac_table = ekit_ov_recover.macs(model)
 calib_ds = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
 
 
@@ -151,7 +151,7 @@ ys = ekit_ov.run_batches(req, ref["x"], 1, len(compiled.outputs), list(compiled.
 x1 = np.ascontiguousarray(ref["x"][:1])
 lat = ekit.latency(lambda: req.infer({0: x1}), runs=50, warmup=5)
 met = ekit_recover.measure(ref, ys, names)
-ops = ekit_ov.compute_ops(q)
+ops = ekit_ov_recover.compute_ops(q)
 floats = [n for n, op in ops.items() if op.input_value(1).get_node().get_type_name() == "Constant"]
 with tempfile.TemporaryDirectory() as d:
     ov.save_model(q, os.path.join(d, "m.xml"), compress_to_fp16=True)

@@ -62,7 +62,7 @@ if runtime == "onnx":
     mac_table, names, sched = ekit_recover.macs(model), None, "linear"
     size = lambda a: os.path.getsize(a)
 else:
-    import openvino as ov, nncf, ekit_ov
+    import openvino as ov, nncf, ekit_ov, ekit_ov_recover
     model = ov.convert_model(str(src / "model.onnx"))
     head = ekit_ov.head_names(model, src / "model.onnx") if opts["keep_head_float"] else []
     kw = ekit_ov.nncf_kwargs(nncf, ekit.Options(opts, ignored_scopes=list(opts["ignored_scopes"]) + head))
@@ -74,8 +74,8 @@ else:
         c = ekit_ov.compile_model(ov, ov.Core(), m, "CPU", "f32")
         return ekit_ov.run_batches(c.create_infer_request(), ref["x"], 1, len(c.outputs), list(c.outputs))
     plain = build([])
-    rows = [r for r in ekit_ov.sensitivity(ov, model, plain, ref["x"]) if r["layer"] not in head]
-    mac_table, names, sched = ekit_ov.macs(model), [o.get_any_name() for o in model.outputs], "doubling"
+    rows = [r for r in ekit_ov_recover.sensitivity(ov, model, plain, ref["x"]) if r["layer"] not in head]
+    mac_table, names, sched = ekit_ov_recover.macs(model), [o.get_any_name() for o in model.outputs], "doubling"
     size = lambda a: None
 before = ekit_recover.measure(ref, run(plain), names)
 out = {"plain": ekit_recover.text(before), "plain_misses": ekit_recover.misses(before, thresholds), "orders": {}}
