@@ -510,7 +510,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
         "input_spec": source_result.get("input_spec", request.input.to_json()),
         "feed": report.get("feed"),
         "task": source_result.get("task"),  # what the outputs are and how they were decoded
-        # int8 recovery (converters/ekit_recover.py): the layers kept float, their sensitivity, MAC share
+        # int8 recovery (converters/ekit/recover.py): the layers kept float, their sensitivity, MAC share
         "recovery": (results.get(artifact.convert_step, {}).get("quantization") or {}).get("recovery"),
         "io": report.get("io"),
         "validation": {

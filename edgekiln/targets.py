@@ -20,7 +20,7 @@ from .errors import TargetError
 from .resources import data_dir
 
 METRICS = ("min_cosine", "max_abs", "mean_abs", "min_top1_agreement", "max_accuracy_drop",
-           # task metrics of the artifact against the source (converters/ekit_task.py)
+           # task metrics of the artifact against the source (converters/ekit/task.py)
            "min_det_f1", "min_det_recall", "min_miou", "min_map_iou", "min_region_f1")
 
 

@@ -1,7 +1,7 @@
 """ekit_measure — the measurements behind ekit_task: detection heads decoded, class-aware NMS,
 one-to-one matching, mAP@0.5, ground-truth boxes mapped into the model input, mIoU of argmax masks,
 pixel IoU and region F1 of probability maps (with a connected-component labeller: scipy is not in
-every image). Plain Python + numpy (copied next to every converter script, like ekit.py).
+every image). Plain Python + numpy (copied next to the converter scripts that import it).
 """
 
 from __future__ import annotations

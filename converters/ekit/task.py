@@ -1,6 +1,6 @@
 """ekit_task — task-aware validation: what the model's outputs MEAN, compared artifact vs source.
 
-Plain Python + numpy only (copied next to every converter script, like ekit.py). A detector's or a
+Plain Python + numpy only (copied next to the converter scripts that import it). A detector's or a
 probability map's raw-tensor cosine says little (a detector with every score zeroed keeps a cosine
 of 0.99: the box coordinates dominate the norm), so the validate steps also compare what a user
 reads from the outputs:

@@ -1,6 +1,6 @@
 """ekit_tf — TensorFlow / onnx2tf / LiteRT helpers for the TFLite (rpi) converter templates.
 
-Plain Python, copied next to the scripts like ekit.py; TensorFlow, onnx2tf and LiteRT are imported
+Plain Python, copied next to the scripts that import it (edgekiln/helpers.py); TensorFlow, onnx2tf and LiteRT are imported
 inside the functions, so the module itself imports anywhere (unit tests run it without TF).
 
 Conventions the templates and the manifest rely on:
