@@ -174,7 +174,7 @@ def precision_text(precision: str, manifest: dict, short: bool = False) -> str:
 def task_lines(result) -> list[str]:
     """Per artifact: what the outputs were taken to be and why, and the thresholds that could
     not be computed for this model (never a silent '-')."""
-    lines, said = [], set()
+    lines, said, skips = [], set(), {}
     for art in result.artifacts:
         val = art.manifest.get("validation", {})
         metrics = val.get("metrics") or {}
@@ -185,11 +185,13 @@ def task_lines(result) -> list[str]:
         skipped = [g["threshold"] for g in val.get("gates") or []
                    if g.get("passed") is None and "not the task this metric is for" not in (g.get("reason") or "")]
         if skipped and metrics.get("task") == "raw":
-            lines.append(f"{art.target}/{art.precision}: checks not possible for a raw model: "
-                         f"{', '.join(skipped)} (only the tensors were compared)")
+            why = f"checks not possible for a raw model: {', '.join(skipped)} (only the tensors were compared)"
         elif skipped:
-            lines.append(f"{art.target}/{art.precision}: not applicable here: {', '.join(skipped)}")
-    return lines
+            why = f"not applicable here: {', '.join(skipped)}"
+        else:
+            continue
+        skips.setdefault(why, []).append(f"{art.target}/{art.precision}")
+    return lines + [f"{', '.join(keys)}: {why}" for why, keys in skips.items()]  # one line per reason
 
 
 def where_lines(result) -> list[str]:

@@ -70,3 +70,15 @@ def test_targets_fit_the_terminal(width):
         assert " ".join(row["description"].split()) in flat
         if not row["runs_here"]:
             assert " ".join(row["why"].split()) in flat
+
+
+def test_gates_that_do_not_apply_are_one_line_per_reason():
+    from edgekiln.ui import task_lines
+
+    gates = [{"threshold": "min_det_f1", "passed": None, "reason": "not computed"},
+             {"threshold": "min_miou", "passed": None, "reason": "not computed"}]
+    arts = [ArtifactResult("onnx", p, "built", Path("/x"), {"validation": {"metrics": {"task": "raw"}, "gates": gates}})
+            for p in ("fp32", "int8")]
+    lines = task_lines(BuildResult("m", "v", arts, 1.0, "local"))
+    assert lines[1:] == ["onnx/fp32, onnx/int8: checks not possible for a raw model: min_det_f1, min_miou "
+                     "(only the tensors were compared)"]
