@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make arm64 emulation available on this x86 machine (called by .ci/docker-up.sh; idempotent):
-#   1. QEMU >= 8 (Debian trixie's qemu-user 10, fetched with a private sources list: the system's
+#   1. QEMU >= 8 (Debian trixie's qemu-user 10; its qemu-x86_64 is installed beside it for edgekiln.isa, fetched with a private sources list: the system's
 #      sources are not touched; unpacked with dpkg-deb -x) registered in binfmt_misc as
 #      `edgekiln-aarch64` with the F flag (containers can use it); an older qemu-aarch64 entry
 #      (bookworm's 7.2 crashes ONNX Runtime and LiteRT) is disabled.
@@ -19,6 +19,9 @@ CACHE="${EDGEKILN_BASE_CACHE:-/var/cache/edgekiln}"
 MIRROR="${EDGEKILN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 QEMU_SUITE="${EDGEKILN_QEMU_SUITE:-trixie}"
 QEMU_BIN=/usr/local/lib/edgekiln/qemu-aarch64
+# the same package's x86-64 user mode: int8 validated on the AVX2 kernel path (-cpu Haswell) on any x86
+# host, VNNI ones included (edgekiln/isa.py finds it here)
+QEMU_X86=/usr/local/lib/edgekiln/qemu-x86_64
 ARM_TAG="edgekiln/stand-in-base-arm64:bookworm"
 LOCK=images/arm-validate/requirements.txt
 LOCK_SUM=$(sha256sum "$LOCK" | cut -c1-12)
@@ -37,8 +40,8 @@ hosts=("$@")
 # --- 1. QEMU -----------------------------------------------------------------------------------
 mountpoint -q "$BINFMT" || mount binfmt_misc -t binfmt_misc "$BINFMT" \
   || die "cannot mount binfmt_misc at $BINFMT (needs root and a kernel with binfmt_misc)"
-if ! PYTHONPATH=. python3 -m edgekiln.emulation status >/dev/null; then
-  if [[ ! -x "$QEMU_BIN" ]]; then
+if ! PYTHONPATH=. python3 -m edgekiln.emulation status >/dev/null || [[ ! -x "$QEMU_X86" ]]; then
+  if [[ ! -x "$QEMU_BIN" || ! -x "$QEMU_X86" ]]; then
     apt_dir="$CACHE/apt-$QEMU_SUITE"
     mkdir -p "$apt_dir/lists/partial"
     echo "deb $MIRROR $QEMU_SUITE main" >"$apt_dir/sources.list"
@@ -51,6 +54,7 @@ if ! PYTHONPATH=. python3 -m edgekiln.emulation status >/dev/null; then
       || die "apt-get download qemu-user failed (see $LOGDIR/arm64-apt.log)"
     dpkg-deb -x "$apt_dir"/deb/qemu-user_*.deb "$apt_dir/x"
     install -m 0755 "$apt_dir/x/usr/bin/qemu-aarch64" "$QEMU_BIN"
+    install -m 0755 "$apt_dir/x/usr/bin/qemu-x86_64" "$QEMU_X86"
     rm -rf "$apt_dir/x" "$apt_dir/deb"
   fi
   # the system's older QEMU entry is disabled (update-binfmts --enable qemu-aarch64 brings it back);

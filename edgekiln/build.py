@@ -131,9 +131,10 @@ class Prepared:
 def prepare(request: BuildRequest) -> Prepared:
     """Plan and key a request (no environments, no conversions)."""
     from .images import image_facts
+    from .isa import host
 
     targets, sources = all_targets(), source_kinds()
-    plan = plan_build(request, targets, sources, image_facts())
+    plan = plan_build(request, targets, sources, image_facts(), host())
     arch_file = arch_file_of(request, sources)
     hashes = input_hashes(request, arch_file)
     version = request.version or derive_version(request, hashes, plan)
@@ -203,7 +204,10 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
                            time.monotonic() - start, "none (cache hit)")
 
     order = [a.key for a in plan.artifacts]
-    needed = {s for a in todo for s in (a.source_step, a.convert_step, a.validate_step, a.arm_step)}
+    for sentence in dict.fromkeys((plan.step(a.validate_step).params.get("cpu") or {}).get("nearest") for a in todo):
+        if sentence:  # a declared CPU class this machine can neither run nor emulate: said, never silent
+            ui.warn(sentence)
+    needed = {s for a in todo for s in (a.source_step, a.convert_step, a.validate_step, *a.elsewhere)}
     plan = Plan(tuple(s for s in plan.steps if s.id in needed), tuple(todo))
     job = Job(new_job_dir(request.out),
               {"model": request.model, "calib": request.calib, "val": request.val})
@@ -238,8 +242,10 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
     def run_step(step: Step) -> None:
         runner, env = env_for(step)
         commands[step.id] = quote(runner.command(env, job, step.script))
+        e = step.params.get("elsewhere") or {}
         ui.step_start(step.id, f"{step.kind} {step.target or request.source_format}"
-                               f"{'/' + step.precision if step.precision else ''}")
+                               f"{'/' + step.precision if step.precision else ''}"
+                               + (f" on {e['label']}" + (f" (QEMU {e['qemu_cpu']})" if step.qemu else "") if e else ""))
         t0 = time.monotonic()
         runner.run(env, job, step.script, job.log_path(step.id), lambda line: ui.step_line(step.id, line))
         timings[step.id] = round(time.monotonic() - t0, 2)
@@ -251,8 +257,8 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         try:
             run_step(plan.step(artifact.convert_step))
             run_step(plan.step(artifact.validate_step))
-            if artifact.arm_step:  # the same artifact on Arm (emulated or native), after this machine's
-                run_step(plan.step(artifact.arm_step))
+            for step_id in artifact.elsewhere:  # the same artifact on Arm / another CPU class, after this machine's
+                run_step(plan.step(step_id))
         except EdgekilnError as exc:  # this artifact only; Ctrl-C and bugs still stop the build
             if all_or_nothing:
                 raise
@@ -285,12 +291,13 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             verdicts[artifact.key] = evaluate_thresholds(report.get("metrics", {}), artifact.thresholds)
             missed = [threshold_sentence(v, request) for v in verdicts[artifact.key]
                       if v["passed"] is False or (v["passed"] is None and asked_for(v, artifact, request))]
-            if artifact.arm_step:  # the same gates on Arm
+            for step_id in artifact.elsewhere:  # the same gates wherever else it was validated
                 from .emulation import where_text
-                _, arm = arm_report(job, plan, artifact)
-                verdicts[artifact.key + "@arm"] = evaluate_thresholds(arm.get("metrics", {}), artifact.thresholds)
-                missed += [f"on {where_text(arm.get('where'))}: " + threshold_sentence(v, request)
-                           for v in verdicts[artifact.key + "@arm"] if v["passed"] is False]
+                _, other = elsewhere_report(job, plan, step_id, artifact)
+                label = plan.step(step_id).params["elsewhere"]["label"]
+                verdicts[f"{artifact.key}@{label}"] = evaluate_thresholds(other.get("metrics", {}), artifact.thresholds)
+                missed += [f"on {where_text(other.get('where'))}: " + threshold_sentence(v, request)
+                           for v in verdicts[f"{artifact.key}@{label}"] if v["passed"] is False]
             if missed:
                 failures[artifact.key] = missed + recovery_sentence(job, artifact)
         failed = {k: [e.message] for k, e in crashed.items()}
@@ -345,10 +352,11 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
                        time.monotonic() - start, used, job.root if keep_job or error else None, error)
 
 
-def arm_report(job: Job, plan: Plan, artifact: Artifact) -> tuple[str, dict]:
-    """The file name and content of the artifact's validation on Arm (``report-aarch64.json``)."""
-    name = plan.step(artifact.arm_step).params["report_name"]
-    return name, read_json(job.work / artifact.work_dir / name, artifact.arm_step)
+def elsewhere_report(job: Job, plan: Plan, step_id: str, artifact: Artifact) -> tuple[str, dict]:
+    """The file name and content of a validation elsewhere (``report-aarch64.json``,
+    ``report-x86-64-v3.json``)."""
+    name = plan.step(step_id).params["report_name"]
+    return name, read_json(job.work / artifact.work_dir / name, step_id)
 
 
 def recovery_sentence(job: Job, artifact: Artifact) -> list[str]:
@@ -542,11 +550,20 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
         "not_executed": report.get("not_executed", []),
     }
     manifest["validation"]["where"] = report.get("where")
-    if artifact.arm_step:  # the same artifact validated on Arm (edgekiln.emulation)
+    for step_id in artifact.elsewhere:  # the same artifact validated on Arm / on another CPU class
         from .emulation import arm_validation_record
-        name, arm = arm_report(job, plan, artifact)
+        name, other = elsewhere_report(job, plan, step_id, artifact)
         shutil.copy2(src / name, folder / name)
-        manifest["arm_validation"] = arm_validation_record(arm, rec.verdicts.get(artifact.key + "@arm", []),
-                                                           report.get("latency_ms"))
+        e = plan.step(step_id).params["elsewhere"]
+        manifest[e["key"]] = arm_validation_record(other, rec.verdicts.get(f"{artifact.key}@{e['label']}", []),
+                                                   report.get("latency_ms"))
+        if e.get("cpu_class"):
+            manifest[e["key"]]["where"]["cpu_class"] = e["cpu_class"]
+    route = plan.step(artifact.validate_step).params.get("cpu")
+    if route:  # the CPU class the artifact is declared for, and where its kernels were validated
+        from .isa import cpu_record, cpu_sentence
+        manifest["cpu"] = cpu_record(route, report.get("where"))
+        manifest["notes"].append(cpu_sentence(manifest["cpu"]))
+        manifest["validation"]["where"] = dict(report.get("where") or {}, cpu_class=route["native"])
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest

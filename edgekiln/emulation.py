@@ -133,7 +133,7 @@ def where_text(where: dict | None) -> str:
     """"aarch64 (emulated cortex-a72, QEMU user mode)" / "x86_64 (native, <CPU model>)"."""
     w = where or {}
     how = f"emulated {w.get('cpu')}, QEMU user mode" if w.get("emulated") else f"native, {w.get('cpu') or '?'}"
-    return f"{w.get('machine', '?')} ({how})"
+    return f"{w.get('machine', '?')}{' ' + w['cpu_class'] if w.get('cpu_class') else ''} ({how})"
 
 
 def arm_validation_record(report: dict, verdicts: list, native_latency: dict | None) -> dict:

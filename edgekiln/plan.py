@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import DataError, TargetError, UsageError
+from .isa import Host, check_class, validation_route
 from .request import BuildRequest
 from .targets import METRICS, SourceKind, Target, arch_formats
 
@@ -31,7 +32,9 @@ class Step:
     platform: str | None = None  # the platform the step's image is made for (None: the engine's own)
     local: bool = True  # the image can have a local virtualenv (false: TensorRT images)
     gpu: bool = False  # the step needs an NVIDIA GPU (the runner asks the engine for one)
-    emulate_cpu: str | None = None  # an Arm validation: QEMU_CPU when the engine emulates the platform
+    emulate_cpu: str | None = None  # a validation elsewhere: the CPU QEMU emulates (QEMU_CPU)
+    qemu: str | None = None  # "x86_64": run the step under QEMU user mode explicitly (an x86 CPU class
+                             # this machine does not have, edgekiln.isa); None: natively or binfmt's
 
     @property
     def params(self) -> dict[str, Any]:
@@ -53,7 +56,9 @@ class Artifact:
     convert_step: str
     validate_step: str
     thresholds_json: str
-    arm_step: str | None = None  # the validation on Arm (--platform linux/arm64), after validate_step
+    # validations of the same artifact elsewhere, after validate_step: on Arm (--platform linux/arm64),
+    # on the declared x86 CPU class's kernels (--option cpu=…); each step's params say where ("elsewhere")
+    elsewhere: tuple[str, ...] = ()
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -77,7 +82,7 @@ class Plan:
         return tuple(dict.fromkeys(s.image for s in self.steps))
 
     def steps_for(self, artifact: Artifact) -> tuple[Step, ...]:
-        ids = (artifact.source_step, artifact.convert_step, artifact.validate_step, artifact.arm_step)
+        ids = (artifact.source_step, artifact.convert_step, artifact.validate_step, *artifact.elsewhere)
         return tuple(s for s in self.steps if s.id in ids)
 
 
@@ -116,9 +121,11 @@ def split_thresholds(overrides: Mapping[str, Any], precision: str) -> dict[str, 
 
 def plan_build(request: BuildRequest, targets: Mapping[str, Target],
                sources: Mapping[str, SourceKind],
-               images: Mapping[str, Mapping[str, Any]] | None = None) -> Plan:
+               images: Mapping[str, Mapping[str, Any]] | None = None, host: Host | None = None) -> Plan:
     """``images``: facts per image (``edgekiln.images.image_facts``: ``local``); an image not
-    listed can have a local environment."""
+    listed can have a local environment. ``host``: this machine's CPU class and emulation
+    (``edgekiln.isa.host()``), which decides how an artifact declared for a CPU class is validated;
+    None: validated here only (the plan records no route)."""
     images = images or {}
 
     def local_ok(image: str) -> bool:
@@ -203,8 +210,7 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
                     and request.source_format not in target.via:
                 raise DataError(f"{precision} on {target.name} needs calibration images",
                                 "pass --calib FOLDER with representative images (a few hundred is best)")
-        options = dict(target.options)
-        options.update({k: v for k, v in request.options.items() if k in options})
+        options = target_options(target, request.options)
         src = source_step(target)
         via = target.via.get(request.source_format, {})
         if target.runtime == "tensorrt":  # the chosen JetPack / NGC row travels in the params
@@ -228,42 +234,79 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
                               target.name, precision,
                               _canon(dict(common, step=conv_id, kind="convert")), (src,), **where))
             val_id = next_id(f"{target.name}-{precision}-validate")
-            arm = arm_validation(request, target)
+            arm = arm_validation(request, target, options)
+            route = cpu_route(target, precision, options, host)
+            if route:
+                common["cpu"] = route
+            extra = [e for e in (arm, route and route["extra"]) if e]
             steps.append(Step(val_id, "validate", via.get("validate", target.validate), target.image,
                               target.name, precision,
-                              _canon(dict(common, step=val_id, kind="validate", save_outputs=bool(arm))),
+                              _canon(dict(common, step=val_id, kind="validate", save_outputs=bool(extra))),
                               (conv_id,), **where))
-            arm_id = None
-            if arm:
-                arm_id = next_id(f"{target.name}-{precision}-validate-{arm['machine']}")
-                em = target.emulation
-                arm_opts = dict(options, latency_runs=int(em.get("latency_runs", 3)),
-                                latency_warmup=int(em.get("latency_warmup", 0)))
-                steps.append(Step(arm_id, "validate", via.get("validate", target.validate), em["image"],
+            elsewhere = []
+            for e in extra:  # the same artifact validated again elsewhere, after this machine's
+                step_id = next_id(f"{target.name}-{precision}-validate-{e['label']}")
+                runs = target.emulation if e["key"] == "arm_validation" else target.cpu
+                e_opts = dict(options, latency_runs=int(runs.get("latency_runs", 3)),
+                              latency_warmup=int(runs.get("latency_warmup", 0)))
+                image = e.get("image", target.image)
+                steps.append(Step(step_id, "validate", via.get("validate", target.validate), image,
                                   target.name, precision,
-                                  _canon(dict(common, step=arm_id, kind="validate", options=arm_opts,
-                                              arm=arm, report_name=f"report-{arm['machine']}.json",
+                                  _canon(dict(common, step=step_id, kind="validate", options=e_opts,
+                                              elsewhere=e, report_name=f"report-{e['label']}.json",
                                               compare_with="outputs.npz")),
-                                  (val_id,), platform=request.validate_on, local=local_ok(em["image"]),
-                                  emulate_cpu=arm["cpu"]))
+                                  (val_id,), platform=e.get("platform", where["platform"]),
+                                  local=local_ok(image), emulate_cpu=e["qemu_cpu"], qemu=e.get("qemu")))
+                elsewhere.append(step_id)
             artifacts.append(Artifact(target.name, precision, target.artifacts, work_dir, src, conv_id,
-                                      val_id, _canon(limits), arm_id))
+                                      val_id, _canon(limits), tuple(elsewhere)))
     return Plan(tuple(steps), tuple(artifacts))
 
 
-def arm_validation(request: BuildRequest, target: Target) -> dict[str, str] | None:
-    """The Arm validation of ``target`` that ``--platform`` asks for: {"platform", "machine",
-    "cpu"}; None when none is asked for. A target without [emulation] cannot have it."""
-    if not request.validate_on:
+def target_options(target: Target, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The target's options, then the recipe of the declared CPU class (``[cpu.recipes.<class>]``:
+    what that class sets, e.g. int8 weights that do not saturate AVX2 kernels), then the options
+    given on the command line (they always win)."""
+    options = dict(target.options)
+    declared = given.get("cpu", options.get("cpu"))
+    if target.cpu_classes and declared is not None:
+        check_class(str(declared), target.cpu_classes)
+        options.update(target.cpu["recipes"][declared])
+    options.update({k: v for k, v in given.items() if k in options})
+    return options
+
+
+def cpu_route(target: Target, precision: str, options: Mapping[str, Any], host: Host | None) -> dict | None:
+    """How an artifact declared for a CPU class is validated on ``host`` (edgekiln.isa.validation_route)
+    plus the step that runs it on that class's kernels elsewhere (``extra``); None when the target
+    declares no CPU, the precision does not depend on it, or no host is known (pure plans in tests)."""
+    declared = options.get("cpu")
+    if not target.cpu_classes or declared is None or host is None \
+            or precision not in target.cpu.get("precisions", ()):
         return None
-    if request.validate_on != "linux/arm64":
-        raise UsageError(f"validation on {request.validate_on} is not offered",
+    route = validation_route(str(declared), host)
+    if route["extra"]:
+        cls = route["extra"]["cpu_class"]
+        route["extra"] = {"key": "cpu_validation", "label": cls, "machine": "x86_64", "cpu_class": cls,
+                          "qemu_cpu": route["extra"]["qemu_cpu"], "qemu": "x86_64"}
+    return route
+
+
+def arm_validation(request: BuildRequest, target: Target, options: Mapping[str, Any] | None = None) -> dict | None:
+    """The Arm validation of ``target`` that ``--platform linux/arm64`` (or ``--option cpu=arm64``)
+    asks for: {"key", "label", "platform", "machine", "qemu_cpu", "image"}; None when none is asked
+    for. A target without [emulation] cannot have it."""
+    wanted = request.validate_on or ("linux/arm64" if (options or {}).get("cpu") == "arm64" else None)
+    if not wanted:
+        return None
+    if wanted != "linux/arm64":
+        raise UsageError(f"validation on {wanted} is not offered",
                          "use --platform linux/arm64 (the Arm targets: rpi, onnx)")
     if not target.emulation:
         raise TargetError(f"target {target.name} has no Arm validation (no [emulation] in {target.path})",
                           "drop --platform, or build the Arm targets (rpi, onnx) on their own")
-    return {"platform": request.validate_on, "machine": "aarch64",
-            "cpu": request.emulate_cpu or target.emulation["cpu"]}
+    return {"key": "arm_validation", "label": "aarch64", "platform": wanted, "machine": "aarch64",
+            "qemu_cpu": request.emulate_cpu or target.emulation["cpu"], "image": target.emulation["image"]}
 
 
 # threshold -> (the metric it reads, the comparison, why it cannot be computed when missing)

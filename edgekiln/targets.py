@@ -46,6 +46,15 @@ class Target:
     # cpu (the QEMU core of the board, e.g. cortex-a72), latency_runs/latency_warmup (small: emulated
     # timings mean nothing for a device). Empty: the target has no Arm validation.
     emulation: Mapping[str, Any] = field(default_factory=dict)
+    # [cpu]: the CPU classes an x86 CPU target's artifacts can be declared for (--option cpu=…,
+    # edgekiln/isa.py): ``recipes`` class -> the options that class sets (unless given on the command
+    # line), ``precisions`` whose numerics depend on the class's kernels (validated on its path),
+    # latency_runs/latency_warmup of an emulated validation. Empty: the target declares no CPU.
+    cpu: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpu_classes(self) -> tuple[str, ...]:
+        return tuple(self.cpu.get("recipes", {}))
 
     def thresholds_for(self, precision: str) -> dict[str, float]:
         return dict(self.thresholds.get(precision, {}))
@@ -97,6 +106,7 @@ def load_target(path: Path) -> Target:
             via={k: dict(v) for k, v in raw.get("via", {}).items()},
             path=str(path),
             emulation=dict(raw.get("emulation", {})),
+            cpu=dict(raw.get("cpu", {})),
         )
     except KeyError as exc:
         raise TargetError(f"target file {path} lacks the key {exc}", "see targets/onnx.toml") from None

@@ -195,30 +195,38 @@ def task_lines(result) -> list[str]:
 
 
 def where_lines(result) -> list[str]:
-    """Per artifact validated on Arm too (--platform linux/arm64): where each validation ran, the
-    Arm numbers, the difference to this machine's outputs; an emulated latency is labelled and
-    the native figure stays beside it (the table's latency column is always the native one)."""
-    from .emulation import where_text
+    """Per artifact: the CPU class an int8 is declared for and where it was validated, and every
+    validation elsewhere (on Arm with --platform linux/arm64, on the declared x86 class under QEMU):
+    where it ran, its numbers, the difference to this machine's outputs; an emulated latency is
+    labelled and the native figure stays beside it (the table's latency column is always the native one)."""
+    from .isa import cpu_sentence
 
     lines = []
     for art in result.artifacts:
-        arm = art.manifest.get("arm_validation")
-        if not arm:
-            continue
-        m, vs, lat = arm.get("metrics") or {}, arm.get("vs_native") or {}, arm.get("latency_ms") or {}
-        here = art.manifest.get("validation", {}).get("where")
-        same = ("identical outputs" if vs.get("identical")
-                else f"max |diff| {fmt(vs.get('max_abs'), '.3g')}, top-1 agreement {fmt(vs.get('top1_agreement'), '.1%')}")
-        latency = fmt(lat.get("median"), ".1f", " ms")
-        if lat.get("label"):
-            latency += f" ({lat['label']})"
-        native = fmt((arm.get("native_latency_ms") or {}).get("median"), ".2f", " ms")
-        runtime = arm.get("runtime") or {}
-        lines.append(f"{art.target}/{art.precision}: validated on {where_text(here)} and on {where_text(arm.get('where'))} "
-                     f"[{runtime.get('name')} {runtime.get('version')}]: agreement {fmt(m.get('top1_agreement'), '.1%')}, "
-                     f"cosine {fmt(m.get('cosine'), '.5f')}; vs {(here or {}).get('machine')}: {same}; "
-                     f"latency {latency}, {(here or {}).get('machine')}: {native}")
+        if art.manifest.get("cpu"):
+            lines.append(f"{art.target}/{art.precision}: {cpu_sentence(art.manifest['cpu'])}")
+        for key in ("arm_validation", "cpu_validation"):
+            if art.manifest.get(key):
+                lines.append(_elsewhere_line(art, art.manifest[key]))
     return lines
+
+
+def _elsewhere_line(art, other: dict) -> str:
+    """One validation of ``art`` elsewhere, against this machine's."""
+    from .emulation import where_text
+
+    m, vs, lat = other.get("metrics") or {}, other.get("vs_native") or {}, other.get("latency_ms") or {}
+    here = art.manifest.get("validation", {}).get("where")
+    same = ("identical outputs" if vs.get("identical")
+            else f"max |diff| {fmt(vs.get('max_abs'), '.3g')}, top-1 agreement {fmt(vs.get('top1_agreement'), '.1%')}")
+    latency = fmt(lat.get("median"), ".1f", " ms")
+    if lat.get("label"):
+        latency += f" ({lat['label']})"
+    native = fmt((other.get("native_latency_ms") or {}).get("median"), ".2f", " ms")
+    runtime = other.get("runtime") or {}
+    return (f"{art.target}/{art.precision}: validated on {where_text(here)} and on {where_text(other.get('where'))} "
+            f"[{runtime.get('name')} {runtime.get('version')}]: agreement {fmt(m.get('top1_agreement'), '.1%')}, "
+            f"cosine {fmt(m.get('cosine'), '.5f')}; vs native: {same}; latency {latency}, native: {native}")
 
 
 def feed_lines(result) -> list[str]:

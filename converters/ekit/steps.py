@@ -218,8 +218,25 @@ def where() -> dict:
         except OSError:
             pass
         cpu = info.get("model name") or (f"Arm part {info['CPU part']}" if "CPU part" in info else None)
-    return {"machine": platform.machine(), "emulated": bool(qemu), "cpu": cpu,
-            "how": "QEMU user mode" if qemu else "native"}
+    found = {"machine": platform.machine(), "emulated": bool(qemu), "cpu": cpu,
+             "how": "QEMU user mode" if qemu else "native"}
+    if not qemu and found["machine"] == "x86_64":  # what decides the int8 kernel path (edgekiln.isa)
+        found["flags"] = sorted(cpu_flags() & ISA_FLAGS)
+    return found
+
+
+# the /proc/cpuinfo flags that decide an x86 CPU's int8 kernel path (edgekiln/isa.py classifies them)
+ISA_FLAGS = {"sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def cpu_flags() -> set:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def finish_validation(p: dict, out_dir: Path, report: dict, outputs) -> Path:
@@ -228,6 +245,9 @@ def finish_validation(p: dict, out_dir: Path, report: dict, outputs) -> Path:
     compare with; ``p["compare_with"]``: that file, so the report says ``vs_native`` (max/mean
     difference, cosine, top-1 agreement, bit-identical or not). An emulated latency is labelled."""
     report["where"] = where()
+    elsewhere = p.get("elsewhere") or {}
+    if elsewhere.get("cpu_class"):  # validated on a declared x86 CPU class (QEMU user mode)
+        report["where"]["cpu_class"] = elsewhere["cpu_class"]
     if p.get("save_outputs"):
         np.savez(out_dir / "outputs.npz", *[np.asarray(o) for o in outputs])
     if p.get("compare_with"):
@@ -244,10 +264,11 @@ def finish_validation(p: dict, out_dir: Path, report: dict, outputs) -> Path:
     if report["where"]["emulated"]:
         if report.get("latency_ms"):
             report["latency_ms"]["label"] = EMULATED_LATENCY
+        what = (f"the {elsewhere['cpu_class']} kernels of the same runtime build" if elsewhere.get("cpu_class")
+                else f"the {report['where']['machine']} build of the runtime's")
         report.setdefault("notes", []).append(
             f"validated on {report['where']['machine']} under QEMU user mode (QEMU_CPU="
-            f"{report['where']['cpu']}): the outputs are the Arm build of the runtime's; the latency "
-            f"is {EMULATED_LATENCY}")
+            f"{report['where']['cpu']}): the outputs are {what}; the latency is {EMULATED_LATENCY}")
     path = out_dir / p.get("report_name", "report.json")
     write_json(path, report)
     return path

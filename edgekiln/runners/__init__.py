@@ -85,6 +85,8 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
                                    local_options=local_options)
     if runner.name != "docker":
         def local_for(step=None) -> Runner:
+            if getattr(step, "qemu", None):  # an x86 CPU class this machine lacks: under QEMU user mode
+                return _variant(runner, qemu=_qemu_user(step))
             if getattr(step, "emulate_cpu", None):  # an x86 virtualenv is not Arm
                 raise EnvironmentFailed(f"validation on {step.platform} needs the Docker runner ({reason})",
                                         "start a Docker engine (.ci/docker-up.sh), or drop --platform")
@@ -104,6 +106,17 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
         if step is None or name is None:
             return base
         wants = {}
+        if getattr(step, "qemu", None):  # an x86 CPU class this machine lacks: QEMU inside the container
+            if not base.engine.is_local:
+                raise EnvironmentFailed(f"target {name}: validation on an emulated CPU class needs an engine on "
+                                        f"this machine (QEMU is mounted from here), not {base.engine.where}",
+                                        "use --runner local, or declare the remote machine's class: --option cpu=…")
+            qemu = _qemu_user(step)
+            from ..isa import QEMU_FIX, host
+            if not host().qemu.static:
+                raise EnvironmentFailed(f"{qemu[0]} is not statically linked: it cannot run inside a container",
+                                        f"use --runner local, or {QEMU_FIX}")
+            return _variant(base, qemu_user=qemu)
         if getattr(step, "gpu", False):
             wants["gpus"] = "all"  # TensorRT: the host needs the NVIDIA container toolkit
         platform, cpu = getattr(step, "platform", None), getattr(step, "emulate_cpu", None)
@@ -131,6 +144,16 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
         return _variant(base, **wants)
 
     return runner_for, reason
+
+
+def _qemu_user(step) -> tuple[str, str]:
+    """(QEMU binary, CPU model) for a step planned to run under QEMU user mode (edgekiln.isa)."""
+    from ..isa import QEMU_FIX, host
+
+    qemu = host().qemu
+    if qemu is None or not qemu.ok():
+        raise EnvironmentFailed(f"step {step.id} runs under QEMU user mode, and none >= 7.2 is here", QEMU_FIX)
+    return qemu.path, step.emulate_cpu
 
 
 def _variant(runner: Runner, **attrs) -> Runner:

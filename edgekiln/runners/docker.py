@@ -22,6 +22,7 @@ from .base import Env, Job, OnLine, Runner, step_error
 
 JOB = "/job"
 PYTHON = "/opt/venv/bin/python"
+QEMU_USER = "/opt/edgekiln/qemu-user"  # where a static QEMU user-mode binary is mounted (read-only)
 IN = {"model": "/in/model", "calib": "/in/calib", "val": "/in/val"}
 # exit codes of a process killed by a signal that means a crash (128 + signal number; --init passes them on)
 CRASHES = {132: "SIGILL", 133: "SIGTRAP", 134: "SIGABRT", 135: "SIGBUS", 136: "SIGFPE", 139: "SIGSEGV"}
@@ -65,6 +66,9 @@ class DockerRunner(Runner):
         self.user = user
         self.gpus = gpus
         self.qemu_cpu = qemu_cpu  # QEMU_CPU of containers of an emulated platform (Arm validation)
+        # (static QEMU user-mode binary on this machine, CPU model): the step's python runs under it
+        # inside the container (an x86 CPU class this machine does not have: edgekiln.isa)
+        self.qemu_user: tuple[str, str] | None = None
         self.copy = copy
         self.rebuild = rebuild
         self.build_timeout = build_timeout
@@ -196,7 +200,12 @@ class DockerRunner(Runner):
         }
         if self.qemu_cpu and env.platform != self.engine.check().platform:
             env_vars["QEMU_CPU"] = self.qemu_cpu  # binfmt's QEMU reads it from the process' environment
-        return RunSpec(image=env.ref, command=(PYTHON, Path(script).as_posix()), step=step,
+        command: tuple[str, ...] = (PYTHON, Path(script).as_posix())
+        if self.qemu_user:
+            mounts.append(Mount(Path(self.qemu_user[0]), QEMU_USER, read_only=True))
+            env_vars["QEMU_CPU"] = self.qemu_user[1]
+            command = (QEMU_USER, "-0", PYTHON, *command)
+        return RunSpec(image=env.ref, command=command, step=step,
                        mounts=tuple(mounts), env=env_vars, workdir=JOB, user=self.user,
                        network="none", memory=self.memory, platform=env.platform, gpus=self.gpus,
                        labels={"edgekiln.image": env.image}, name=name)

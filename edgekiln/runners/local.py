@@ -34,9 +34,13 @@ def python_for_envs() -> str:
 class LocalRunner(Runner):
     name = "local"
 
-    def __init__(self, root: Path | None = None, python: str | None = None):
+    def __init__(self, root: Path | None = None, python: str | None = None,
+                 qemu: tuple[str, str] | None = None):
         self.root = root or cache_dir() / "envs"
         self.python = python or python_for_envs()
+        # (QEMU user-mode binary, CPU model): steps run under it — an x86 CPU class this machine does
+        # not have (edgekiln.isa); the interpreter's path is its argv[0], so the venv's packages load
+        self.qemu = qemu
 
     def env_dir(self, image: str) -> Path:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -95,7 +99,10 @@ class LocalRunner(Runner):
 
     def command(self, env: Env, job: Job, script: str) -> list[str]:
         """Exactly what runs (from the job directory): ``env`` sets the two variables a step reads."""
-        return ["env", "PYTHONPATH=.", f"EKIT_PATHS={json.dumps(self.paths(job))}", env.ref, script]
+        argv = ["env", "PYTHONPATH=.", f"EKIT_PATHS={json.dumps(self.paths(job))}"]
+        if self.qemu:  # QEMU reads QEMU_CPU; the step reads it too (ekit.where: emulated, which CPU)
+            return argv + [f"QEMU_CPU={self.qemu[1]}", self.qemu[0], "-0", env.ref, env.ref, script]
+        return argv + [env.ref, script]
 
     def paths(self, job: Job) -> dict[str, str | None]:
         return {name: (str(Path(p).resolve()) if p else None) for name, p in job.inputs.items()}

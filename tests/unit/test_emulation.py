@@ -98,11 +98,11 @@ def test_plan_adds_an_arm_validation_after_this_machines():
     targets, sources = all_targets(), source_kinds()
     plain = plan_build(_request(), targets, sources, image_facts())
     assert [s.kind for s in plain.steps] == ["source", "convert", "validate"]
-    assert plain.artifacts[0].arm_step is None and "emulate_cpu" not in plain.steps[2].params_json
+    assert plain.artifacts[0].elsewhere == () and "emulate_cpu" not in plain.steps[2].params_json
     plan = plan_build(_request(validate_on="linux/arm64"), targets, sources, image_facts())
     conv, val, arm = plan.steps[1:]
     art = plan.artifacts[0]
-    assert art.arm_step == arm.id and arm.id.endswith("-rpi-int8-validate-aarch64")
+    assert art.elsewhere == (arm.id,) and arm.id.endswith("-rpi-int8-validate-aarch64")
     assert (arm.image, arm.platform, arm.emulate_cpu, arm.local) == ("arm-validate", "linux/arm64", "cortex-a72", False)
     assert arm.needs == (val.id,) and val.params["save_outputs"] is True
     assert arm.params["report_name"] == "report-aarch64.json" and arm.params["compare_with"] == "outputs.npz"
