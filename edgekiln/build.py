@@ -26,7 +26,7 @@ from .resources import data_dir
 from .runners.base import Env, Job, Runner
 from .store import (Location, cache_state, file_entries, location, mark_job, new_job_dir, publish,
                     sha256_file, sha256_json, sha256_tree)
-from .targets import Target, all_targets, arch_formats, source_kinds
+from .targets import Target, all_targets, arch_formats, source_kinds, stage
 
 
 @dataclass
@@ -320,10 +320,10 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             folder = loc.model_dir / f".stage-{job.root.name}-{artifact.target}-{artifact.precision}"
             manifest = stage_artifact(folder, artifact, record, keys[artifact.key])
             status = "built"
-            params = plan.step(artifact.convert_step).params
-            if "tensorrt" in params:  # no engine here: the artifact is a deferred device bundle
-                manifest = defer_engine(folder, artifact, prep.targets[artifact.target], params, job, manifest)
-                status = "deferred: bundle ready"
+            after = stage(prep.targets[artifact.target], "after_validation")  # declared by the target
+            if after is not None:
+                manifest, status = after(folder, artifact, prep.targets[artifact.target],
+                                         plan.step(artifact.convert_step).params, job, manifest)
             staged[(artifact.target, artifact.precision)] = folder
             results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, status,
                                                    loc.artifact_dir(artifact.target, artifact.precision),
@@ -387,20 +387,6 @@ def build_error(crashed: dict, failures: dict, passing: list, job: Job, all_or_n
         return type(first)(f"{'; '.join(parts)} ({done})", first.hint)
     return ValidationFailed(f"validation below thresholds, {done} ({'; '.join(parts)})",
                             f"inspect {job.root / 'work'}; loosen with --threshold only if the numbers are acceptable")
-
-
-def defer_engine(folder: Path, artifact: Artifact, target: Target, params: dict, job: Job,
-                 manifest: dict) -> dict:
-    """A TensorRT artifact built on a host without the NVIDIA runtime: add the device bundle."""
-    from .deferred import device_bundle, mark_pending
-    from .targets import host_support
-
-    ok, reason = host_support(target)
-    if ok:  # an NVIDIA GPU is here, but edgekiln does not build engines in the build itself yet
-        reason = "engines are built by `edgekiln finish` on the device (not inside `edgekiln build` yet)"
-    deferred = device_bundle(folder, params, job.work / artifact.work_dir, job.work / "source",
-                             artifact.thresholds, reason)
-    return mark_pending(folder, manifest, deferred)
 
 
 def fallback_warning(fell_back: dict[str, str]) -> str:

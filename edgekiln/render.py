@@ -12,14 +12,17 @@ import json
 import shutil
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import markupsafe
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import UsageError
-from .plan import Plan, Step
 from .resources import data_dir
+
+if TYPE_CHECKING:  # types only: render never imports the planner (no import cycle through plan.py)
+    from .plan import Plan, Step
 
 
 @lru_cache(maxsize=4)
