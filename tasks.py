@@ -1,25 +1,54 @@
 """Invoke tasks of edgekiln (`invoke --list`). The library's tasks are the installed `edgekiln`
 program too; `bench` lives here because bench/ exists only in a checkout."""
 
+import shlex
 import sys
 
-from invoke import task
+from invoke import Exit, task
 
 from edgekiln.cli import RELEASE_HELP, ns
 from edgekiln.cli import release as _release
 
 
-@task(help={"only": "run one benchmark (spine, onnx_quant_choices, openvino, tflite, demo_matrix)",
-            "repeats": "repeats of the timed builds"})
-def bench(c, only="", repeats=3):
-    """Run the benchmarks in bench/ (numbers go to bench/results/*.json and *.md)."""
-    scripts = {"spine": f"bench/spine.py --repeats {repeats}", "onnx_quant_choices": "bench/onnx_quant_choices.py",
-               "openvino": "bench/openvino_bench.py", "tflite": "bench/tflite_bench.py",
-               "demo_matrix": "bench/demo_matrix.py"}  # last: it rewrites README.md's measured table
-    for name, cmd in scripts.items():
-        if only and name != only:
-            continue
-        c.run(f"{sys.executable} {cmd}", pty=False)
+QUICK = {"orchestration_overhead": "--repeats {repeats}", "intel_vs_bare": "", "rpi_vs_onnx2tf": "",
+         "demo_matrix": ""}  # demo_matrix last: it rewrites docs/measurements.md's table
+
+
+@task(help={"only": "run this study: bench/<name>.py (see --list)",
+            "args": "the study's own arguments, e.g. --args '--only mobilenet'",
+            "list": "list the studies, the environment each runs in and the results files they wrote",
+            "repeats": "repeats of the timed builds (the quick set's orchestration_overhead)"})
+def bench(c, only="", args="", list=False, repeats=3):  # noqa: A002  (the flag is --list)
+    """Run a study of bench/ (default: the quick set); its results files in bench/results/ are then
+    stamped with the command that regenerates them."""
+    sys.path.insert(0, "bench")
+    from _common import RESULTS, env_python, stamp, studies, study_env
+
+    found = studies()
+    if list:
+        for name, script in found.items():
+            doc = (ast_doc(script) or "").strip().splitlines()[0:1]
+            env = study_env(script)
+            print(f"{name:<28} {'[' + env + '] ' if env else ''}{doc[0] if doc else ''}")
+        return
+    if only and only not in found:
+        raise Exit(f"no study {only!r} in bench/ (invoke bench --list)", code=2)
+    todo = {only: args} if only else {k: v.format(repeats=repeats) for k, v in QUICK.items()}
+    for name, extra in todo.items():
+        env = study_env(found[name])
+        python = env_python(env) if env else sys.executable
+        before = {p: p.stat().st_mtime for p in RESULTS.glob("*")}
+        c.run(f"{python} bench/{name}.py {extra}".strip(), pty=False)
+        command = f"invoke bench --only {name}" + (f" --args {shlex.quote(extra)}" if extra else "")
+        for path in RESULTS.glob("*"):
+            if path.suffix in (".md", ".json") and before.get(path) != path.stat().st_mtime:
+                stamp(path, command)
+
+
+def ast_doc(script):
+    import ast
+
+    return ast.get_docstring(ast.parse(script.read_text()))
 
 
 @task(help=dict(RELEASE_HELP, file="the release matrix file (default examples/release.toml)"))

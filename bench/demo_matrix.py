@@ -1,11 +1,11 @@
-"""The README's "measured here" table, from a real run: the demo MobileNetV2 built for every CPU
+"""The "measured here" table (docs/measurements.md), from a real run: the demo MobileNetV2 built for every CPU
 target × precision with the local runner (calibrated on the 20 ImageNet photos, validated on their
 mirror images), numbers read back from the published manifests.
 
 Writes bench/results/demo_matrix.json and demo_matrix.md, and rewrites the table between the
-``<!-- measured:begin -->`` and ``<!-- measured:end -->`` markers of README.md, so no number in the
-README lacks a file behind it. Run: ``invoke bench --only demo_matrix`` or
-``python bench/demo_matrix.py [--no-readme]``.
+``<!-- measured:begin -->`` and ``<!-- measured:end -->`` markers of docs/measurements.md, so no
+number there lacks a file behind it. Run: ``invoke bench --only demo_matrix`` or
+``python bench/demo_matrix.py [--no-docs]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from edgekiln.runners.local import LocalRunner  # noqa: E402
 from edgekiln.ui import PlainUI  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "measurements.md"
 BEGIN, END = "<!-- measured:begin -->", "<!-- measured:end -->"
 MATRIX = {"onnx": "fp32,int8", "intel": "fp32,fp16,int8", "rpi": "fp32,int8"}
 
@@ -87,18 +87,18 @@ def table(rows: list[dict], cpu: str, load: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    readme = README.read_text()
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the {BEGIN} … {END} markers")
-    head, rest = readme.split(BEGIN, 1)
+def write_doc(text: str) -> None:
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{DOC} lacks the {BEGIN} … {END} markers")
+    head, rest = doc.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/measurements.md")
     args = parser.parse_args()
     cpu = cpu_model()
     import os
@@ -113,8 +113,8 @@ def main() -> None:
     (RESULTS / "demo_matrix.json").write_text(json.dumps(data, indent=2) + "\n")
     text = table(rows, cpu, load)
     (RESULTS / "demo_matrix.md").write_text("# Demo matrix\n\n" + text + "\n")
-    if not args.no_readme:
-        write_readme(text)
+    if not args.no_docs:
+        write_doc(text)
     print(text)
 
 

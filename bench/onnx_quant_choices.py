@@ -19,6 +19,8 @@ bench/results/onnx_quant_choices.{json,md} (or --out PREFIX).
 
 from __future__ import annotations
 
+ENV = 'onnx'  # the converter environment this study runs in (bench/_common.py, invoke bench)
+
 import argparse
 import itertools
 import json
@@ -32,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "converters"))
+from _common import flat_helpers  # noqa: E402
+
+sys.path.insert(0, flat_helpers())  # the converter helpers, flat (as a job holds them)
 import ekit  # noqa: E402
 import ekit_onnx  # noqa: E402
 

@@ -8,10 +8,12 @@ seconds, and parity of the simplified model in onnxruntime against PyTorch (min 
 
 Run in the torch environment (images/torch: torch, onnx, onnxruntime, onnxsim, onnxslim):
 
-    python bench/onnx_simplifiers.py [--out bench/results/simplifiers]
+    python bench/onnx_simplifiers.py [--out bench/results/onnx_simplifiers]
 """
 
 from __future__ import annotations
+
+ENV = 'torch'  # the converter environment this study runs in (bench/_common.py, invoke bench)
 
 import argparse
 import json
@@ -25,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "converters"))
+from _common import flat_helpers  # noqa: E402
+
+sys.path.insert(0, flat_helpers())  # the converter helpers, flat (as a job holds them)
 import ekit  # noqa: E402
 import ekit_onnx  # noqa: E402
 
@@ -204,7 +208,7 @@ def simplify_worker(tool: str, src: str, dst: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(HERE / "results" / "simplifiers"))
+    ap.add_argument("--out", default=str(HERE / "results" / "onnx_simplifiers"))
     ap.add_argument("--timeout", type=int, default=300)
     a = ap.parse_args()
     import torch

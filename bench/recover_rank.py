@@ -13,7 +13,6 @@ integration test uses: NNCF int8 keeps 4 of 8 boxes, so 0.95 is out of reach for
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from recover_bench import build, models  # noqa: E402
+from recover_onnx_intel import build, models  # noqa: E402
 
 TRY = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 runtime, thresholds, orders = sys.argv[2], json.loads(sys.argv[3]), sys.argv[4].split(",")
 import numpy as np
-import ekit, ekit_recover
+import ekit
+from ekit import recover as ekit_recover
 params = json.loads(next((ekit.work().parent / "steps").glob(f"*-{runtime}-int8-convert.json")).read_text())
 opts = params["options"]
 src = ekit.work() / "source"
@@ -62,7 +62,7 @@ if runtime == "onnx":
     mac_table, names, sched = ekit_recover.macs(model), None, "linear"
     size = lambda a: os.path.getsize(a)
 else:
-    import openvino as ov, nncf, ekit_ov
+    import openvino as ov, nncf, ekit_ov, ekit_ov_recover
     model = ov.convert_model(str(src / "model.onnx"))
     head = ekit_ov.head_names(model, src / "model.onnx") if opts["keep_head_float"] else []
     kw = ekit_ov.nncf_kwargs(nncf, ekit.Options(opts, ignored_scopes=list(opts["ignored_scopes"]) + head))
@@ -74,8 +74,8 @@ else:
         c = ekit_ov.compile_model(ov, ov.Core(), m, "CPU", "f32")
         return ekit_ov.run_batches(c.create_infer_request(), ref["x"], 1, len(c.outputs), list(c.outputs))
     plain = build([])
-    rows = [r for r in ekit_ov.sensitivity(ov, model, plain, ref["x"]) if r["layer"] not in head]
-    mac_table, names, sched = ekit_ov.macs(model), [o.get_any_name() for o in model.outputs], "doubling"
+    rows = [r for r in ekit_ov_recover.sensitivity(ov, model, plain, ref["x"]) if r["layer"] not in head]
+    mac_table, names, sched = ekit_ov_recover.macs(model), [o.get_any_name() for o in model.outputs], "doubling"
     size = lambda a: None
 before = ekit_recover.measure(ref, run(plain), names)
 out = {"plain": ekit_recover.text(before), "plain_misses": ekit_recover.misses(before, thresholds), "orders": {}}
@@ -112,9 +112,9 @@ def main() -> None:
         tmp = Path(tmp)
         table = models(tmp)
         helpers = tmp / "helpers"  # the helpers alone: converters/torch/ would shadow torch
-        helpers.mkdir()
-        for f in (HERE.parent / "converters").glob("ekit*.py"):
-            shutil.copy(f, helpers)
+        from _common import flat_helpers
+
+        flat_helpers(helpers)
         for runtime, key, thresholds, limit in CASES:
             label, model_args, photos, extra, _ = table[key]
             job = build(model_args, photos, tmp / f"{runtime}-{key}", "int8", [], runtime)

@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from new_runtimes_b import models, stamp  # noqa: E402
+from executorch_rknn_vs_bare import models, stamp  # noqa: E402
 
 
 def main() -> None:
@@ -49,9 +49,9 @@ def main() -> None:
             build_s = round(time.perf_counter() - t, 1)
             job = max((out / ".edgekiln" / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
             conv = json.loads(next((job / "work" / "results").glob("*-rpi-fp32-convert.json")).read_text())
-            argv = [str(HERE / "_litert_torch.py"), "mobilenet", model_args[0]] if key == "mobilenet" else \
-                [str(HERE / "_litert_torch.py"), "onnx"]
-            shutil.copy(ROOT / "converters" / "ekit_executorch.py", job / "ekit_executorch.py")
+            argv = [str(HERE / "_inside_litert_torch.py"), "mobilenet", model_args[0]] if key == "mobilenet" else \
+                [str(HERE / "_inside_litert_torch.py"), "onnx"]
+            shutil.copy(ROOT / "converters" / "executorch" / "ekit_executorch.py", job / "ekit_executorch.py")
             run = subprocess.run([args.litert_python, *argv], capture_output=True, text=True, cwd=job,
                                  env=dict(os.environ, PYTHONPATH="."))
             if run.returncode:

@@ -3,7 +3,7 @@ symmetric QDQ? (both are what TensorRT >= 8.5 builds int8 engines from). Also: f
 
 Measured in ONNX Runtime on CPU (the workstation proxy: no TensorRT here) on two real models:
 
-* the ImageNet MobileNetV2 (torchvision weights; bench/mobilenet_source.py makes its source dir),
+* the ImageNet MobileNetV2 (torchvision weights; bench/_mobilenet_source.py makes its source dir),
   calibrated on the 20 foolbox photos, validated on their mirror images (top-1 agreement, cosine);
 * a real Ultralytics YOLOv8n (nudenet's 320n.onnx), calibrated on the 20 photos + ultralytics'
   bus.jpg/zidane.jpg, validated on their mirror images: cosine of the raw output and a detection
@@ -18,6 +18,8 @@ Writes bench/results/tensorrt_qdq.{json,md}.
 
 from __future__ import annotations
 
+ENV = 'trtprep'  # the converter environment this study runs in (bench/_common.py, invoke bench)
+
 import argparse
 import json
 import platform
@@ -30,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "converters"))
+from _common import flat_helpers  # noqa: E402
+
+sys.path.insert(0, flat_helpers())  # the converter helpers, flat (as a job holds them)
 import ekit  # noqa: E402
 import ekit_onnx  # noqa: E402
 import ekit_trt  # noqa: E402

@@ -26,7 +26,7 @@ from .resources import data_dir
 from .runners.base import Env, Job, Runner
 from .store import (Location, cache_state, file_entries, location, mark_job, new_job_dir, publish,
                     sha256_file, sha256_json, sha256_tree)
-from .targets import Target, all_targets, arch_formats, source_kinds
+from .targets import Target, all_targets, arch_formats, source_kinds, stage
 
 
 @dataclass
@@ -151,6 +151,8 @@ def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) 
     environment is made, no image built, nothing published."""
     import tempfile
 
+    from .docker import host_platform
+
     prep = prepare(request)
     job_root = Path(tempfile.mkdtemp(prefix="edgekiln-dry-run-"))
     try:
@@ -161,7 +163,9 @@ def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) 
             runner = runner_for(s)
             env = runner.planned_env(s.image, getattr(runner, "platform", None), local_ok=s.local)
             steps.append({"id": s.id, "kind": s.kind, "image": s.image, "template": s.template,
-                          "runner": env.runner, "platform": s.platform, "environment": env.ref,
+                          # where it runs: the environment's platform (an Arm target's convert steps
+                          # run on this engine's own), a local virtualenv this machine's
+                          "runner": env.runner, "platform": env.platform or host_platform(), "environment": env.ref,
                           # local: byte for byte the line commands.sh gets; Docker: the same but for
                           # the job folder (made at build time), shown as <job>
                           "command": quote(runner.command(env, job, s.script)).replace(str(job_root.resolve()), "<job>")})
@@ -208,6 +212,7 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
     job = Job(new_job_dir(request.out),
               {"model": request.model, "calib": request.calib, "val": request.val})
     envs: dict[tuple[str, str], Env] = {}
+    fell_back: dict[str, str] = {}  # image -> why it runs in a local virtualenv instead of Docker
     timings: dict[str, float] = {}
     commands: dict[str, str] = {}
 
@@ -229,10 +234,9 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             where = (f"local virtualenv {Path(env.ref).parent.parent}" if env.runner == "local"
                      else f"Docker image {env.ref}" + (f" on {env.host}" if env.host else ""))
             ui.step_done(label, time.monotonic() - t0, f"environment {step.image}: {where}")
-            if env.runner != runner.name:
+            if env.runner != runner.name:  # said once per build, after every environment (fallback_warning)
                 why = next((l for l in reversed(said) if "instead" in l), "the image cannot be had here")
-                ui.warn(f"{why.split('; using')[0]}: the {step.image} steps run in a local virtualenv. "
-                        f"To run them in Docker, make that base available, then: edgekiln images --build {step.image}")
+                fell_back[step.image] = why.split("; using")[0]
         return runner, envs[key]
 
     def run_step(step: Step) -> None:
@@ -266,6 +270,8 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         render_job(plan, job.root, arch_file)
         for step in plan.steps:  # environments first, one at a time (parallel steps only read them)
             env_for(step)
+        if fell_back:
+            ui.warn(fallback_warning(fell_back))
         for step in plan.steps:
             if step.kind == "source":
                 run_step(step)
@@ -314,10 +320,10 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
             folder = loc.model_dir / f".stage-{job.root.name}-{artifact.target}-{artifact.precision}"
             manifest = stage_artifact(folder, artifact, record, keys[artifact.key])
             status = "built"
-            params = plan.step(artifact.convert_step).params
-            if "tensorrt" in params:  # no engine here: the artifact is a deferred device bundle
-                manifest = defer_engine(folder, artifact, prep.targets[artifact.target], params, job, manifest)
-                status = "deferred: bundle ready"
+            after = stage(prep.targets[artifact.target], "after_validation")  # declared by the target
+            if after is not None:
+                manifest, status = after(folder, artifact, prep.targets[artifact.target],
+                                         plan.step(artifact.convert_step).params, job, manifest)
             staged[(artifact.target, artifact.precision)] = folder
             results[artifact.key] = ArtifactResult(artifact.target, artifact.precision, status,
                                                    loc.artifact_dir(artifact.target, artifact.precision),
@@ -332,6 +338,9 @@ def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Run
         ui.stage(f"nothing published; the job is kept for inspection: {job.root}")
         raise
     if error is not None:
+        from .report import record_refused  # `edgekiln report` shows them beside the published ones
+
+        record_refused(loc.version_dir, request.model_name, failed)
         mark_job(job.root, "failed")  # kept for inspection of the artifacts that failed
         ui.stage(f"published what passed; the job is kept for inspection: {job.root}")
     elif keep_job:
@@ -380,18 +389,22 @@ def build_error(crashed: dict, failures: dict, passing: list, job: Job, all_or_n
                             f"inspect {job.root / 'work'}; loosen with --threshold only if the numbers are acceptable")
 
 
-def defer_engine(folder: Path, artifact: Artifact, target: Target, params: dict, job: Job,
-                 manifest: dict) -> dict:
-    """A TensorRT artifact built on a host without the NVIDIA runtime: add the device bundle."""
-    from .deferred import device_bundle, mark_pending
-    from .targets import host_support
-
-    ok, reason = host_support(target)
-    if ok:  # an NVIDIA GPU is here, but edgekiln does not build engines in the build itself yet
-        reason = "engines are built by `edgekiln finish` on the device (not inside `edgekiln build` yet)"
-    deferred = device_bundle(folder, params, job.work / artifact.work_dir, job.work / "source",
-                             artifact.thresholds, reason)
-    return mark_pending(folder, manifest, deferred)
+def fallback_warning(fell_back: dict[str, str]) -> str:
+    """One line for every image of the build that runs in a local virtualenv, its reason said once
+    ("image onnx: its base B is neither on the engine … nor reachable …" for onnx and torch:
+    "images onnx, torch: their base B is neither …")."""
+    by_why: dict[str, list[str]] = {}
+    for image, why in fell_back.items():
+        prefix = f"image {image}: "
+        by_why.setdefault(why[len(prefix):] if why.startswith(prefix) else why, []).append(image)
+    parts = []
+    for why, images in by_why.items():
+        many = len(images) > 1
+        parts.append(f"image{'s' if many else ''} {', '.join(images)}: "
+                     + (why.replace("its base", "their base", 1) if many else why))
+    return (f"{'; '.join(parts)}: {'these steps run' if len(fell_back) > 1 else 'its steps run'} in a local "
+            f"virtualenv. To run them in Docker, make that base available, then: "
+            f"edgekiln images --build {','.join(fell_back)}")
 
 
 def env_key(runner: Runner, image: str) -> tuple[str, str]:
@@ -455,8 +468,9 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     build = folder / "build"
     (build / "steps").mkdir(parents=True)
     (build / "logs").mkdir()
-    copy_support(data_dir("converters"), build)
     steps = plan.steps_for(artifact)
+    copy_support(data_dir("converters"), build,  # only the helpers this artifact's steps imported
+                 [(job.root / s.script).read_text() for s in steps], [s.params for s in steps])
     results = {}
     for step in steps:
         for suffix in (".py", ".json"):
@@ -490,7 +504,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
         "input_spec": source_result.get("input_spec", request.input.to_json()),
         "feed": report.get("feed"),
         "task": source_result.get("task"),  # what the outputs are and how they were decoded
-        # int8 recovery (converters/ekit_recover.py): the layers kept float, their sensitivity, MAC share
+        # int8 recovery (converters/ekit/recover.py): the layers kept float, their sensitivity, MAC share
         "recovery": (results.get(artifact.convert_step, {}).get("quantization") or {}).get("recovery"),
         "io": report.get("io"),
         "validation": {

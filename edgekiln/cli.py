@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json as _json
+import os
 import signal
 import sys
 import traceback
@@ -22,7 +23,9 @@ from . import __version__
 from .errors import EdgekilnError, Interrupted
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+# a pipe gets 120 columns unless COLUMNS says otherwise (a terminal: its own width)
+console = Console(highlight=False, soft_wrap=True,
+                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 120)
 
 
 def _sigterm(signum, frame):  # a kill mid-build cleans up like Ctrl-C does
@@ -69,7 +72,8 @@ BUILD_HELP = {
     "std": "per-channel std divided after the mean, e.g. 0.229,0.224,0.225",
     "bgr": "the model takes BGR channel order",
     "pixel_scale": "pixels are divided by this first (255: 0..1 input, default; 1: 0..255 input)",
-    "resize": "crop (shorter side to size/0.875, centre crop; default), stretch, or letterbox (YOLO: fit, centre, pad)",
+    "resize": "crop (shorter side to size/0.875, centre crop), stretch, or letterbox (YOLO: fit, centre, pad); "
+              "default: letterbox when the model is a detector, else crop",
     "pad": "letterbox fill value 0-255 (default 114)",
     "task": "what the outputs are: classify, detect, segment, map or raw (default: from the model's metadata/shapes)",
     "head": "detector head: yolov5, yolov8, yolox, ssd or e2e (implies --task detect)",
@@ -161,7 +165,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     from .build import dry_run as plan_only, run_build
     from .request import make_request
     from .runners import LazyRunners, runner_factory
-    from .ui import feed_lines, make_ui, result_json, summary_table, task_lines, where_lines
+    from .ui import feed_lines, make_ui, result_json, summary_notes, summary_table, task_lines, where_lines
 
     values = dict(locals())
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
@@ -189,7 +193,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     console.print(summary_table(result))
     if result.artifacts:
         console.print(f"published under {result.artifacts[0].path.parent.parent}", markup=False)
-    for line in feed_lines(result) + task_lines(result) + where_lines(result):
+    for line in summary_notes(result) + feed_lines(result) + task_lines(result) + where_lines(result):
         console.print(line, markup=False)
     if any(a.manifest.get("validation", {}).get("inputs") == "synthetic" for a in result.artifacts):
         from .build import SYNTHETIC
@@ -214,7 +218,8 @@ def _print_dry_run(info: dict, as_json: bool) -> None:
     console.print(f"input spec: {_json.dumps(info['input'])}", markup=False)
     console.print("commands (from the job folder; the same lines as build/commands.sh):", markup=False)
     for s in info["steps"]:
-        console.print(f"  {s['id']:<28} {s['kind']:<9} {s['runner']}:{s['image']:<9} {s['template']}", markup=False)
+        console.print(f"  {s['id']:<28} {s['kind']:<9} {s['runner']}:{s['image']:<9} {s['platform']:<12} "
+                      f"{s['template']}", markup=False)
         console.print(f"      {s['command']}", markup=False)
     for a in info["artifacts"]:
         console.print(f"  → {a['publish_to']}  thresholds {_json.dumps(a['thresholds'])}", markup=False)
@@ -224,8 +229,6 @@ def _print_dry_run(info: dict, as_json: bool) -> None:
 @guarded
 def targets(c, json=False):
     """List the targets: image, precisions, and whether they can build on this host (and why not)."""
-    from rich.table import Table
-
     from .emulation import arm_validation_here
     from .targets import all_targets, host_support
 
@@ -236,20 +239,47 @@ def targets(c, json=False):
         rows.append({"name": t.name, "runtime": t.runtime, "image": t.image, "platform": t.platform,
                      "precisions": list(t.precisions), "default": list(t.default_precisions),
                      "runs_here": ok, "why": why, "description": t.description,
-                     "arm_validation": arm_ok, "arm_validation_why": arm_why})
+                     "arm_validation": arm_ok, "arm_validation_why": arm_why,
+                     "arm_target": bool(getattr(t, "emulation", None))})
     if json:
         console.print_json(data=rows)
         return
-    table = Table(title="edgekiln targets")
-    for col in ("target", "runtime", "image", "precisions (default)", "runs here",
-                "Arm validation (--platform linux/arm64)", "description"):
-        table.add_column(col)
+    for line in targets_text(rows):  # the reasons word-wrapped to the terminal
+        console.print(line, markup=False, soft_wrap=False) if isinstance(line, str) else console.print(line)
+
+
+def targets_text(rows: list[dict]) -> list:
+    """The targets table (short cells: fits 80 columns), then what each target is and the reasons
+    behind every "no", one line per distinct reason."""
+    from rich.table import Table
+
+    from .ui import compact_table
+
+    table = compact_table("edgekiln targets")
+    for col in ("target", "runtime", "image", "precisions", "here", "Arm check"):
+        table.add_column(col, no_wrap=col != "precisions")
     for r in rows:
-        precs = ", ".join(f"[bold]{p}[/]" if p in r["default"] else p for p in r["precisions"])
-        table.add_row(r["name"], r["runtime"], f"{r['image']} ({r['platform']})", precs,
-                      "yes" if r["runs_here"] else f"no: {r['why']}",
-                      ("yes: " if r["arm_validation"] else "no: ") + r["arm_validation_why"], r["description"])
-    console.print(table)
+        arm = "–" if not r["arm_target"] else (r["arm_validation_why"].split()[0].strip(":") if r["arm_validation"]
+                                                else "no")
+        table.add_row(r["name"], r["runtime"], r["image"],
+                      " ".join(p + ("*" if p in r["default"] else "") for p in r["precisions"]),
+                      "yes" if r["runs_here"] else "no", arm)
+    described = Table.grid(padding=(0, 2))  # a description wraps within its own column
+    described.add_column(no_wrap=True)
+    described.add_column()
+    for r in rows:
+        described.add_row(r["name"], r["description"])
+    lines: list = [table, "* the default precision(s)", "", described, ""]
+    reasons: dict[str, list[str]] = {}
+    for r in rows:
+        if not r["runs_here"]:
+            reasons.setdefault(f"not here: {r['why']}", []).append(r["name"])
+        if r["arm_target"]:
+            reasons.setdefault(f"Arm check (--platform linux/arm64): {r['arm_validation_why']}", []).append(r["name"])
+    lines += [f"{', '.join(names)}: {why}" for why, names in reasons.items()]
+    if any(not r["arm_target"] for r in rows):
+        lines.append("Arm check –: not an Arm target (its target file has no emulation table)")
+    return lines
 
 
 @task(help={"target": "target(s), comma-separated (default onnx)",

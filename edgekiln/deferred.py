@@ -136,6 +136,19 @@ def recovery_of(info: Mapping[str, Any]) -> dict[str, Any] | None:
             "passed": rec.get("passed"), "measured": rec.get("proxy")}
 
 
+def defer_engine(folder: Path, artifact, target, params: Mapping[str, Any], job, manifest: dict[str, Any]):
+    """The ``after_validation`` stage of the TensorRT targets (targets/jetson.toml [stages]): the
+    validated ONNX becomes a deferred device bundle (no engine is built here). -> (manifest, status)."""
+    from .targets import host_support
+
+    ok, reason = host_support(target)
+    if ok:  # an NVIDIA GPU is here, but edgekiln does not build engines in the build itself yet
+        reason = "engines are built by `edgekiln finish` on the device (not inside `edgekiln build` yet)"
+    deferred = device_bundle(folder, params, job.work / artifact.work_dir, job.work / "source",
+                             artifact.thresholds, reason)
+    return mark_pending(folder, manifest, deferred), "deferred: bundle ready"
+
+
 def mark_pending(folder: Path, manifest: dict[str, Any], deferred: dict[str, Any]) -> dict[str, Any]:
     """Record the bundle in the manifest (status pending-device) and write SHA256SUMS."""
     manifest["status"] = PENDING

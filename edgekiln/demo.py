@@ -26,7 +26,7 @@ WHEELS = {
     "foolbox": (
         "3.3.4", "foolbox-3.3.4-py3-none-any.whl",
         "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb"),
-    # Task-aware validation (converters/ekit_task.py): a real Ultralytics YOLOv8n export with its
+    # Task-aware validation (converters/ekit/task.py): a real Ultralytics YOLOv8n export with its
     # metadata (nudenet, MIT), a real text-detection probability-map model (PP-OCRv4 det, Apache-2.0),
     # and real photos: Ultralytics' bus/zidane, scikit-image's sample images (people, text).
     "nudenet": ("3.4.2", "nudenet-3.4.2-py3-none-any.whl",

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from .errors import DataError, TargetError, UsageError
 from .isa import Host, check_class, validation_route
 from .request import BuildRequest
-from .targets import METRICS, SourceKind, Target, arch_formats
+from .targets import METRICS, SourceKind, Target, arch_formats, stage
 
 ZOO = {"mobilenet_v2": "zoo/mobilenet_v2.py:mobilenet_v2"}
 
@@ -30,7 +30,7 @@ class Step:
     params_json: str  # the step's params (frozen as canonical JSON text)
     needs: tuple[str, ...] = ()  # ids of the steps that must run first
     platform: str | None = None  # the platform the step's image is made for (None: the engine's own)
-    local: bool = True  # the image can have a local virtualenv (false: TensorRT images)
+    local: bool = True  # the image can have a local virtualenv (false: a runtime not on the package index)
     gpu: bool = False  # the step needs an NVIDIA GPU (the runner asks the engine for one)
     emulate_cpu: str | None = None  # a validation elsewhere: the CPU QEMU emulates (QEMU_CPU)
     qemu: str | None = None  # "x86_64": run the step under QEMU user mode explicitly (an x86 CPU class
@@ -213,11 +213,8 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         options = target_options(target, request.options)
         src = source_step(target)
         via = target.via.get(request.source_format, {})
-        if target.runtime == "tensorrt":  # the chosen JetPack / NGC row travels in the params
-            from .tensorrt import target_params
-            base_t = dict(base, **target_params(target, options))
-        else:
-            base_t = base
+        extra = stage(target, "params")  # what the target declares its steps need (e.g. a chosen stack)
+        base_t = dict(base, **extra(target, options)) if extra else base
         for precision in precisions:
             work_dir = f"{target.name}/{precision}"
             limits = target.thresholds_for(precision)

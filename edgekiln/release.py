@@ -42,7 +42,7 @@ from typing import Any, Callable
 from . import __version__
 from .archive import write_sums, write_tar_gz
 from .build import ArtifactResult, prepare, run_build
-from .errors import EdgekilnError, IntegrityError, PublishConflict
+from .errors import EdgekilnError, IntegrityError, PublishConflict, ValidationFailed
 from .matrix import Entry, Matrix
 
 SUMS = "SHA256SUMS"
@@ -178,9 +178,6 @@ def _short(value: Any) -> str:
 
 def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, jobs: int = 1) -> ReleaseResult:
     """Build every entry (cached), package, publish ``<out>/<name>-<version>`` atomically."""
-    from .report import require_charts
-
-    require_charts()
     start = time.monotonic()
     out = Path(out).expanduser().resolve()
     dest = out / matrix.folder
@@ -220,24 +217,33 @@ def _existing(dest: Path, matrix: Matrix, ident: dict, ui) -> ReleaseResult:
 
 
 def build_entries(matrix: Matrix, prepared: list[Planned], ui, runner_for, jobs: int) -> dict[str, ArtifactResult]:
-    """Build every request (its artifacts in parallel with ``jobs``); all must pass."""
+    """Build every request (its artifacts in parallel with ``jobs``); all must pass. A release is
+    all or nothing: an entry refused (below a threshold) or failed stops it, named with its model,
+    target, precision and why, with the exit code of its kind (a refusal: ValidationFailed). The
+    other entries stay in the build store, cached for the next run."""
     results: dict[str, ArtifactResult] = {}
-    failures: list[tuple[Planned, EdgekilnError]] = []
+    failures: list[tuple[str, EdgekilnError]] = []
     for p in prepared:
         ui.stage(f"build {p.request.model_name} → {', '.join(p.request.targets)} "
                  f"({', '.join(p.request.precisions)})")
         try:
             result = run_build(p.request, ui, runner_for, jobs=jobs)
         except EdgekilnError as exc:
-            failures.append((p, exc))  # go on: name every failing entry (the others are cached next time)
-            continue
+            failures.append((f"{p.request.model_name} → {', '.join(p.request.targets)}: {exc.message}", exc))
+            continue  # go on: name every failing entry (the others are cached next time)
         for art in result.artifacts:
-            results[f"{result.model}/{art.target}/{art.precision}"] = art
+            if art.status == "failed":
+                failures.append((f"{result.model} {art.target}/{art.precision} refused: {'; '.join(art.failures)}",
+                                 result.error))
+            else:
+                results[f"{result.model}/{art.target}/{art.precision}"] = art
     if failures:
         first = failures[0][1]
-        lines = "; ".join(f"{p.request.model_name} → {', '.join(p.request.targets)}: {exc.message}"
-                          for p, exc in failures)
-        raise type(first)(f"release {matrix.folder} failed, nothing released — {lines}", first.hint)
+        hint = ("change the entry's thresholds in the release file only if the numbers are acceptable "
+                f"(the entries that passed are cached in the build store)" if isinstance(first, ValidationFailed)
+                else first.hint)
+        raise type(first)(f"release {matrix.folder} stopped, nothing released — "
+                          + "; ".join(line for line, _ in failures), hint)
     return results
 
 

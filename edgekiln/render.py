@@ -1,6 +1,7 @@
 """Rendering: a plan becomes a job directory of scripts and params (see converters/README.md).
 
-Only ``*.jinja`` files are rendered; everything else in converters/ is copied byte for byte.
+Only ``*.jinja`` files are rendered; the helpers the rendered scripts import are copied byte for
+byte (edgekiln.helpers).
 StrictUndefined everywhere and values enter templates only through ``tojson``: the template
 context holds nothing but JSON-able values, and the one filter that prints them is ``tojson``.
 """
@@ -11,14 +12,17 @@ import json
 import shutil
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import markupsafe
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import UsageError
-from .plan import Plan, Step
 from .resources import data_dir
+
+if TYPE_CHECKING:  # types only: render never imports the planner (no import cycle through plan.py)
+    from .plan import Plan, Step
 
 
 @lru_cache(maxsize=4)
@@ -69,7 +73,6 @@ def render_job(plan: Plan, job_root: Path, arch_file: Path | None = None,
     (job_root / "steps").mkdir(parents=True, exist_ok=True)
     (job_root / "work" / "results").mkdir(parents=True, exist_ok=True)
     (job_root / "work" / "logs").mkdir(parents=True, exist_ok=True)
-    copy_support(root, job_root)
     if arch_file is not None:
         (job_root / "arch").mkdir(exist_ok=True)
         shutil.copy2(arch_file, job_root / "arch" / arch_file.name)
@@ -81,15 +84,13 @@ def render_job(plan: Plan, job_root: Path, arch_file: Path | None = None,
         (job_root / "steps" / f"{step.id}.json").write_text(
             json.dumps(step.params, indent=2, ensure_ascii=False) + "\n")
         scripts[step.id] = text
+    copy_support(root, job_root, scripts.values(), [s.params for s in plan.steps])
     return scripts
 
 
-def copy_support(root: Path, job_root: Path) -> None:
-    """Copy converters' plain files (ekit.py, zoo/, …) next to the scripts, byte for byte."""
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if path.is_dir() or path.suffix == ".jinja" or path.name == "README.md" or "__pycache__" in rel.parts:
-            continue
-        dest = job_root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest)
+def copy_support(root: Path, job_root: Path, scripts=None, params=()) -> list[str]:
+    """Copy the converters' helpers the scripts import (edgekiln.helpers: flat, byte for byte;
+    ``scripts`` None: every helper) next to them; -> what was copied."""
+    from .helpers import copy_helpers
+
+    return copy_helpers(root, job_root, scripts, params)

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import EnvironmentFailed, UsageError
+from .errors import UsageError
 
 # what ekit.compare gives every artifact; anything else in validation.metrics is a task metric (mAP, …)
 STANDARD = ("n", "max_abs", "mean_abs", "cosine", "cosine_mean", "top1_agreement", "accuracy", "source_accuracy",
@@ -31,20 +31,24 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 def row_of(manifest: dict) -> dict[str, Any]:
+    """One table row from a build manifest, or from a refused artifact's record ({"target",
+    "precision", "model", "refused": [why, …]}): any field may be absent (shown as "–")."""
     val = manifest.get("validation") or {}
     metrics = val.get("metrics") or {}
-    size = val.get("size_bytes") or sum(f.get("size", 0) for f in manifest.get("files", []))
+    size = val.get("size_bytes") or sum(f.get("size") or 0 for f in manifest.get("files") or []) or None
     task = {k: v for k, v in metrics.items()
             if k not in STANDARD and isinstance(v, (int, float)) and not isinstance(v, bool)}
     latency = (val.get("latency_ms") or {}).get("median")
     not_executed = manifest.get("not_executed") or []
-    verdict = "not executed" if not_executed else ("pass" if val.get("passed") else "fail")
-    return {"model": manifest.get("model", {}).get("name", "?"), "target": manifest.get("target"),
+    refused = manifest.get("refused") or []
+    verdict = ("refused" if refused else "not executed" if not_executed
+               else "pass" if val.get("passed") else "fail")
+    return {"model": (manifest.get("model") or {}).get("name") or "?", "target": manifest.get("target"),
             "precision": manifest.get("precision"), "size": size, "cosine": metrics.get("cosine"),
             "agreement": metrics.get("top1_agreement"), "accuracy": metrics.get("accuracy"),
             "source_accuracy": metrics.get("source_accuracy"), "task": task, "latency": latency,
             "thresholds": val.get("thresholds") or {}, "gates": val.get("gates") or [], "verdict": verdict,
-            "notes": not_executed}
+            "notes": refused or not_executed}
 
 
 def by_model(manifests: Iterable[dict]) -> dict[str, list[dict]]:
@@ -56,18 +60,44 @@ def by_model(manifests: Iterable[dict]) -> dict[str, list[dict]]:
 
 
 def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
+    return "–" if v is None else _num(100 * v if isinstance(v, (int, float)) else v, "{:.1f}%")
 
 
 def _num(v, fmt="{:.5f}") -> str:
-    return "–" if v is None else fmt.format(v)
+    if v is None:
+        return "–"
+    try:
+        return fmt.format(v)
+    except (TypeError, ValueError):  # not a number: shown as it is
+        return str(v)
+
+
+def _text(v) -> str:
+    return "–" if v is None or v == "" else str(v)
+
+
+def _applicable(g: dict) -> bool:
+    return g.get("passed") is not None
 
 
 def _gate(g: dict) -> str:
-    """``min_cosine 0.9: 0.973 ✓`` (or ``✗``, or ``not applicable: why``) from manifest.validation.gates."""
-    if g.get("passed") is None:
-        return f"{g['threshold']} {g['limit']:g}: {g.get('reason') or 'not applicable'}"
-    return f"{g['threshold']} {g['limit']:g}: {g['value']:.4g} {'✓' if g['passed'] else '✗'}"
+    """``min_cosine 0.9: 0.973 ✓`` (or ``✗``) from manifest.validation.gates."""
+    head = f"{_text(g.get('threshold'))} {_num(g.get('limit'), '{:g}')}"
+    return f"{head}: {_num(g.get('value'), '{:.4g}')} {'✓' if g.get('passed') else '✗'}"
+
+
+def not_applicable(rows: list[dict]) -> str | None:
+    """One note for the gates that did not apply (e.g. the detection gates of a classifier):
+    ``not applicable: min_det_f1, min_det_recall (the model's task is classify, …)``."""
+    names, reasons = {}, {}
+    for row in rows:
+        for g in row["gates"]:
+            if not _applicable(g):
+                names[_text(g.get("threshold"))] = True
+                reasons[g.get("reason") or "not applicable"] = True
+    if not names:
+        return None
+    return f"Not applicable here: {', '.join(names)} ({'; '.join(reasons)})."
 
 
 def cells(row: dict) -> list[str]:
@@ -75,11 +105,15 @@ def cells(row: dict) -> list[str]:
     if row["accuracy"] is not None and row["source_accuracy"] is not None:
         acc += f" (source {_pct(row['source_accuracy'])})"
     task = ", ".join(f"{k} {v:.4g}" for k, v in sorted(row["task"].items())) or "–"
-    limits = ", ".join(_gate(g) for g in row["gates"]) if row["gates"] else \
-        ", ".join(f"{k} {v:g}" for k, v in sorted(row["thresholds"].items())) or "–"
-    verdict = row["verdict"] + (f": {'; '.join(row['notes'])}" if row["notes"] else "")
-    return [row["target"], row["precision"], f"{row['size'] / 1e6:.2f} MB", _pct(row["agreement"]),
-            _num(row["cosine"]), acc, task, _num(row["latency"], "{:.2f} ms"), limits, verdict]
+    gates = [g for g in row["gates"] if _applicable(g)]
+    skipped = len(row["gates"]) - len(gates)
+    limits = ", ".join(_gate(g) for g in gates) if row["gates"] else \
+        ", ".join(f"{k} {_num(v, '{:g}')}" for k, v in sorted(row["thresholds"].items())) or "–"
+    if skipped:
+        limits += f" (+{skipped} not applicable)"
+    verdict = row["verdict"] + (f": {'; '.join(map(str, row['notes']))}" if row["notes"] else "")
+    return [_text(row["target"]), _text(row["precision"]), _num(row["size"] and row["size"] / 1e6, "{:.2f} MB"),
+            _pct(row["agreement"]), _num(row["cosine"]), acc, task, _num(row["latency"], "{:.2f} ms"), limits, verdict]
 
 
 HEADER = ["target", "precision", "size", "top-1 agreement", "cosine", "accuracy", "task metrics",
@@ -96,18 +130,21 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
-def require_charts() -> None:
-    """Fail before any build when the charting library is missing."""
+NO_CHARTS = "Charts skipped: matplotlib is not installed (pip install edgekiln[report] draws them)."
+
+
+def charts_available() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("matplotlib") is None:
-        raise EnvironmentFailed("matplotlib is not installed: reports draw their charts with it",
-                                "pip install 'edgekiln[report]'")
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def charts(rows: list[dict]) -> dict[str, str]:
-    """{"size": svg, "latency": svg} for one model's rows (latency only where it was measured)."""
-    require_charts()
+    """{"size": svg, "latency": svg} for one model's rows (latency only where it was measured;
+    only rows with a size; none without matplotlib: the page says so)."""
+    rows = [r for r in rows if r["size"]]
+    if not rows or not charts_available():
+        return {}
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -162,7 +199,9 @@ def markdown(title: str, models: dict[str, list[dict]]) -> str:
     for model, rows in models.items():
         lines += [f"## {model}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
-        lines += ["", "Charts (size vs accuracy, latency): report.html.", ""]
+        note = not_applicable(rows)
+        lines += [""] + ([note, ""] if note else [])
+        lines += ["Charts (size vs accuracy, latency): report.html." if charts_available() else NO_CHARTS, ""]
     return "\n".join(lines)
 
 
@@ -180,10 +219,16 @@ def page(title: str, models: dict[str, list[dict]]) -> str:
     for i, (model, rows) in enumerate(models.items()):
         parts.append(f"<h2>{esc(model)}</h2><table><tr>{''.join(f'<th>{esc(h)}</th>' for h in HEADER)}</tr>")
         for row in rows:
-            cls = row["verdict"].split()[0]
+            cls = {"pass": "pass", "fail": "fail", "refused": "fail"}.get(row["verdict"], "")
             parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells(row)[:-1])
                          + f"<td class=\"{esc(cls)}\">{esc(cells(row)[-1])}</td></tr>")
         parts.append("</table>")
+        note = not_applicable(rows)
+        if note:
+            parts.append(f"<p>{esc(note)}</p>")
+        if not charts_available():
+            parts.append(f"<p>{esc(NO_CHARTS)}</p>")
+            continue
         svgs = charts(rows)
         for kind in ("size", "latency"):
             if kind in svgs:
@@ -208,7 +253,37 @@ def build_manifests(version_dir: Path) -> list[dict]:
     if not found:
         raise UsageError(f"{version_dir} holds no build (no <target>/<precision>/manifest.json)",
                          "give dist/<model>/<version> as published by `edgekiln build`")
-    return [json.loads(p.read_text()) for p in found]
+    manifests = [json.loads(p.read_text()) for p in found]
+    published = {(m.get("target"), m.get("precision")) for m in manifests}
+    return manifests + [r for r in refused_records(version_dir) if (r["target"], r["precision"]) not in published]
+
+
+REFUSED = "refused.json"  # <version>/refused.json: the artifacts of a build that were not published, and why
+
+
+def record_refused(version_dir: Path, model: str, failed: dict[str, list[str]]) -> None:
+    """Beside a build's published artifacts, the ones it refused (``edgekiln report`` shows them)."""
+    version_dir = Path(version_dir)
+    if not version_dir.is_dir():
+        return
+    path = version_dir / REFUSED
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        known = {}
+    for key, why in failed.items():
+        target, _, precision = key.partition("/")
+        known[key] = {"model": {"name": model}, "target": target, "precision": precision, "refused": list(why)}
+    tmp = path.with_name(f".{REFUSED}.tmp")
+    tmp.write_text(json.dumps(known, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def refused_records(version_dir: Path) -> list[dict]:
+    try:
+        return list(json.loads((Path(version_dir) / REFUSED).read_text()).values())
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def report_build(version_dir: Path, out: Path) -> tuple[Path, Path]:

@@ -24,8 +24,8 @@ from .targets import SourceKind, source_kinds
 
 LAYOUTS = ("nchw", "nhwc")
 RESIZES = ("crop", "stretch", "letterbox")
-TASKS = ("classify", "detect", "segment", "map", "raw")  # = converters/ekit_task.py TASKS
-HEADS = ("yolov5", "yolov8", "yolox", "ssd", "e2e")  # = converters/ekit_task.py HEADS
+TASKS = ("classify", "detect", "segment", "map", "raw")  # = converters/ekit/task.py TASKS
+HEADS = ("yolov5", "yolov8", "yolox", "ssd", "e2e")  # = converters/ekit/task.py HEADS
 TASK_PARAMS = {"score_threshold": float, "nms_iou": float, "match_iou": float, "max_det": int,
                "threshold": float, "min_region_pixels": int, "first_class": int}
 
@@ -44,11 +44,16 @@ class InputSpec:
     resize: str = "crop"
     dynamic_batch: bool = False
     pad: int | None = None  # letterbox fill (0-255); None: 114 with letterbox
+    # --resize not given: the source step letterboxes a detector, crops anything else
+    # (converters/ekit/task.py letterbox_detector)
+    resize_auto: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if data["pad"] is None:
             del data["pad"]  # absent unless letterboxing: older specs (and build keys) unchanged
+        if not data["resize_auto"]:
+            del data["resize_auto"]
         for key in ("shape", "mean", "std"):
             if data[key] is not None:
                 data[key] = list(data[key])
@@ -181,6 +186,7 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
         resize=(pick(resize, "resize") or "crop").lower(),
         dynamic_batch=bool(pick(dynamic_batch, "dynamic_batch") or False),
         pad=parse_pad(pick(pad, "pad"), (pick(resize, "resize") or "crop").lower()),
+        resize_auto=pick(resize, "resize") is None,
     )
     if spec.layout not in LAYOUTS:
         raise UsageError(f"--layout {spec.layout!r} is unknown", "use nchw or nhwc")
@@ -335,7 +341,7 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
     ``max_drop`` is shorthand for the threshold ``int8.max_accuracy_drop`` (percentage points);
     ``jetpack`` for the jetson target's option ``jetpack`` (a row of targets/_tensorrt.toml);
     ``recover`` for the option ``recover=true`` on every target that declares it (int8 accuracy
-    recovery: converters/ekit_recover.py)."""
+    recovery: converters/ekit/recover.py)."""
     if not model:
         raise UsageError("no model given", "pass --model FILE (see `edgekiln build --help`)")
     sources = sources if sources is not None else source_kinds()

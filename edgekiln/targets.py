@@ -20,7 +20,7 @@ from .errors import TargetError
 from .resources import data_dir
 
 METRICS = ("min_cosine", "max_abs", "mean_abs", "min_top1_agreement", "max_accuracy_drop",
-           # task metrics of the artifact against the source (converters/ekit_task.py)
+           # task metrics of the artifact against the source (converters/ekit/task.py)
            "min_det_f1", "min_det_recall", "min_miou", "min_map_iou", "min_region_f1")
 
 
@@ -51,6 +51,13 @@ class Target:
     # line), ``precisions`` whose numerics depend on the class's kernels (validated on its path),
     # latency_runs/latency_warmup of an emulated validation. Empty: the target declares no CPU.
     cpu: Mapping[str, Any] = field(default_factory=dict)
+    # [stages]: what the target declares beyond convert and validate, each "module:function" of
+    # edgekiln (the core calls them by these names and never names a runtime):
+    #   params            (target, options) -> the extra params of its convert/validate steps
+    #   after_validation  (folder, artifact, target, params, job, manifest) -> (manifest, status):
+    #                     what becomes of a validated artifact before it is published (default:
+    #                     published as it is; e.g. a deferred device bundle)
+    stages: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def cpu_classes(self) -> tuple[str, ...]:
@@ -107,15 +114,35 @@ def load_target(path: Path) -> Target:
             path=str(path),
             emulation=dict(raw.get("emulation", {})),
             cpu=dict(raw.get("cpu", {})),
+            stages=dict(raw.get("stages", {})),
         )
     except KeyError as exc:
         raise TargetError(f"target file {path} lacks the key {exc}", "see targets/onnx.toml") from None
+    for name, ref in target.stages.items():
+        module, _, function = str(ref).partition(":")
+        if name not in STAGES or not module.startswith("edgekiln.") or not function.isidentifier():
+            raise TargetError(f"{path}: [stages] {name} = {ref!r} is not a stage edgekiln runs",
+                              f"declare {' or '.join(STAGES)} as \"edgekiln.<module>:<function>\"")
     for precision, limits in target.thresholds.items():
         unknown = set(limits) - set(METRICS)
         if unknown:
             raise TargetError(f"{path}: unknown threshold(s) {sorted(unknown)} for {precision}",
                               f"use {', '.join(METRICS)}")
     return target
+
+
+STAGES = ("params", "after_validation")
+
+
+def stage(target: Target, name: str):
+    """The function a target declares for stage ``name`` ([stages]), or None (nothing to do)."""
+    import importlib
+
+    ref = target.stages.get(name)
+    if not ref:
+        return None
+    module, _, function = ref.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def all_targets(root: Path | None = None) -> dict[str, Target]:

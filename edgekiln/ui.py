@@ -113,44 +113,68 @@ def fmt(value, spec: str = ".4f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+SUMMARY_METRICS = (("agree", "top1_agreement", ".1%"), ("cosine", "cosine", ".5f"), ("accuracy", "accuracy", ".1%"))
+TASK_COLUMNS = {"detect": (("F1", "det_f1"), ("recall", "det_recall")),
+                "map": (("IoU", "map_iou"), ("region F1", "region_f1")), "segment": (("mIoU", "miou"),)}
+STATUS_CELL = {"deferred: bundle ready": "deferred"}  # the reason and the next command go below the table
+
+
+def compact_table(title: str | None = None) -> Table:
+    """A table that fits 80 columns: no outer edge, one space between columns."""
+    from rich import box
+
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
 def summary_table(result) -> Table:
-    table = Table(title=f"{result.model} {result.version} ({result.runner} runner, {result.seconds:.1f}s)")
-    for col in ("target", "precision", "status", "size", "task", "agreement", "cosine", "accuracy", "latency"):
-        table.add_column(col, no_wrap=True)
-    for art in result.artifacts:
-        val = art.manifest.get("validation", {})
-        metrics = val.get("metrics") or {}
+    """One row per artifact, short cells only (readable at 80 columns): a metric column none of the
+    artifacts has is left out; task metrics get a column each (named in the task line below);
+    the reasons (deferred, noisy latency, not applicable) are lines below the table."""
+    table = compact_table(f"{result.model} {result.version} ({result.runner} runner, {result.seconds:.1f}s)")
+    vals = [a.manifest.get("validation", {}) for a in result.artifacts]
+    metrics = [v.get("metrics") or {} for v in vals]
+    tasks = list(dict.fromkeys(m.get("task") for m in metrics if m.get("task") in TASK_COLUMNS))
+    columns = [(label, key, spec) for label, key, spec in SUMMARY_METRICS]
+    columns += [(label, key, ".3f") for task in tasks for label, key in TASK_COLUMNS[task]]
+    columns = [c for c in columns if any(m.get(c[1]) is not None for m in metrics)]
+    for col in ("target", "precision", "status", "size", *(c[0] for c in columns), "latency"):
+        table.add_column(col, no_wrap=col not in ("precision", "status"))  # those two wrap at a word
+    for art, val, m in zip(result.artifacts, vals, metrics):
         lat = val.get("latency_ms") or {}
-        latency = lat.get("median")
-        table.add_row(art.target, precision_text(art.precision, art.manifest), art.status, fmt_size(val.get("size_bytes")),
-                      task_cell(metrics), fmt(metrics.get("top1_agreement"), ".1%"), fmt(metrics.get("cosine"), ".5f"),
-                      fmt(metrics.get("accuracy"), ".1%"), fmt(latency, ".2f", " ms (noisy)" if lat.get("noisy") else " ms"))
+        table.add_row(art.target, precision_text(art.precision, art.manifest, short=True),
+                      STATUS_CELL.get(art.status, art.status), fmt_size(val.get("size_bytes")),
+                      *(fmt(m.get(key), spec) for _, key, spec in columns),
+                      fmt(lat.get("median"), ".2f", " ms*" if lat.get("noisy") else " ms"))
     return table
 
 
-def precision_text(precision: str, manifest: dict) -> str:
-    """"int8", or "int8 (3 layers float)" for a model --recover left mixed — never plain "int8"."""
+def summary_notes(result) -> list[str]:
+    """What the table's short cells leave out: noisy latencies, recovered layers."""
+    lines = []
+    noisy = [f"{a.target}/{a.precision}" for a in result.artifacts
+             if (a.manifest.get("validation", {}).get("latency_ms") or {}).get("noisy")]
+    if noisy:
+        lines.append(f"latency marked *: noisy (a wide p10-p90 spread) for {', '.join(noisy)}")
+    for a in result.artifacts:
+        if (a.manifest.get("recovery") or {}).get("float_layers"):
+            lines.append(f"{a.target}/{a.precision}: {precision_text(a.precision, a.manifest)} (kept by --recover; "
+                         f"the manifest's recovery lists them)")
+    return lines
+
+
+def precision_text(precision: str, manifest: dict, short: bool = False) -> str:
+    """"int8", or "int8 (3 layers float)" for a model --recover left mixed — never plain "int8"
+    (``short``: "int8 (3 float)", the table's cell)."""
     n = len((manifest.get("recovery") or {}).get("float_layers") or [])
-    return f"{precision} ({n} layer{'s' if n != 1 else ''} float)" if n else precision
-
-
-TASK_CELL = {"detect": (("F1", "det_f1"), ("recall", "det_recall")),
-             "map": (("IoU", "map_iou"), ("region F1", "region_f1")), "segment": (("mIoU", "miou"),)}
-
-
-def task_cell(metrics: dict) -> str:
-    """"detect F1 0.857 recall 0.750", "map IoU 1.000 region F1 1.000", "raw", "-"."""
-    task = metrics.get("task")
-    if not task:
-        return "-"
-    parts = [task] + [f"{label} {fmt(metrics.get(key), '.3f')}" for label, key in TASK_CELL.get(task, ())]
-    return " ".join(parts)
+    if not n:
+        return precision
+    return f"{precision} ({n} float)" if short else f"{precision} ({n} layer{'s' if n != 1 else ''} float)"
 
 
 def task_lines(result) -> list[str]:
     """Per artifact: what the outputs were taken to be and why, and the thresholds that could
     not be computed for this model (never a silent '-')."""
-    lines, said = [], set()
+    lines, said, skips = [], set(), {}
     for art in result.artifacts:
         val = art.manifest.get("validation", {})
         metrics = val.get("metrics") or {}
@@ -161,11 +185,13 @@ def task_lines(result) -> list[str]:
         skipped = [g["threshold"] for g in val.get("gates") or []
                    if g.get("passed") is None and "not the task this metric is for" not in (g.get("reason") or "")]
         if skipped and metrics.get("task") == "raw":
-            lines.append(f"{art.target}/{art.precision}: checks not possible for a raw model: "
-                         f"{', '.join(skipped)} (only the tensors were compared)")
+            why = f"checks not possible for a raw model: {', '.join(skipped)} (only the tensors were compared)"
         elif skipped:
-            lines.append(f"{art.target}/{art.precision}: not applicable here: {', '.join(skipped)}")
-    return lines
+            why = f"not applicable here: {', '.join(skipped)}"
+        else:
+            continue
+        skips.setdefault(why, []).append(f"{art.target}/{art.precision}")
+    return lines + [f"{', '.join(keys)}: {why}" for why, keys in skips.items()]  # one line per reason
 
 
 def where_lines(result) -> list[str]:

@@ -17,6 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # (bench/results/int8_isa.md), and the build says which path it validated on.
 os.environ.setdefault("EDGEKILN_QEMU_X86_64", "")
 QEMU_ON = {"EDGEKILN_QEMU_X86_64": "auto"}
+
+# the converters' helpers importable as a job imports them (edgekiln.helpers: ekit, ekit_onnx, ...)
+from edgekiln.helpers import search_path  # noqa: E402
+
+for _path in reversed(search_path(ROOT / "converters")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 # the demo MobileNetV2 state dict (edgekiln.demo.mobilenet_weights) as the build flags that describe it
 MOBILENET = ["--arch", "mobilenet_v2", "--input-shape", "1,3,224,224",
              "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]

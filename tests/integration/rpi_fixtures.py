@@ -1,4 +1,4 @@
-"""Real models and data for the rpi (TFLite) tests and bench/tflite_bench.py.
+"""Real models and data for the rpi (TFLite) tests and bench/rpi_vs_onnx2tf.py.
 
 Run INSIDE the tflite environment (it imports TensorFlow):
 

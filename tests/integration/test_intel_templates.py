@@ -7,7 +7,7 @@ openvino environment built from images/openvino/requirements.txt (the local runn
 EDGEKILN_OV_PYTHON / EDGEKILN_TORCH_PYTHON point at other interpreters). No host CLI involved:
 the CLI wiring is tested elsewhere.
 
-Margins are from measurements (bench/results/openvino.md): fp32 cosine 1 - 1e-12, fp16 0.99985,
+Margins are from measurements (bench/results/intel_vs_bare.md): fp32 cosine 1 - 1e-12, fp16 0.99985,
 int8 (full bias correction) 20/20 agreement, min cosine 0.990.
 """
 
@@ -49,7 +49,7 @@ def intel_source(tmp_path_factory, weights, photos) -> Path:
     calib, val = photos
     dest = tmp_path_factory.mktemp("intel-source") / "source"
     proc = subprocess.run([_env_python("torch", "EDGEKILN_TORCH_PYTHON"),
-                           str(ROOT / "bench" / "mobilenet_source.py"), str(dest),
+                           str(ROOT / "bench" / "_mobilenet_source.py"), str(dest),
                            "--weights", str(weights), "--calib", str(calib), "--val", str(val)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -149,7 +149,7 @@ def test_int8_is_small_and_agrees(built):
     # labelled images and the target's int8.max_accuracy_drop (5 pt): NNCF's accuracy control aims at it
     assert q["method"] == "nncf.quantize_with_accuracy_control" and q["fast_bias_correction"] is False
     assert q["reached"] is True and q["max_drop_pt"] == 5.0
-    assert q["preset"] == "mixed" and q["target_device"] == "CPU"  # bench/results/task_quant_intel.md
+    assert q["preset"] == "mixed" and q["target_device"] == "CPU"  # bench/results/nncf_int8_by_task.md
 
 
 def test_calibration_smaller_than_subset_size_warns_and_proceeds(built):

@@ -65,7 +65,7 @@ def mobilenet(weights, photos, tmp_path_factory):
 def yolo_built(yolo, tmp_path_factory):
     model, (calib, val) = yolo
     out = tmp_path_factory.mktemp("yolo-ncnn-mnn") / "dist"
-    # fp16, the targets' default (fp32 is measured in bench/results/new_runtimes.md): ncnn is slow on x86
+    # fp16, the targets' default (fp32 is measured in bench/results/ncnn_mnn_vs_bare.md): ncnn is slow on x86
     result = run_json("build", "--target", "ncnn,mnn", "--model", model, "--precision", "fp16",
                       "--calib", calib, "--val", val, "--out", out, "--runner", "local", "--keep-job", *FAST)
     return {"arts": arts(result), "job": job_of(out), "model": model, "photos": (calib, val)}

@@ -96,7 +96,8 @@ def test_published_tree_and_manifest(built, out):
             assert (folder / step["script"]).is_file() and (folder / step["params"]).is_file()
             assert step["command"] and step["environment"]["lock_sha256"]
             compile((folder / step["script"]).read_text(), step["script"], "exec")
-        assert (folder / "build" / "ekit.py").is_file()
+        assert (folder / "build" / "ekit" / "__init__.py").is_file() and (folder / "build" / "ekit_onnx.py").is_file()
+        assert not (folder / "build" / "ekit_ov.py").exists()  # only the helpers its steps imported
         assert manifest["validation"]["passed"] and manifest["validation"]["latency_ms"]["median"] > 0
     int8 = json.loads((root / version / "onnx" / "int8" / "manifest.json").read_text())
     quant = int8["io"]["inputs"][0].get("quantization")

@@ -4,7 +4,6 @@ for real in the openvino environment: the same model built after 0 and after 7 o
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -46,8 +45,9 @@ print(json.dumps(out))
 
 
 def test_save_stable_gives_the_same_ir_whatever_the_counter(tmp_path):
-    for name in ("ekit.py", "ekit_ov.py"):
-        shutil.copy(ROOT / "converters" / name, tmp_path / name)
+    from edgekiln.helpers import copy_helpers
+
+    copy_helpers(ROOT / "converters", tmp_path, ["import ekit_ov"])  # ekit_ov and what it imports, flat
     (tmp_path / "t.py").write_text(SCRIPT)
     proc = subprocess.run([_env_python("openvino", "EDGEKILN_OV_PYTHON"), "t.py"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)

@@ -21,8 +21,8 @@ def test_wheel_ships_the_data_folders_and_runs_outside_the_checkout(tmp_path):
     (wheel,) = (tmp_path / "whl").glob("edgekiln-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("edgekiln/_data/targets/onnx.toml", "edgekiln/_data/targets/_sources.toml",
-                   "edgekiln/_data/converters/ekit.py", "edgekiln/_data/converters/torch/source.py.jinja",
-                   "edgekiln/_data/converters/ekit_onnx.py", "edgekiln/_data/images/_base.Dockerfile.jinja",
+                   "edgekiln/_data/converters/ekit/__init__.py", "edgekiln/_data/converters/torch/source.py.jinja",
+                   "edgekiln/_data/converters/onnx/ekit_onnx.py", "edgekiln/_data/images/_base.Dockerfile.jinja",
                    "edgekiln/_data/converters/zoo/mobilenet_v2.py", "edgekiln/_data/images/onnx/requirements.txt",
                    "edgekiln/_data/images/onnx/Dockerfile.jinja", "edgekiln/_data/images/_bases.toml"):
         assert needed in names, needed

@@ -89,6 +89,21 @@ def test_release_tree_archives_and_sums(released, root):
     assert not [p for p in (root / "rel").iterdir() if p.name.startswith(".")], "staging left behind"
 
 
+def test_a_published_build_folder_holds_only_what_its_steps_imported(released):
+    """build/ of onnx/int8: its step scripts and exactly the helpers they import (edgekiln.helpers),
+    none of another runtime's."""
+    from edgekiln.helpers import needed
+    from edgekiln.resources import data_dir
+
+    build = Path(released[1]["path"]) / "mobilenet_v2" / "onnx" / "int8" / "build"
+    scripts = [p.read_text() for p in sorted((build / "steps").glob("*.py"))]
+    params = [json.loads(p.read_text()) for p in sorted((build / "steps").glob("*.json"))]
+    helpers = {p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file() and "steps" not in p.parts}
+    assert helpers == set(needed(data_dir("converters"), scripts, params)), helpers
+    assert {"ekit/__init__.py", "ekit_onnx.py", "ekit_torch.py", "zoo/mobilenet_v2.py"} <= helpers
+    assert not {"ekit_rknn.py", "ekit_ov.py", "ekit_tf.py", "ekit_trt.py", "tensorrt_onnx_ops.json"} & helpers
+
+
 def test_same_release_again_is_a_no_op_and_other_inputs_are_refused(released, root, weights, photos, tmp_path):
     file, _ = released
     again = run_json("release", file, "--out", root / "rel", "--dist", root / "dist", "--runner", "local")
@@ -112,6 +127,52 @@ def test_check_rebuilds_from_scratch_and_every_file_is_identical(released, root)
     assert statuses["archives/demo-1.0.0.tar.gz"] == "identical"
     assert {p for p, s in statuses.items() if s == "excluded"} == {"measured.json", "report.html", "report.md"}
     print(f"release --check: {counts['identical']}/{len(statuses) - counts['excluded']} identical")
+
+
+def test_a_refused_entry_stops_the_release_naming_it(root, weights, photos, tmp_path):
+    """All or nothing: fp32 passes, int8 misses an impossible cosine: nothing is released, the
+    line names model, target, precision and threshold, the exit code is a refusal's."""
+    file = matrix(tmp_path, weights, photos, version="3.0.0", extra='thresholds = { "onnx.int8.min_cosine" = 0.999 }')
+    proc = run_cli("release", file, "--out", tmp_path / "rel", "--dist", root / "dist", "--runner", "local",
+                   check=errors.ValidationFailed.exit_code)
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: release demo-3.0.0 stopped, nothing released"), line
+    assert "mobilenet_v2 onnx/int8 refused: min cosine 0.999 missed" in line, line
+    assert not (tmp_path / "rel" / "demo-3.0.0").exists()
+
+
+def test_release_works_without_matplotlib(released, root, tmp_path):
+    """The base install has no matplotlib: the release is made (cached builds), its report says
+    the charts were skipped."""
+    file, _ = released
+    code = ("import sys; sys.modules['matplotlib'] = None; from edgekiln.cli import program; "
+            "program.run(['edgekiln'] + sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-c", code, "release", str(file), "--out", str(tmp_path), "--dist",
+                           str(root / "dist"), "--runner", "local", "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (Path(json.loads(proc.stdout)["path"]) / "report.html").read_text()
+    assert "Charts skipped: matplotlib is not installed" in page and "<svg" not in page
+
+
+def test_check_covers_the_accuracy_control_path(weights, photos, tmp_path):
+    """intel int8 with labelled validation images and a max drop: NNCF's accuracy control runs;
+    the IR's rt_info holds nothing measured, so the rebuild is byte-identical."""
+    file = matrix(tmp_path, weights, photos, version="4.0.0", precisions='["int8"]',
+                  extra='thresholds = { "intel.int8.max_accuracy_drop" = 5 }')
+    file.write_text(file.read_text().replace('onnx = ["int8"]', 'intel = ["int8"]'))
+    result = run_json("release", file, "--out", tmp_path / "rel", "--dist", tmp_path / "dist", "--runner", "local",
+                      "--check")
+    manifest = json.loads((Path(result["path"]) / "mobilenet_v2" / "intel" / "int8" / "manifest.json").read_text())
+    convert = next(s for s in manifest["steps"] if s["kind"] == "convert")
+    quant = json.loads((Path(result["path"]) / "mobilenet_v2" / "intel" / "int8" / convert["params"]).read_text())
+    assert quant["thresholds"]["max_accuracy_drop"] == 5
+    log = next((tmp_path / "dist" / "mobilenet_v2").glob("*/intel/int8/build/logs/*-convert.log")).read_text()
+    assert "accuracy control:" in log  # the path ran (labelled images, a max drop)
+    statuses = {f["path"]: f["status"] for f in result["check"]["files"]}
+    assert statuses["mobilenet_v2/intel/int8/model.xml"] == "identical", result["check"]
+    assert result["check"]["counts"].get("differing", 0) == 0, result["check"]
 
 
 def test_verify_passes_and_catches_a_one_byte_edit(released, tmp_path):

@@ -135,6 +135,21 @@ def test_yolov8n_report_has_the_detection_metrics_and_why(yolo_fp32):
     assert "class-aware NMS at IoU 0.45" in man["task"]["decoding"]
 
 
+def test_a_detector_without_a_resize_is_letterboxed_by_default(models, task_photos, yolo_fp32, tmp_path):
+    """The YOLOv8n detector with no resize in its sidecar: fed as Ultralytics trains it
+    (letterbox, pad 114), the feed sentence says so, the numbers are those of --resize letterbox."""
+    model = tmp_path / "yolov8n.onnx"
+    shutil.copy(models["yolo"], model)
+    (tmp_path / "yolov8n.onnx.edgekiln.toml").write_text("shape = [1, 3, 320, 320]\n")
+    result = build(model, task_photos, tmp_path / "dist", "fp32")
+    man = json.loads(Path(result["artifacts"][0]["manifest"]).read_text())
+    assert (man["input_spec"]["resize"], man["input_spec"]["pad"]) == ("letterbox", 114)
+    assert "resize_auto" not in man["input_spec"]
+    assert "the default for a detector" in man["feed"]["preprocessing"]
+    given = yolo_fp32["manifest"]["validation"]["metrics"]
+    assert man["validation"]["metrics"]["det_f1"] == given["det_f1"]
+
+
 def test_zeroed_scores_pass_the_cosine_but_not_the_detection_gate(yolo_fp32, onnx_python):
     from edgekiln.plan import check_thresholds
 

@@ -16,7 +16,7 @@ def test_invoke_lists_the_tasks_in_the_checkout():
 
 def test_targets_table_and_json():
     proc = run_cli("targets", check=0)
-    assert "onnx" in proc.stdout and "runs here" in proc.stdout
+    assert "onnx" in proc.stdout and "Arm check" in proc.stdout
     assert '"precisions"' in run_cli("targets", "--json", check=0).stdout
 
 
@@ -88,3 +88,30 @@ def test_json_failure_is_json_with_the_error_kind(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
     proc = run_cli("build", "--model", tmp_path / "m.onnx", "--head", "yolo9", "--json")
     assert proc.returncode == 2 and json.loads(proc.stdout)["error"]["kind"] == "usage"
+
+
+def test_dry_run_platform_is_where_each_step_runs(weights):
+    """rpi's image is for linux/arm64, but its convert/validate steps run here (a local virtualenv):
+    the dry run says this machine's platform, not the image's."""
+    import json
+
+    from edgekiln.docker import host_platform
+
+    proc = run_cli("build", "--model", weights, "--arch", "mobilenet_v2", "--target", "rpi", "--runner", "local",
+                   "--dry-run", "--json", check=0)
+    steps = json.loads(proc.stdout)["steps"]
+    assert {s["platform"] for s in steps} == {host_platform()}, steps
+    text = run_cli("build", "--model", weights, "--arch", "mobilenet_v2", "--target", "rpi", "--runner", "local",
+                   "--dry-run", check=0).stdout
+    assert f"local:tflite    {host_platform()}" in text, text
+
+
+def test_the_local_fallback_is_one_warning_per_build():
+    from edgekiln.build import fallback_warning
+
+    why = "its base python:3.11-slim-bookworm is neither on the engine at E nor reachable in a registry (docker load it)"
+    line = fallback_warning({"torch": f"image torch: {why}", "onnx": f"image onnx: {why}"})
+    assert line.count("neither on the engine") == 1 and line.startswith("images torch, onnx: their base python")
+    assert line.endswith("edgekiln images --build torch,onnx")
+    one = fallback_warning({"onnx": f"image onnx: {why}"})
+    assert one.startswith("image onnx: its base") and "its steps run in a local virtualenv" in one

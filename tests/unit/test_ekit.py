@@ -5,7 +5,6 @@ Real image files in every awkward mode are written to tmp folders; no conversion
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,14 +16,14 @@ import pytest
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
-EKIT = Path(__file__).resolve().parents[2] / "converters" / "ekit.py"
+EKIT = Path(__file__).resolve().parents[2] / "converters" / "ekit"  # the package (tests/conftest.py: on sys.path)
 
 
 def _load_ekit():
-    spec = importlib.util.spec_from_file_location("ekit", EKIT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    import ekit
+
+    assert Path(ekit.__file__).parent == EKIT
+    return ekit
 
 
 ekit = _load_ekit()

@@ -15,7 +15,7 @@ CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
 def load(name):
     sys.path.insert(0, str(CONVERTERS))
     try:
-        spec = importlib.util.spec_from_file_location(name, CONVERTERS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, CONVERTERS / name.split("_", 1)[1] / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod

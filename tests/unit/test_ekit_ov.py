@@ -16,7 +16,7 @@ CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
 def ekit_ov():
     sys.path.insert(0, str(CONVERTERS))
     try:
-        spec = importlib.util.spec_from_file_location("ekit_ov", CONVERTERS / "ekit_ov.py")
+        spec = importlib.util.spec_from_file_location("ekit_ov", CONVERTERS / "openvino" / "ekit_ov.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         yield mod

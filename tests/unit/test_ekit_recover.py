@@ -13,7 +13,7 @@ from tests.unit.test_ekit_task import CONVERTERS
 
 sys.path.insert(0, str(CONVERTERS))
 
-import ekit_recover as R  # noqa: E402
+from ekit import recover as R  # noqa: E402
 
 
 def test_gate_names_match_the_host():

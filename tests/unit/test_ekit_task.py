@@ -16,8 +16,8 @@ CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
 sys.path.insert(0, str(CONVERTERS))
 
 import ekit  # noqa: E402
-import ekit_measure as M  # noqa: E402
-import ekit_task as T  # noqa: E402
+from ekit import measure as M  # noqa: E402
+from ekit import task as T  # noqa: E402
 
 from edgekiln import request  # noqa: E402
 from edgekiln.plan import check_thresholds, evaluate_thresholds  # noqa: E402
@@ -389,3 +389,37 @@ def test_make_request_takes_task_head_and_letterbox(tmp_path):
     assert (r.task, r.head, dict(r.task_params), r.input.pad) == ("detect", "yolox", {"score_threshold": 0.4}, 0)
     with pytest.raises(request.UsageError):
         request.make_request(model=str(model), task="map", head="ssd")
+
+
+# --------------------------------------------------------------------------- the resize of a detector
+
+def auto_spec(**kw):
+    return request.input_spec(shape="1,3,320,320", **kw).to_json()
+
+
+def test_a_detector_without_a_resize_is_fed_letterboxed_and_the_feed_says_why():
+    spec = auto_spec()
+    assert spec["resize"] == "crop" and spec["resize_auto"] is True
+    ys = [np.zeros((1, 84, 2100), np.float32)]  # a YOLOv8 head at 320x320
+    assert T.letterbox_detector({}, ys, ["output0"], spec) is True
+    assert (spec["resize"], spec["pad"]) == ("letterbox", 114) and "resize_auto" not in spec
+    assert "default for a detector" in ekit.describe_preprocessing(spec)
+
+
+@pytest.mark.parametrize("kw,ys", [
+    ({}, [np.zeros((1, 1000), np.float32)]),  # a classifier stays cropped
+    ({"resize": "crop"}, [np.zeros((1, 84, 2100), np.float32)]),  # a resize given is kept
+    ({"resize": "stretch"}, [np.zeros((1, 84, 2100), np.float32)]),
+])
+def test_other_models_and_given_resizes_keep_their_resize(kw, ys):
+    spec = auto_spec(**kw)
+    before = spec.get("resize")
+    assert T.letterbox_detector({}, ys, ["output0"], spec) is False
+    assert spec["resize"] == before and "resize_auto" not in spec and "resize_why" not in spec
+    assert "default for a detector" not in ekit.describe_preprocessing(spec)
+
+
+def test_resize_auto_never_reaches_a_later_step():
+    requested = auto_spec()
+    assert "resize_auto" not in ekit.resolved_spec(requested, {"input_spec": {"resize": "crop"}})
+    assert "resize_auto" not in request.input_spec(resize="crop").to_json()

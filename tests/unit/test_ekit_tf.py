@@ -15,6 +15,12 @@ CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
 TARGETS = Path(__file__).resolve().parents[2] / "targets"
 
 
+def ekit_tf_convert_module():
+    import ekit_tf_convert  # tests/conftest.py puts the helpers on sys.path
+
+    return ekit_tf_convert
+
+
 @pytest.fixture(scope="module")
 def ek():
     sys.path.insert(0, str(CONVERTERS))
@@ -80,8 +86,8 @@ def test_onnx2tf_failure_names_the_op(ek):
     _, ekit_tf = ek
     log = ("INFO: ...\nERROR: The trace log is below.\n...\nERROR: input_onnx_file_path: model.onnx\n"
            "ERROR: onnx_op_name: /features/Foo_3\nERROR: onnx_op_type: GridSample\nValueError: x")
-    assert ekit_tf.onnx2tf_failure(log) == (["GridSample"], ["/features/Foo_3"])
-    assert ekit_tf.onnx2tf_failure("nothing useful") == ([], [])
+    assert ekit_tf_convert_module().onnx2tf_failure(log) == (["GridSample"], ["/features/Foo_3"])
+    assert ekit_tf_convert_module().onnx2tf_failure("nothing useful") == ([], [])
 
 
 def test_rpi_target_and_sources_load():
@@ -128,6 +134,6 @@ def test_ops_without_a_tflite_builtin_get_onnx2tf_rtpo(ek, tmp_path):
                               "gelu_part", [x], [y])
     path = tmp_path / "erf.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    args, note = ekit_tf.pseudo_op_args(path)
+    args, note = ekit_tf_convert_module().pseudo_op_args(path)
     assert args == ["-rtpo", "erf"] and "Erf have no TFLite builtin" in note
-    assert ekit_tf.pseudo_op_args(path, ["-rtpo", "gelu"]) == ([], None)
+    assert ekit_tf_convert_module().pseudo_op_args(path, ["-rtpo", "gelu"]) == ([], None)

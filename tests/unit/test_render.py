@@ -68,8 +68,33 @@ def test_every_template_renders_and_compiles_for_every_plan(tmp_path):
             params = json.loads((job / "steps" / f"{step.id}.json").read_text())
             assert params["model_name"] == EVIL
             assert EVIL not in scripts[step.id]  # the name is in params, never pasted raw
-        assert (job / "ekit.py").is_file()
+        assert (job / "ekit" / "__init__.py").is_file()
     assert {"onnx/source.py.jinja", "onnx/convert.py.jinja", "onnx/validate.py.jinja"} <= seen
+
+
+def test_a_job_holds_exactly_the_helpers_its_steps_import(tmp_path):
+    """Every helper a rendered script imports is in the job (flat: ``import ekit_onnx`` works with
+    the job on PYTHONPATH); no other runtime's helper is (an onnx job has no ekit_rknn.py)."""
+    from edgekiln.helpers import imported, index
+
+    helpers = index(data_dir("converters"))
+    for i, plan in enumerate(_plans()):
+        job = tmp_path / f"job{i}"
+        scripts = render_job(plan, job)
+        wanted = set()
+        todo = list(scripts.values())
+        while todo:  # the step scripts' helper imports, followed through the helpers copied
+            for name in imported(todo.pop(), None):
+                top = name.split(".")[0]
+                if top in helpers and helpers[top].is_file() and top not in wanted:
+                    wanted.add(top)
+                    todo.append((job / f"{top}.py").read_text())
+        present = {p.stem for p in job.glob("*.py")}
+        assert present == wanted, (plan.steps[0].target, plan.steps[-1].target, present ^ wanted)
+        targets = {s.target for s in plan.steps if s.target}
+        if targets == {"onnx"}:
+            assert not {"ekit_rknn", "ekit_ov", "ekit_tf", "ekit_mnn", "ekit_trt"} & present
+            assert not (job / "trt").exists() and not (job / "onnx").exists()  # nothing shadows a runtime
 
 
 def test_templates_only_print_through_tojson():
