@@ -79,8 +79,10 @@ BUILD_HELP = {
     "dynamic_batch": "export with a dynamic batch dimension",
     "spec": "TOML file with the input spec (default: <model>.edgekiln.toml beside the model)",
     "arch": "architecture of a state dict: built-in name (mobilenet_v2), file.py:factory or module:factory",
-    "trust_pickle": "allow loading a whole pickled nn.Module (runs code from the file: only for files you trust); "
-                    "--arch FILE.py:fn makes the class importable",
+    "trust_model": "the model file may run code: a whole pickled nn.Module, a Keras Lambda layer, a SavedModel "
+                   "that uses file/process ops (only for files you trust; docs/model-trust.md); "
+                   "--arch FILE.py:fn makes a pickled module's class importable",
+    "trust_pickle": "the same as --trust-model (its older name)",
     "opset": "ONNX opset of the PyTorch export (default 17)",
     "simplify": "onnxslim (default), onnxsim or none",
     "max_images": "use at most this many calibration/validation images (default 200)",
@@ -113,7 +115,7 @@ BUILD_HELP = {
     "debug": "show tracebacks",
 }
 REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
-                "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "opset",
+                "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "trust_model", "opset",
                 "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
                 "task", "head", "task_param", "pad", "recover")
 
@@ -151,8 +153,8 @@ class _BuildTask(Task):
 @guarded
 def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=None, input_shape=None,
           layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None, input_name=None,
-          dynamic_batch=False, spec=None, arch=None, trust_pickle=False, opset=17, simplify="onnxslim",
-          max_images=200, option=None, threshold=None, max_drop=None, jetpack=None, version=None, name=None,
+          dynamic_batch=False, spec=None, arch=None, trust_pickle=False, trust_model=False, opset=17,
+          simplify="onnxslim", max_images=200, option=None, threshold=None, max_drop=None, jetpack=None, version=None, name=None,
           out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,

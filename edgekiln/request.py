@@ -66,7 +66,7 @@ class BuildRequest:
     calib: Path | None = None
     val: Path | None = None
     arch: str | None = None  # "zoo-name", "file.py:factory" or "pkg.module:factory"
-    trust_pickle: bool = False
+    trust_pickle: bool = False  # --trust-model (alias --trust-pickle): the model file may run code
     opset: int = 17
     simplify: str = "onnxslim"
     max_images: int = 200
@@ -155,7 +155,43 @@ def load_sidecar(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"input spec file {path} is not valid TOML: {exc}", "fix it or remove it") from None
-    return data.get("input", data)
+    data = data.get("input", data)
+    if not isinstance(data, dict):
+        raise UsageError(f"input spec file {path}: [input] must be a table", "e.g. [input] shape = [1, 3, 224, 224]")
+    return data
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# what each key of a sidecar / release.toml input table may hold (a CLI string is parsed as before)
+SPEC_TYPES = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "shape": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(d, int) and not
+                                                                           isinstance(d, bool) for d in v)),
+              "a list of whole numbers, e.g. [1, 3, 224, 224]"),
+    "layout": (lambda v: isinstance(v, str), "\"nchw\" or \"nhwc\""),
+    "color": (lambda v: isinstance(v, str) and v.lower() in ("rgb", "bgr"), "\"rgb\" or \"bgr\""),
+    "bgr": (lambda v: isinstance(v, bool), "true or false"),
+    "scale": (_number, "a number, e.g. 255"),
+    "mean": (lambda v: isinstance(v, str) or _number(v) or (isinstance(v, list) and all(map(_number, v))),
+             "a list of numbers, e.g. [0.485, 0.456, 0.406]"),
+    "std": (lambda v: isinstance(v, str) or _number(v) or (isinstance(v, list) and all(map(_number, v))),
+            "a list of numbers, e.g. [0.229, 0.224, 0.225]"),
+    "resize": (lambda v: isinstance(v, str), "\"crop\", \"stretch\" or \"letterbox\""),
+    "dynamic_batch": (lambda v: isinstance(v, bool), "true or false"),
+    "pad": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number 0-255"),
+}
+
+
+def check_spec_types(side: Mapping[str, Any]) -> None:
+    """A spec table's values have the types their keys take (one line naming the key, not a
+    traceback, for ``scale = "x"`` or ``layout = 3``)."""
+    for key, value in side.items():
+        check, what = SPEC_TYPES.get(key, (None, None))
+        if check is not None and not check(value):
+            raise UsageError(f"input spec: {key} = {value!r} is not {what}", f"fix {key} in the spec")
 
 
 def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=None, resize=None,
@@ -163,6 +199,7 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
                default_layout: str = "nchw") -> InputSpec:
     """Build an InputSpec: command-line values win over the sidecar, which wins over defaults."""
     side = dict(sidecar or {})
+    check_spec_types(side)
 
     def pick(value, key):
         return value if value is not None else side.get(key)
@@ -175,7 +212,7 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
         shape=parse_shape(raw_shape),
         layout=(pick(layout, "layout") or default_layout).lower(),
         color="bgr" if pick(bgr, "bgr") or str(side.get("color", "rgb")).lower() == "bgr" else "rgb",
-        scale=float(pick(scale, "scale") or 255.0),
+        scale=_scale(pick(scale, "scale")),
         mean=_floats_from(pick(mean, "mean"), "mean"),
         std=_floats_from(pick(std, "std"), "std"),
         resize=(pick(resize, "resize") or "crop").lower(),
@@ -194,6 +231,13 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
             raise UsageError(f"--input-shape {','.join(map(str, spec.shape))} has {channels} channels "
                              f"in {spec.layout} layout", "images have 1 or 3 channels: check --layout")
     return spec
+
+
+def _scale(value) -> float:
+    try:
+        return float(value or 255.0)
+    except (TypeError, ValueError):
+        raise UsageError(f"--pixel-scale {value!r} is not a number", "255 feeds 0..1 pixels, 1 feeds 0..255") from None
 
 
 def parse_pad(value, resize: str) -> int | None:
@@ -244,6 +288,10 @@ def parse_task(task: str | None, head: str | None, params: Mapping[str, Any] | N
 
 def _floats_from(value, what):
     if isinstance(value, (list, tuple)):
+        if not value or len(value) not in (1, 3):
+            raise UsageError(f"{what} needs 1 or 3 values, got {len(value)}", "one per colour channel")
+        if what == "std" and any(v == 0 for v in value):
+            raise UsageError("std has a zero", "std divides the pixels; use values > 0")
         return tuple(float(v) for v in value)
     return parse_floats(value, what)
 
@@ -312,7 +360,7 @@ def _checkpoint_kind(path: Path, arch: str | None, trust_pickle: bool) -> str:
     raise UsageError(
         f"{path.name} is a torch.save checkpoint (weights, not a graph)",
         "pass --arch module:factory (or a built-in like mobilenet_v2) to load it as a state dict, "
-        "or --trust-pickle if it is a whole pickled module you trust")
+        "or --trust-model if it is a whole pickled module you trust (it runs code from the file)")
 
 
 
@@ -324,7 +372,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 
 def make_request(*, model, target="onnx", precision=None, calib=None, val=None, input_shape=None,
                  layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None,
-                 input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False,
+                 input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False, trust_model=False,
                  opset=17, simplify="onnxslim", max_images=200, option=(), threshold=(),
                  max_drop=None, jetpack=None, version=None, name=None, out="dist", task=None, head=None,
                  task_param=(), pad=None, recover=False,
@@ -339,6 +387,7 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
     if not model:
         raise UsageError("no model given", "pass --model FILE (see `edgekiln build --help`)")
     sources = sources if sources is not None else source_kinds()
+    trust_pickle = bool(trust_pickle or trust_model)  # one opt-in: the model file may run code
     model_path = Path(model).expanduser()
     fmt = detect_format(model_path, arch=arch, trust_pickle=trust_pickle, sources=sources)
     sidecar_path = Path(spec) if spec else model_path.with_name(model_path.name + ".edgekiln.toml")
