@@ -19,6 +19,7 @@ from typing import Any, Callable
 from . import __version__
 from .cmd import quote
 from .errors import EdgekilnError, StepFailed, ValidationFailed
+from .outputs import copy_file
 from .plan import Artifact, Plan, Step, evaluate_thresholds, plan_build
 from .render import copy_support, render_job
 from .request import BuildRequest
@@ -442,8 +443,8 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     for name in artifact.files:
         if not (src / name).exists():
             raise StepFailed(f"step {artifact.convert_step} did not write {name}", f"see {job.log_path(artifact.convert_step)}")
-        shutil.copy2(src / name, folder / name)
-    shutil.copy2(src / "report.json", folder / "report.json")
+        copy_file(src / name, folder / name)  # never through a link a step planted (edgekiln.outputs)
+    copy_file(src / "report.json", folder / "report.json")
     build = folder / "build"
     (build / "steps").mkdir(parents=True)
     (build / "logs").mkdir()
@@ -452,9 +453,9 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     results = {}
     for step in steps:
         for suffix in (".py", ".json"):
-            shutil.copy2(job.root / "steps" / f"{step.id}{suffix}", build / "steps" / f"{step.id}{suffix}")
+            copy_file(job.root / "steps" / f"{step.id}{suffix}", build / "steps" / f"{step.id}{suffix}")
         if job.log_path(step.id).exists():
-            shutil.copy2(job.log_path(step.id), build / "logs" / f"{step.id}.log")
+            copy_file(job.log_path(step.id), build / "logs" / f"{step.id}.log")
         result_file = job.work / "results" / f"{step.id}.json"
         results[step.id] = json.loads(result_file.read_text()) if result_file.exists() else {}
     (build / "commands.sh").write_text(
@@ -517,7 +518,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     if artifact.arm_step:  # the same artifact validated on Arm (edgekiln.emulation)
         from .emulation import arm_validation_record
         name, arm = arm_report(job, plan, artifact)
-        shutil.copy2(src / name, folder / name)
+        copy_file(src / name, folder / name)
         manifest["arm_validation"] = arm_validation_record(arm, rec.verdicts.get(artifact.key + "@arm", []),
                                                            report.get("latency_ms"))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
