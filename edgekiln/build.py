@@ -66,9 +66,9 @@ def recipe_hash(paths: list[Path]) -> str:
 
 def input_hashes(request: BuildRequest, arch_file: Path | None) -> dict[str, str | None]:
     return {
-        "model": sha256_tree(request.model),
-        "calib": sha256_tree(request.calib) if request.calib else None,
-        "val": sha256_tree(request.val) if request.val else None,
+        "model": sha256_tree(request.model, "--model"),
+        "calib": sha256_tree(request.calib, "--calib") if request.calib else None,
+        "val": sha256_tree(request.val, "--val") if request.val else None,
         "arch": sha256_file(arch_file) if arch_file else None,
     }
 

@@ -453,8 +453,10 @@ def check_image_folder(folder: Path, label: str) -> None:
         raise DataError(f"{label} {folder} is not a folder", "give a folder of images")
     if not os.access(folder, os.R_OK | os.X_OK):
         raise DataError(f"{label} {folder} cannot be read (permission denied)", "check its permissions")
+    from .inputs import tree_files  # the listing the version hash and the steps share
+
     try:
-        found = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+        found = any(p.suffix.lower() in IMAGE_SUFFIXES for p in tree_files(folder.resolve(), label))
     except OSError as exc:
         raise DataError(f"{label} {folder} cannot be read: {exc.strerror}", "check its permissions") from None
     if not found:

@@ -35,12 +35,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(path: Path) -> str:
-    """A file's sha256, or for a folder the hash of its sorted (relative path, file hash) pairs."""
+def sha256_tree(path: Path, label: str = "input") -> str:
+    """A file's sha256 (an ONNX model with external data: with its data files), or for a folder
+    the hash of its sorted (relative path, file hash) pairs — the files edgekiln.inputs lists, the
+    ones the steps read (a link inside the folder is refused)."""
+    from .inputs import onnx_external_files, tree_files
+
     if path.is_file():
-        return sha256_file(path)
+        extra = onnx_external_files(path)
+        if not extra:
+            return sha256_file(path)
+        return sha256_json([sha256_file(path)] + [[n, sha256_file(path.parent / n)] for n in extra])
     digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+    for item in tree_files(path, label):
         digest.update(f"{item.relative_to(path).as_posix()}\0{sha256_file(item)}\n".encode())
     return digest.hexdigest()
 

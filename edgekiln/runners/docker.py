@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 from ..docker import DockerEngine, Mount, RunSpec, container_name
 from ..errors import EnvironmentFailed, StepFailed
 from ..images import BASE_ENV, Context, ensure_image, get_recipe, render_context
+from ..inputs import onnx_external_files
 from ..outputs import check_outputs
 from .base import Env, Job, OnLine, Runner, step_error
 
@@ -189,6 +190,9 @@ class DockerRunner(Runner):
             target = f"{IN[key]}/{host_path.name}" if key == "model" else IN[key]
             mounts.append(Mount(host_path, target, read_only=True))
             paths[key] = target
+            if key == "model":  # an ONNX model's external data sits beside it (edgekiln.inputs)
+                mounts += [Mount(host_path.parent / name, f"{IN[key]}/{name}", read_only=True)
+                           for name in onnx_external_files(host_path)]
         step = Path(script).stem
         # one name per engine, job and step: command() (the manifest), <step>.sh and the run agree
         key = f"{self.engine.where}|{root}|{script}".encode()
