@@ -557,7 +557,7 @@ def _is_qat(model) -> bool:
                for l in getattr(model, "layers", []))
 
 
-TRUST_HINT = "if you trust the file, pass --trust-model (it may then run code; see docs/model-trust.md)"
+TRUST_HINT = "if you trust the file, pass --trust-model (it may then run code; see docs/trust.md)"
 # TensorFlow ops that reach outside the tensors: files, processes, printing to a stream, datasets,
 # summaries, checkpoints, Python callbacks. A SavedModel's graph is a program; one that uses these
 # (outside its own variable save/restore functions) loads only with --trust-model.

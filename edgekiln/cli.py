@@ -80,7 +80,7 @@ BUILD_HELP = {
     "spec": "TOML file with the input spec (default: <model>.edgekiln.toml beside the model)",
     "arch": "architecture of a state dict: built-in name (mobilenet_v2), file.py:factory or module:factory",
     "trust_model": "the model file may run code: a whole pickled nn.Module, a Keras Lambda layer, a SavedModel "
-                   "that uses file/process ops (only for files you trust; docs/model-trust.md); "
+                   "that uses file/process ops (only for files you trust; docs/trust.md); "
                    "--arch FILE.py:fn makes a pickled module's class importable",
     "trust_pickle": "the same as --trust-model (its older name)",
     "opset": "ONNX opset of the PyTorch export (default 17)",
@@ -168,6 +168,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     values = dict(locals())
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
     request, platform = _arm_validation(request, platform, emulate_cpu, runner)
+    jobs = _jobs(jobs)
     ui = make_ui(json or dry_run)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, base_image=base_image, platform=platform,
                                                     config=config, on_note=ui.warn), ui.stage)
@@ -175,7 +176,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
         return _print_dry_run(plan_only(request, runner_for), json)
     ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}")
     try:
-        result = run_build(request, ui, runner_for, jobs=int(jobs), keep_job=keep_job,
+        result = run_build(request, ui, runner_for, jobs=jobs, keep_job=keep_job,
                            all_or_nothing=all_or_nothing)
     finally:
         ui.close()
@@ -206,6 +207,18 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     if result.error is not None:
         raise result.error  # after the summary: one line and the failed kind's exit code
     return result
+
+
+def _jobs(value) -> int:
+    from .errors import UsageError
+
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        jobs = 0
+    if jobs < 1:
+        raise UsageError(f"--jobs {value!r} is not a whole number >= 1", "e.g. --jobs 2")
+    return jobs
 
 
 def _print_dry_run(info: dict, as_json: bool) -> None:
@@ -404,14 +417,17 @@ def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="a
     from .runners import LazyRunners, runner_factory
     from .ui import make_ui
 
+    from .request import check_out
+
     matrix = load_matrix(file)
+    out, dist = check_out(out), check_out(dist, "--dist")
     ui = make_ui(json)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, on_note=ui.warn), ui.stage)
     try:
         if check:
-            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, int(jobs))
+            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, _jobs(jobs))
         else:
-            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, int(jobs)), None
+            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, _jobs(jobs)), None
     finally:
         ui.close()
     from .release_view import print_release
@@ -460,6 +476,20 @@ class EdgekilnProgram(Program):
         elif words and words[0] in names and any(w in ("-h", "--help") for w in words[1:]):
             argv = [argv[0], "--help", words[0]]
         return super().run(argv, exit)
+
+    def parse_tasks(self):
+        """A flag whose value Invoke cannot cast (``--jobs abc``, ``--opset x``): one line, exit 2."""
+        try:
+            return super().parse_tasks()
+        except ValueError as exc:
+            import re
+
+            value = (re.search(r"'(.*)'$", str(exc)) or [None, None])[1]
+            words = self.core.unparsed if self.core else []
+            flag = next((words[i - 1] for i in range(1, len(words)) if words[i] == value
+                         and words[i - 1].startswith("-")), "a flag")
+            err.print(f"error: {flag} {value!r} is not a whole number — e.g. {flag} 2", markup=False)
+            raise Exit(code=2) from None
 
     def print_help(self) -> None:
         print(f"Usage: {self.binary} <command> [--options]   ({self.binary} help <command> for its options)")

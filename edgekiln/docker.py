@@ -761,15 +761,28 @@ def load_host_map(path: Path) -> dict[str, str]:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
+    from .errors import UsageError
+
     path = Path(path)
     if not path.is_file():
         return {}
-    raw = tomllib.loads(path.read_text())
-    table = raw.get("docker", {}).get("hosts") or raw.get("tool", {}).get("edgekiln", {}).get(
-        "docker", {}).get("hosts") or {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path} (read for its [docker.hosts] map) is not valid TOML: {exc}",
+                         "fix it, or point --config at another file") from None
+    table = {}
+    for keys in (("docker", "hosts"), ("tool", "edgekiln", "docker", "hosts")):
+        node = raw
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node:
+            table = node
+            break
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [docker.hosts] must be a table (target = \"ssh://user@host\")", f"fix {path}")
     bad = {k: v for k, v in table.items() if not isinstance(v, str)}
     if bad:
-        from .errors import UsageError
         raise UsageError(f"{path}: docker hosts must be strings (target = \"ssh://user@host\")",
                          f"fix {sorted(bad)}")
     return dict(table)

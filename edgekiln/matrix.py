@@ -50,6 +50,8 @@ MODEL_KEYS = ("path", "arch", "input", "calib", "val", "labels", "targets", "opt
 INPUT_KEYS = ("name", "shape", "layout", "color", "scale", "mean", "std", "resize", "dynamic_batch")
 LABEL_FILES = ("labels.csv", "labels.txt")  # what validation reads in the val folder (converters/ekit.py)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# what a release folder holds beside its models' folders (edgekiln/release.py): no model may be named so
+RESERVED = ("archives", "release.json", "measured.json", "SHA256SUMS", "report.html", "report.md")
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,9 @@ class _Loader:
         where = ("models", key)
         body = self.table(body, where, MODEL_KEYS)
         name = safe_name(key)
+        if name in RESERVED:
+            self.fail(UsageError, where, f"a model cannot be named {name!r}: the release folder has its own {name}",
+                      f"rename the table, e.g. [models.{name}-model]")
         if "path" not in body:
             self.fail(ModelNotFound, where, f"models.{key} has no path", "add path = \"<model file>\"")
         path = self.file(body["path"], where + ("path",))

@@ -439,12 +439,23 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
         max_images=max_images,
         options=options,
         thresholds=thresholds,
-        out=Path(out).expanduser(),
+        out=check_out(out),
         version=version,
         task=task,
         head=head,
         task_params=task_params,
     )
+
+
+def check_out(path: Path, flag: str = "--out") -> Path:
+    """An output root: a folder, or a path where one can be made (not a file, nor under one)."""
+    path = Path(path).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UsageError(f"{flag} {path}: {p} is a file, not a folder", f"give {flag} a folder (it is made when missing)")
+            break
+    return path
 
 
 def check_image_folder(folder: Path, label: str) -> None:
