@@ -192,6 +192,10 @@ class _Loader:
             raw = tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{self.path}: not valid TOML: {exc}", "fix the file (see examples/release.toml)") from None
+        return self.from_raw(raw)
+
+    def from_raw(self, raw: Any) -> Matrix:
+        """The checked Matrix of a parsed file (tests feed it random structures)."""
         self.table(raw, (), TOP_KEYS)
         if "release" not in raw:
             self.fail(UsageError, (), "no [release] table", "add [release] with name, version and date")
