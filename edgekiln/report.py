@@ -157,11 +157,18 @@ def charts(rows: list[dict]) -> dict[str, str]:
 # ---------------------------------------------------------------- documents
 
 
+def _md(text) -> str:
+    """A Markdown table cell or heading: text only (manifest text can come from a step): HTML
+    escaped, no line breaks, no cell separators."""
+    text = " ".join(str(text).split())
+    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`")
+
+
 def markdown(title: str, models: dict[str, list[dict]]) -> str:
-    lines = [f"# {title}", ""]
+    lines = [f"# {_md(title)}", ""]
     for model, rows in models.items():
-        lines += [f"## {model}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
+        lines += [f"## {_md(model)}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(_md(c) for c in cells(r)) + " |" for r in rows]
         lines += ["", "Charts (size vs accuracy, latency): report.html.", ""]
     return "\n".join(lines)
 

@@ -181,3 +181,18 @@ def test_verify_refuses_a_link_in_the_release_folder(tmp_path):
     (a / "net/onnx/fp32/model.onnx").symlink_to(tmp_path / "outside")
     _, problems = verify(a)
     assert any("model.onnx: a symbolic link" in p for p in problems)
+
+
+def test_report_md_cells_are_text_only(tmp_path):
+    """review finding 11: report.md carried a version's and a step's raw <img onerror> markup."""
+    from edgekiln.report import by_model, markdown
+
+    manifest = json.loads(json.dumps(MANIFEST))
+    manifest["model"]["name"] = "net<script>x</script>"
+    manifest["not_executed"] = ["<img src=x onerror=alert(1)>\n| injected | row |"]
+    manifest["notes"] = ["<img src=x onerror=alert(2)>"]
+    manifest["validation"]["metrics"]["<img src=y onerror=alert(3)>"] = 1.0
+    manifest["size_bytes"] = 5
+    text = markdown("r 1 <b>", by_model([manifest]))
+    assert "<img" not in text and "<script>" not in text and "<b>" not in text
+    assert all(line.startswith(("#", "|", "Charts")) or not line for line in text.splitlines())
