@@ -203,7 +203,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
             console.print(f"[yellow]deferred: bundle ready[/] {art.target}/{art.precision}: "
                           f"{escape(art.manifest['deferred']['reason'])}; on the device: edgekiln finish {art.path}")
         for note in art.manifest.get("not_executed", []):
-            console.print(f"[yellow]not executed[/] {art.target}/{art.precision}: {note}")
+            console.print(f"[yellow]not executed[/] {art.target}/{art.precision}: {escape(str(note))}")
     if result.error is not None:
         raise result.error  # after the summary: one line and the failed kind's exit code
     return result

@@ -279,7 +279,17 @@ class _Loader:
         if simplify not in SIMPLIFIERS:
             self.fail(UsageError, where + ("simplify",), f"models.{key}.simplify {simplify!r} is unknown",
                       f"use one of: {', '.join(SIMPLIFIERS)}")
-        return Model(name, path, fmt, spec, body.get("arch"), folders.get("calib"), folders.get("val"), labels,
+        arch = body.get("arch")
+        module = (arch or "").rpartition(":")[0]
+        if module.endswith(".py") and not Path(module).expanduser().is_absolute():
+            # the build reads an --arch file from the current folder (and the string is part of the
+            # version): it must be the file beside this release file, not another one with its name
+            mine, cwd = self.file(module, where + ("arch",)), Path(module).resolve()
+            if mine != cwd:
+                self.fail(UsageError, where + ("arch",), f"models.{key}.arch {module} would be read from the "
+                          f"current folder ({cwd}), not beside the release file ({mine})",
+                          f"run edgekiln release from {self.path.parent}, or give the file's absolute path")
+        return Model(name, path, fmt, spec, arch, folders.get("calib"), folders.get("val"), labels,
                      opset, simplify, max_images, trust, targets, options, thresholds)
 
     def trust(self, key: str, body: dict) -> bool:

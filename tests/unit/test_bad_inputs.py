@@ -81,3 +81,21 @@ def test_a_config_in_the_current_folder_cannot_send_builds_away(model):
     proc = run_cli("build", "--model", model, "--runner", "docker", "--dry-run", cwd=model.parent, check=USAGE)
     _one_line(proc)
     assert "tcp://203.0.113.9:2375" in proc.stderr and "--config" in proc.stderr
+
+
+def test_release_arch_file_is_the_one_beside_the_release_file(tmp_path, monkeypatch):
+    """review finding 16: ``arch = "net.py:build"`` was looked up in the current folder, so a
+    different file of that name could run."""
+    from edgekiln.matrix import load_matrix
+
+    (tmp_path / "rel").mkdir()
+    (tmp_path / "rel" / "m.pth").write_bytes(b"\x80\x02}q\x00.")
+    (tmp_path / "rel" / "net.py").write_text("def build():\n    pass\n")
+    (tmp_path / "rel" / "release.toml").write_text(RELEASE.format(name="m", extra='arch = "net.py:build"')
+                                                   .replace("m.onnx", "m.pth"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text("raise SystemExit('the wrong file')\n")
+    with pytest.raises(errors.UsageError, match="not beside the release file"):
+        load_matrix(tmp_path / "rel" / "release.toml")
+    monkeypatch.chdir(tmp_path / "rel")
+    assert load_matrix(tmp_path / "rel" / "release.toml").models[0].arch == "net.py:build"
