@@ -327,10 +327,10 @@ def detect_format(path: Path, *, arch: str | None, trust_pickle: bool,
     if zipfile.is_zipfile(path):
         names = _zip_names(path)
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return "torchscript"
+            return _program(path, "torchscript", trust_pickle)
         if any(n.endswith("archive_format") or "/serialized_exported_program" in n or
                n.endswith("/models/model.json") for n in names):
-            return "torch_export"
+            return _program(path, "torch_export", trust_pickle)
         if any(n.endswith("data.pkl") for n in names):
             return _checkpoint_kind(path, arch, trust_pickle)
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":  # legacy (pre-zip) torch.save pickle
@@ -342,6 +342,30 @@ def detect_format(path: Path, *, arch: str | None, trust_pickle: bool,
                            "save it with torch.save, torch.jit.save or torch.export.save")
     raise InvalidModel(f"{path} is not a model edgekiln can read",
                        "give .onnx, TorchScript/.pt, torch.export .pt2, .keras/.h5 or a SavedModel folder")
+
+
+# operators of a TorchScript / torch.export program that reach files (ATen's from_file, torchvision's
+# image read_file/write_file, loading an operator library); the rest of such a program is tensor math
+FILE_OPS = re.compile(rb"\bfrom_file\b|\bread_file\b|\bwrite_file\b|load_library")
+
+
+def _program(path: Path, fmt: str, trust: bool) -> str:
+    """A TorchScript / torch.export file runs no Python, but its operators could read or write
+    files: one that names such an operator loads only with --trust-model (docs/trust.md)."""
+    if trust:
+        return fmt
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith((".py", ".json")) and info.file_size < 1 << 26:
+                    found = FILE_OPS.search(zf.read(info))
+                    if found:
+                        raise UsageError(f"{path.name} is a {fmt} program that calls {found.group().decode()} "
+                                         f"({info.filename}): it reaches files, refused",
+                                         "if you trust the file, pass --trust-model (docs/trust.md)")
+    except (zipfile.BadZipFile, OSError):
+        raise InvalidModel(f"{path} is a damaged zip archive", "re-save the model") from None
+    return fmt
 
 
 def _zip_names(path: Path) -> list[str]:

@@ -72,3 +72,33 @@ def test_trust_model_in_release_toml_is_a_boolean(tmp_path):
             f'[models.m]\npath = "m.onnx"\n{key} = "no"\n')
         with pytest.raises(errors.UsageError, match=f"{key} must be true or false"):
             load_matrix(tmp_path / "release.toml")
+
+
+TORCHSCRIPT = r'''
+import sys, torch
+class Reads(torch.nn.Module):
+    def forward(self, x):
+        return x + torch.from_file("/etc/hostname", size=1, dtype=torch.uint8).float().sum() * 0
+class Plain(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+torch.jit.save(torch.jit.script(Reads()), sys.argv[1])
+torch.jit.save(torch.jit.script(Plain()), sys.argv[2])
+'''
+
+
+def test_torchscript_that_reads_files_needs_trust_model(tmp_path):
+    """TorchScript runs no Python, but aten::from_file reads any file: such a program is refused
+    (before anything runs) without --trust-model; a plain one is not."""
+    from edgekiln.runners.local import LocalRunner
+
+    torchpy = os.environ.get("EDGEKILN_TORCH_PYTHON") or LocalRunner().prepare("torch").ref
+    script = tmp_path / "make.py"
+    script.write_text(TORCHSCRIPT)
+    subprocess.run([torchpy, script, tmp_path / "reads.pt", tmp_path / "plain.pt"],
+                   check=True, capture_output=True, timeout=600)
+    args = ("--input-shape", "1,3,8,8", "--runner", "local", "--out", tmp_path / "dist", "--dry-run")
+    proc = run_cli("build", "--model", tmp_path / "reads.pt", *args, check=errors.UsageError.exit_code)
+    assert "from_file" in proc.stderr and "--trust-model" in proc.stderr and proc.stderr.count("\n") == 1
+    run_cli("build", "--model", tmp_path / "reads.pt", *args, "--trust-model", check=0)
+    run_cli("build", "--model", tmp_path / "plain.pt", *args, check=0)
