@@ -18,6 +18,7 @@
     targets = { rpi = ["int8"] }      # optional: this model's own matrix instead of [targets]
     options = { onnx = { calibration_method = "minmax" } }      # target options, per target
     thresholds = { "onnx.int8.min_top1_agreement" = 0.9 }       # [target.][precision.]metric
+    trust_model = false               # true: the model file may run code (docs/trust.md); a TOML boolean
 
 Every error names the file, the line and the key, in one line, with the exit code of its kind
 (edgekiln.errors): unknown keys and duplicate entries are usage errors (2), a missing model file
