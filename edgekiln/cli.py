@@ -41,7 +41,9 @@ def guarded(fn):
         except EdgekilnError as exc:
             if debug:
                 traceback.print_exc()
-            err.print(f"[bold red]error:[/] {escape(exc.line())}", markup=True)
+            # control characters (an ESC in a file or tensor name) never reach the terminal
+            line = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in exc.line())
+            err.print(f"[bold red]error:[/] {escape(line)}", markup=True)
             if kwargs.get("json") and not exc.json_done:  # a script asked for JSON: it gets JSON on failure too
                 console.print_json(data={"error": exc.to_json()})
             raise Exit(code=exc.exit_code) from None

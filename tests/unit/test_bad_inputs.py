@@ -99,3 +99,10 @@ def test_release_arch_file_is_the_one_beside_the_release_file(tmp_path, monkeypa
         load_matrix(tmp_path / "rel" / "release.toml")
     monkeypatch.chdir(tmp_path / "rel")
     assert load_matrix(tmp_path / "rel" / "release.toml").models[0].arch == "net.py:build"
+
+
+def test_control_characters_never_reach_the_terminal(tmp_path):
+    """review finding 16: an ESC in a file name coloured (or rewrote) the user's terminal."""
+    proc = run_cli("build", "--model", tmp_path / "we\x1b[31mird.onnx", check=errors.ModelNotFound.exit_code)
+    _one_line(proc)
+    assert "\x1b" not in proc.stderr and "\\x1b[31mird" in proc.stderr
