@@ -209,7 +209,9 @@ class DockerRunner(Runner):
         return RunSpec(image=env.ref, command=(PYTHON, Path(script).as_posix()), step=step,
                        mounts=tuple(mounts), env=env_vars, workdir=JOB, user=self.user,
                        network="none", memory=self._memory(), platform=env.platform, gpus=self.gpus,
-                       labels={"edgekiln.image": env.image}, name=name)
+                       labels={"edgekiln.image": env.image}, name=name,
+                       # the NVIDIA container toolkit updates the container's ld cache: not on a read-only root
+                       read_only_root=not self.gpus)
 
     def _memory(self) -> str | None:
         """The container memory cap: ``memory``, else EDGEKILN_DOCKER_MEMORY ("none": no cap), else

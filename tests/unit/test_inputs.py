@@ -102,3 +102,23 @@ def test_a_linked_folder_itself_is_fine(tmp_path):
     (tmp_path / "val").symlink_to(real)
     check_image_folder(tmp_path / "val", "--val")
     assert [p.name for p in tree_files((tmp_path / "val").resolve(), "--val")] == ["a.jpg"]
+
+
+def test_container_limits_are_in_the_command(tmp_path):
+    """review finding 12: no --pids-limit, memory cap or read-only root before."""
+    from edgekiln.docker import DockerEngine
+    from edgekiln.runners.base import Env, Job
+    from edgekiln.runners.docker import DockerRunner
+
+    (tmp_path / "job" / "work").mkdir(parents=True)
+    job = Job(tmp_path / "job", {"model": None, "calib": None, "val": None})
+    env = Env(image="onnx", runner="docker", lock_hash="x", ref="edgekiln/onnx:x", platform="linux/amd64")
+    runner = DockerRunner(host="unix:///nonexistent.sock", memory="3g")
+    argv = DockerEngine("unix:///nonexistent.sock").run_argv(runner.spec(env, job, "steps/01-s.py"))
+    text = " ".join(argv)
+    for flag in ("--pids-limit 4096", "--memory 3g", "--read-only", "--tmpfs /tmp:", "--cap-drop ALL",
+                 "--security-opt no-new-privileges", "--network none"):
+        assert flag in text, flag
+    assert "source=" + str((tmp_path / "job").resolve()) + ",target=/job,readonly" in text
+    runner.gpus = "all"
+    assert "--read-only" not in DockerEngine("unix:///x.sock").run_argv(runner.spec(env, job, "steps/01-s.py"))
