@@ -117,8 +117,8 @@ BUILD_HELP = {
     "debug": "show tracebacks",
 }
 REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
-                "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "trust_model", "opset",
-                "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
+                "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "trust_model",
+                "opset", "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
                 "task", "head", "task_param", "pad", "recover")
 
 
@@ -156,8 +156,8 @@ class _BuildTask(Task):
 def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=None, input_shape=None,
           layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None, input_name=None,
           dynamic_batch=False, spec=None, arch=None, trust_pickle=False, trust_model=False, opset=17,
-          simplify="onnxslim", max_images=200, option=None, threshold=None, max_drop=None, jetpack=None, version=None, name=None,
-          out="dist",
+          simplify="onnxslim", max_images=200, option=None, threshold=None, max_drop=None, jetpack=None,
+          version=None, name=None, out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
           all_or_nothing=False, recover=False, emulate_cpu=None):
@@ -417,19 +417,18 @@ def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="a
     from .release import release as make_release
     from .release_check import check as check_release
     from .runners import LazyRunners, runner_factory
+    from .request import check_out
     from .ui import make_ui
 
-    from .request import check_out
-
     matrix = load_matrix(file)
-    out, dist = check_out(out), check_out(dist, "--dist")
+    out, dist, jobs = check_out(out), check_out(dist, "--dist"), _jobs(jobs)
     ui = make_ui(json)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, on_note=ui.warn), ui.stage)
     try:
         if check:
-            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, _jobs(jobs))
+            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, jobs)
         else:
-            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, _jobs(jobs)), None
+            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, jobs), None
     finally:
         ui.close()
     from .release_view import print_release

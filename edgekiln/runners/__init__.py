@@ -154,11 +154,11 @@ def runner_factory(kind: str, docker_host: str | None, *, base_image: str | None
     from pathlib import Path
 
     from ..docker import load_host_map
-
     from ..errors import UsageError
 
     host_map = {}
-    for path in ([Path(config)] if config else [] if kind == "local" else [Path("edgekiln.toml"), Path("pyproject.toml")]):
+    found_here = [] if kind == "local" else [Path("edgekiln.toml"), Path("pyproject.toml")]  # local reads none
+    for path in ([Path(config)] if config else found_here):
         host_map = load_host_map(path)
         if host_map:
             break
