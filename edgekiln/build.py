@@ -19,6 +19,7 @@ from typing import Any, Callable
 from . import __version__
 from .cmd import quote
 from .errors import EdgekilnError, StepFailed, ValidationFailed
+from .outputs import copy_file
 from .plan import Artifact, Plan, Step, evaluate_thresholds, plan_build
 from .render import copy_support, render_job
 from .request import BuildRequest
@@ -65,9 +66,9 @@ def recipe_hash(paths: list[Path]) -> str:
 
 def input_hashes(request: BuildRequest, arch_file: Path | None) -> dict[str, str | None]:
     return {
-        "model": sha256_tree(request.model),
-        "calib": sha256_tree(request.calib) if request.calib else None,
-        "val": sha256_tree(request.val) if request.val else None,
+        "model": sha256_tree(request.model, "--model"),
+        "calib": sha256_tree(request.calib, "--calib") if request.calib else None,
+        "val": sha256_tree(request.val, "--val") if request.val else None,
         "arch": sha256_file(arch_file) if arch_file else None,
     }
 
@@ -463,8 +464,8 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     for name in artifact.files:
         if not (src / name).exists():
             raise StepFailed(f"step {artifact.convert_step} did not write {name}", f"see {job.log_path(artifact.convert_step)}")
-        shutil.copy2(src / name, folder / name)
-    shutil.copy2(src / "report.json", folder / "report.json")
+        copy_file(src / name, folder / name)  # never through a link a step planted (edgekiln.outputs)
+    copy_file(src / "report.json", folder / "report.json")
     build = folder / "build"
     (build / "steps").mkdir(parents=True)
     (build / "logs").mkdir()
@@ -474,9 +475,9 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     results = {}
     for step in steps:
         for suffix in (".py", ".json"):
-            shutil.copy2(job.root / "steps" / f"{step.id}{suffix}", build / "steps" / f"{step.id}{suffix}")
+            copy_file(job.root / "steps" / f"{step.id}{suffix}", build / "steps" / f"{step.id}{suffix}")
         if job.log_path(step.id).exists():
-            shutil.copy2(job.log_path(step.id), build / "logs" / f"{step.id}.log")
+            copy_file(job.log_path(step.id), build / "logs" / f"{step.id}.log")
         result_file = job.work / "results" / f"{step.id}.json"
         results[step.id] = json.loads(result_file.read_text()) if result_file.exists() else {}
     (build / "commands.sh").write_text(
@@ -539,7 +540,7 @@ def stage_artifact(folder: Path, artifact: Artifact, rec: Record, key: str) -> d
     for step_id in artifact.elsewhere:  # the same artifact validated on Arm / on another CPU class
         from .emulation import arm_validation_record
         name, other = elsewhere_report(job, plan, step_id, artifact)
-        shutil.copy2(src / name, folder / name)
+        copy_file(src / name, folder / name)
         e = plan.step(step_id).params["elsewhere"]
         manifest[e["key"]] = arm_validation_record(other, rec.verdicts.get(f"{artifact.key}@{e['label']}", []),
                                                    report.get("latency_ms"))

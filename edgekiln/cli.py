@@ -44,7 +44,9 @@ def guarded(fn):
         except EdgekilnError as exc:
             if debug:
                 traceback.print_exc()
-            err.print(f"[bold red]error:[/] {escape(exc.line())}", markup=True)
+            # control characters (an ESC in a file or tensor name) never reach the terminal
+            line = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in exc.line())
+            err.print(f"[bold red]error:[/] {escape(line)}", markup=True)
             if kwargs.get("json") and not exc.json_done:  # a script asked for JSON: it gets JSON on failure too
                 console.print_json(data={"error": exc.to_json()})
             raise Exit(code=exc.exit_code) from None
@@ -83,8 +85,10 @@ BUILD_HELP = {
     "dynamic_batch": "export with a dynamic batch dimension",
     "spec": "TOML file with the input spec (default: <model>.edgekiln.toml beside the model)",
     "arch": "architecture of a state dict: built-in name (mobilenet_v2), file.py:factory or module:factory",
-    "trust_pickle": "allow loading a whole pickled nn.Module (runs code from the file: only for files you trust); "
-                    "--arch FILE.py:fn makes the class importable",
+    "trust_model": "the model file may run code: a whole pickled nn.Module, a Keras Lambda layer, a SavedModel "
+                   "that uses file/process ops (only for files you trust; docs/trust.md); "
+                   "--arch FILE.py:fn makes a pickled module's class importable",
+    "trust_pickle": "the same as --trust-model (its older name)",
     "opset": "ONNX opset of the PyTorch export (default 17)",
     "simplify": "onnxslim (default), onnxsim or none",
     "max_images": "use at most this many calibration/validation images (default 200)",
@@ -117,8 +121,8 @@ BUILD_HELP = {
     "debug": "show tracebacks",
 }
 REQUEST_KEYS = ("model", "target", "precision", "calib", "val", "input_shape", "layout", "mean", "std", "bgr",
-                "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "opset",
-                "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
+                "pixel_scale", "resize", "input_name", "dynamic_batch", "spec", "arch", "trust_pickle", "trust_model",
+                "opset", "simplify", "max_images", "option", "threshold", "max_drop", "jetpack", "version", "name", "out",
                 "task", "head", "task_param", "pad", "recover")
 
 
@@ -155,9 +159,9 @@ class _BuildTask(Task):
 @guarded
 def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=None, input_shape=None,
           layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None, input_name=None,
-          dynamic_batch=False, spec=None, arch=None, trust_pickle=False, opset=17, simplify="onnxslim",
-          max_images=200, option=None, threshold=None, max_drop=None, jetpack=None, version=None, name=None,
-          out="dist",
+          dynamic_batch=False, spec=None, arch=None, trust_pickle=False, trust_model=False, opset=17,
+          simplify="onnxslim", max_images=200, option=None, threshold=None, max_drop=None, jetpack=None,
+          version=None, name=None, out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
           all_or_nothing=False, recover=False, emulate_cpu=None):
@@ -170,6 +174,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     values = dict(locals())
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
     request, platform = _arm_validation(request, platform, emulate_cpu, runner)
+    jobs = _jobs(jobs)
     ui = make_ui(json or dry_run)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, base_image=base_image, platform=platform,
                                                     config=config, on_note=ui.warn), ui.stage)
@@ -177,7 +182,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
         return _print_dry_run(plan_only(request, runner_for), json)
     ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}")
     try:
-        result = run_build(request, ui, runner_for, jobs=int(jobs), keep_job=keep_job,
+        result = run_build(request, ui, runner_for, jobs=jobs, keep_job=keep_job,
                            all_or_nothing=all_or_nothing)
     finally:
         ui.close()
@@ -204,10 +209,22 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
             console.print(f"[yellow]deferred: bundle ready[/] {art.target}/{art.precision}: "
                           f"{escape(art.manifest['deferred']['reason'])}; on the device: edgekiln finish {art.path}")
         for note in art.manifest.get("not_executed", []):
-            console.print(f"[yellow]not executed[/] {art.target}/{art.precision}: {note}")
+            console.print(f"[yellow]not executed[/] {art.target}/{art.precision}: {escape(str(note))}")
     if result.error is not None:
         raise result.error  # after the summary: one line and the failed kind's exit code
     return result
+
+
+def _jobs(value) -> int:
+    from .errors import UsageError
+
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        jobs = 0
+    if jobs < 1:
+        raise UsageError(f"--jobs {value!r} is not a whole number >= 1", "e.g. --jobs 2")
+    return jobs
 
 
 def _print_dry_run(info: dict, as_json: bool) -> None:
@@ -430,16 +447,18 @@ def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="a
     from .release import release as make_release
     from .release_check import check as check_release
     from .runners import LazyRunners, runner_factory
+    from .request import check_out
     from .ui import make_ui
 
     matrix = load_matrix(file)
+    out, dist, jobs = check_out(out), check_out(dist, "--dist"), _jobs(jobs)
     ui = make_ui(json)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, on_note=ui.warn), ui.stage)
     try:
         if check:
-            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, int(jobs))
+            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, jobs)
         else:
-            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, int(jobs)), None
+            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, jobs), None
     finally:
         ui.close()
     from .release_view import print_release
@@ -488,6 +507,20 @@ class EdgekilnProgram(Program):
         elif words and words[0] in names and any(w in ("-h", "--help") for w in words[1:]):
             argv = [argv[0], "--help", words[0]]
         return super().run(argv, exit)
+
+    def parse_tasks(self):
+        """A flag whose value Invoke cannot cast (``--jobs abc``, ``--opset x``): one line, exit 2."""
+        try:
+            return super().parse_tasks()
+        except ValueError as exc:
+            import re
+
+            value = (re.search(r"'(.*)'$", str(exc)) or [None, None])[1]
+            words = self.core.unparsed if self.core else []
+            flag = next((words[i - 1] for i in range(1, len(words)) if words[i] == value
+                         and words[i - 1].startswith("-")), "a flag")
+            err.print(f"error: {flag} {value!r} is not a whole number — e.g. {flag} 2", markup=False)
+            raise Exit(code=2) from None
 
     def print_help(self) -> None:
         print(f"Usage: {self.binary} <command> [--options]   ({self.binary} help <command> for its options)")

@@ -17,7 +17,7 @@ Usage::
     with DockerEngine("ssh://nvidia@orin.local") as engine:
         engine.build(context_dir, "edgekiln/trt:1a2b3c", platform="linux/arm64", on_line=print)
         result = engine.run(RunSpec(image=..., command=("python", "steps/01-x.py"), ...),
-                            log=Path("work/logs/01-x.log"), timeout=600)
+                            log=Path("logs/01-x.log"), timeout=600)
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ class RunSpec:
     gpus: str | None = None  # e.g. "all" (needs the NVIDIA container toolkit on that host)
     labels: Mapping[str, str] = field(default_factory=dict)
     name: str | None = None  # container name; None: edgekiln-<step>-<random>
+    pids_limit: int | None = 4096  # processes + threads (a fork bomb stops here)
+    read_only_root: bool = True  # the image's file system is read-only (bind mounts; copy mode cannot)
+    tmpfs: tuple[str, ...] = ("/tmp",)  # writable scratch (HOME=/tmp), in memory
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,16 @@ class DockerEngine:
             pass
         return DEFAULT_SOCKET
 
+    def mem_total(self) -> int | None:
+        """The engine's memory in bytes (``docker info``), once; None when it does not say."""
+        if not hasattr(self, "_mem_total"):
+            proc = self._call(["info", "--format", "{{json .MemTotal}}"], check=False, what="docker info", timeout=30)
+            try:
+                self._mem_total = int(proc.stdout.decode().strip()) or None
+            except ValueError:
+                self._mem_total = None
+        return self._mem_total
+
     @property
     def is_local(self) -> bool:
         """Does the engine see this machine's files (so bind mounts work)?"""
@@ -388,6 +401,12 @@ class DockerEngine:
             args += ["--platform", spec.platform]
         if spec.memory:
             args += ["--memory", spec.memory, "--memory-swap", spec.memory]
+        if spec.pids_limit:
+            args += ["--pids-limit", str(spec.pids_limit)]
+        if spec.read_only_root and binds:  # `docker cp` cannot write into a read-only root (copy mode)
+            args += ["--read-only"]
+        for path in spec.tmpfs:
+            args += ["--tmpfs", f"{path}:rw,exec,nosuid,nodev"]
         if spec.gpus:
             args += ["--gpus", spec.gpus]
         if spec.workdir:
@@ -438,7 +457,7 @@ class DockerEngine:
             create = self.create_argv(spec, name)
             start = self.cli() + ["start", "--attach", name]
             commands: list = [create]
-            commands += [_copy_in_line(self.cli(), name, m, spec.user or invoking_user())
+            commands += [_copy_in_line(self.cli(), name, m, spec.user or invoking_user(), _nested(m, spec.mounts))
                          for m in spec.mounts]
             commands.append(start)
             commands += [self.cli() + ["cp", f"{name}:{m.target}/.", str(m.source)]
@@ -464,7 +483,7 @@ class DockerEngine:
             if copy and state is not None:
                 for m in spec.mounts:
                     if not m.read_only:
-                        self._copy_out(name, m, exclude)
+                        self._copy_out(name, m, exclude, spec.step)
             if timed_out:
                 raise StepFailed(f"step {spec.step} timed out after {timeout:g} s; its container "
                                  f"was killed", f"raise the timeout, or see the log: {log_path}")
@@ -516,7 +535,8 @@ class DockerEngine:
                             _tar_dir(tar, str(parent).lstrip("/"), (0, 0), 0o755)
                             made.add(str(parent))
                     who = (0, 0) if m.read_only else owner
-                    _tar_tree(tar, Path(m.source), str(target).lstrip("/"), who, m.read_only)
+                    skip = {Path(m.source) / rel for rel in _nested(m, spec.mounts)}  # its own mount follows
+                    _tar_tree(tar, Path(m.source), str(target).lstrip("/"), who, m.read_only, skip)
             proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -525,9 +545,11 @@ class DockerEngine:
             raise EnvironmentFailed(f"copying the job into {name} at {self.where} failed: "
                                     f"{err.splitlines()[-1] if err else proc.returncode}")
 
-    def _copy_out(self, name: str, mount: Mount, exclude: tuple[str, ...]) -> None:
-        """Stream a writable mount's folder back out (regular files and folders only; paths
-        that would leave the folder, links and devices are not brought back)."""
+    def _copy_out(self, name: str, mount: Mount, exclude: tuple[str, ...], step: str = "run") -> None:
+        """Stream a writable mount's folder back out: regular files and folders only; a path
+        that would leave the folder is skipped, a link or device the step made is refused
+        (StepFailed, as edgekiln.outputs.check_outputs does for bind mounts)."""
+        refused: list[str] = []
         argv = self.cli() + ["cp", f"{name}:{mount.target}", "-"]
         log.debug("+ %s", _sh_quote(argv))
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -553,6 +575,8 @@ class DockerEngine:
                             shutil.copyfileobj(tar.extractfile(member), fh)
                         os.chmod(tmp, member.mode & 0o755 | 0o600)
                         os.replace(tmp, out)
+                    else:
+                        refused.append(str(rel))
         except tarfile.TarError as exc:
             proc.kill()
             raise EnvironmentFailed(f"copying the outputs out of {name} failed: {exc}") from None
@@ -562,6 +586,10 @@ class DockerEngine:
         if rc != 0:
             raise EnvironmentFailed(f"copying the outputs out of {name} at {self.where} failed: "
                                     f"{err.splitlines()[-1] if err else rc}")
+        if refused:
+            raise StepFailed(f"step {step} left a link or special file in its outputs: {refused[0]} — refused "
+                             "(a step may only write plain files and folders)",
+                             "nothing was published; if the model file runs code, do not trust it")
 
     # -- streaming -------------------------------------------------------------------------------
 
@@ -574,7 +602,7 @@ class DockerEngine:
         log.debug("+ %s", _sh_quote(argv))
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         out_lock = threading.Lock()
-        fh = open(log_path, "a", encoding="utf-8") if log_path else None
+        fh = _open_log(log_path) if log_path else None
         t0 = time.monotonic()
         try:
             if fh:
@@ -630,6 +658,12 @@ class DockerEngine:
                 fh.close()
 
 
+def _open_log(path: Path):
+    """Append to a log, never through a symbolic link (O_NOFOLLOW)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def _never_started(state: dict | None) -> bool:
     """True when the container was never made or never started (Docker's zero time)."""
     return state is None or str(state.get("StartedAt", "")).startswith("0001-")
@@ -644,14 +678,26 @@ def _tar_dir(tar: tarfile.TarFile, name: str, owner: tuple[int, int], mode: int)
     tar.addfile(info)
 
 
+def _nested(m: Mount, mounts: Sequence[Mount]) -> list[str]:
+    """The relative paths of the other mounts inside ``m`` (``work`` inside the read-only job)."""
+    inner = []
+    for other in mounts:
+        rel = PurePosixPath(other.target)
+        if other is not m and PurePosixPath(m.target) in rel.parents:
+            inner.append(rel.relative_to(m.target).as_posix())
+    return inner
+
+
 def _tar_tree(tar: tarfile.TarFile, source: Path, name: str, owner: tuple[int, int],
-              read_only: bool) -> None:
+              read_only: bool, skip: set[Path] = frozenset()) -> None:
     """Add ``source`` (file or folder) as ``name``, owned by ``owner``; read-only sources lose
-    their write bits. Symlinks are followed (the container gets the files, not the links)."""
+    their write bits. Symlinks are followed (the container gets the files, not the links).
+    Folders in ``skip`` are left out (another mount brings them)."""
     if source.is_dir():
         _tar_dir(tar, name, owner, 0o555 if read_only else 0o755)
         for child in sorted(source.iterdir()):
-            _tar_tree(tar, child, f"{name}/{child.name}", owner, read_only)
+            if child not in skip:
+                _tar_tree(tar, child, f"{name}/{child.name}", owner, read_only, skip)
         return
     st = source.stat()
     info = tarfile.TarInfo(name)
@@ -663,7 +709,7 @@ def _tar_tree(tar: tarfile.TarFile, source: Path, name: str, owner: tuple[int, i
         tar.addfile(info, fh)
 
 
-def _copy_in_line(cli: list[str], name: str, m: Mount, user: str) -> str:
+def _copy_in_line(cli: list[str], name: str, m: Mount, user: str, skip: Sequence[str] = ()) -> str:
     """The shell pipeline that copies one mount into a created container by hand (the same tar
     ``DockerEngine._copy_in`` streams: writable mounts owned by the run user, inputs read-only)."""
     src = Path(m.source)
@@ -674,6 +720,7 @@ def _copy_in_line(cli: list[str], name: str, m: Mount, user: str) -> str:
         tar += ["--owner=0", "--group=0", "--mode=a-w"]
     else:
         tar += [f"--owner={uid or 0}", f"--group={gid or 0}"]
+    tar += [f"--exclude=./{inner}" for inner in skip]  # their own mounts copy them
     if src.is_dir():
         tar += ["-C", str(src), f"--transform=s,^\\.,{rel},", "."]
     else:
@@ -714,15 +761,28 @@ def load_host_map(path: Path) -> dict[str, str]:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
+    from .errors import UsageError
+
     path = Path(path)
     if not path.is_file():
         return {}
-    raw = tomllib.loads(path.read_text())
-    table = raw.get("docker", {}).get("hosts") or raw.get("tool", {}).get("edgekiln", {}).get(
-        "docker", {}).get("hosts") or {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path} (read for its [docker.hosts] map) is not valid TOML: {exc}",
+                         "fix it, or point --config at another file") from None
+    table = {}
+    for keys in (("docker", "hosts"), ("tool", "edgekiln", "docker", "hosts")):
+        node = raw
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node:
+            table = node
+            break
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [docker.hosts] must be a table (target = \"ssh://user@host\")", f"fix {path}")
     bad = {k: v for k, v in table.items() if not isinstance(v, str)}
     if bad:
-        from .errors import UsageError
         raise UsageError(f"{path}: docker hosts must be strings (target = \"ssh://user@host\")",
                          f"fix {sorted(bad)}")
     return dict(table)

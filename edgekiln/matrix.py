@@ -18,6 +18,7 @@
     targets = { rpi = ["int8"] }      # optional: this model's own matrix instead of [targets]
     options = { onnx = { calibration_method = "minmax" } }      # target options, per target
     thresholds = { "onnx.int8.min_top1_agreement" = 0.9 }       # [target.][precision.]metric
+    trust_model = false               # true: the model file may run code (docs/trust.md); a TOML boolean
 
 Every error names the file, the line and the key, in one line, with the exit code of its kind
 (edgekiln.errors): unknown keys and duplicate entries are usage errors (2), a missing model file
@@ -39,17 +40,19 @@ except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import DataError, EdgekilnError, ModelNotFound, TargetError, UsageError
-from .request import BuildRequest, InputSpec, detect_format, input_spec, safe_name
+from .request import SIMPLIFIERS, BuildRequest, InputSpec, detect_format, input_spec, safe_name
 from .store import check_version
 from .targets import METRICS, Target, all_targets
 
 TOP_KEYS = ("release", "targets", "models", "options", "thresholds")
 RELEASE_KEYS = ("name", "version", "date")
 MODEL_KEYS = ("path", "arch", "input", "calib", "val", "labels", "targets", "options", "thresholds",
-              "opset", "simplify", "max_images", "trust_pickle")
+              "opset", "simplify", "max_images", "trust_model", "trust_pickle")
 INPUT_KEYS = ("name", "shape", "layout", "color", "scale", "mean", "std", "resize", "dynamic_batch")
 LABEL_FILES = ("labels.csv", "labels.txt")  # what validation reads in the val folder (converters/ekit.py)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# what a release folder holds beside its models' folders (edgekiln/release.py): no model may be named so
+RESERVED = ("archives", "release.json", "measured.json", "SHA256SUMS", "report.html", "report.md")
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,10 @@ class _Loader:
             raw = tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{self.path}: not valid TOML: {exc}", "fix the file (see examples/release.toml)") from None
+        return self.from_raw(raw)
+
+    def from_raw(self, raw: Any) -> Matrix:
+        """The checked Matrix of a parsed file (tests feed it random structures)."""
         self.table(raw, (), TOP_KEYS)
         if "release" not in raw:
             self.fail(UsageError, (), "no [release] table", "add [release] with name, version and date")
@@ -235,14 +242,20 @@ class _Loader:
         where = ("models", key)
         body = self.table(body, where, MODEL_KEYS)
         name = safe_name(key)
+        if name in RESERVED:
+            self.fail(UsageError, where, f"a model cannot be named {name!r}: the release folder has its own {name}",
+                      f"rename the table, e.g. [models.{name}-model]")
         if "path" not in body:
             self.fail(ModelNotFound, where, f"models.{key} has no path", "add path = \"<model file>\"")
         path = self.file(body["path"], where + ("path",))
         if not path.exists():
             self.fail(ModelNotFound, where + ("path",), f"model file {path} does not exist (models.{key}.path)",
                       "fix the path (relative to the release file) or fetch the model")
+        trust = self.trust(key, body)
+        if "arch" in body and not isinstance(body["arch"], str):
+            self.fail(UsageError, where + ("arch",), f"models.{key}.arch must be a string", "e.g. arch = \"mobilenet_v2\"")
         try:
-            fmt = detect_format(path, arch=body.get("arch"), trust_pickle=bool(body.get("trust_pickle", False)))
+            fmt = detect_format(path, arch=body.get("arch"), trust_pickle=trust)
             spec = input_spec(sidecar=self.table(body.get("input", {}), where + ("input",), INPUT_KEYS),
                               default_layout="nhwc" if fmt in ("saved_model", "keras") else "nchw")
         except EdgekilnError as exc:
@@ -262,10 +275,42 @@ class _Loader:
                                where + ("targets",) if "targets" in body else ("targets",), name)
         options = self.options(key, body, defaults, targets)
         thresholds = self.thresholds(key, body, defaults, targets)
-        return Model(name, path, fmt, spec, body.get("arch"), folders.get("calib"), folders.get("val"), labels,
-                     int(body.get("opset", 17)), str(body.get("simplify", "onnxslim")),
-                     int(body.get("max_images", 200)), bool(body.get("trust_pickle", False)),
-                     targets, options, thresholds)
+        opset, max_images = (self.whole(key, body, k, default) for k, default in (("opset", 17), ("max_images", 200)))
+        simplify = body.get("simplify", "onnxslim")
+        if simplify not in SIMPLIFIERS:
+            self.fail(UsageError, where + ("simplify",), f"models.{key}.simplify {simplify!r} is unknown",
+                      f"use one of: {', '.join(SIMPLIFIERS)}")
+        arch = body.get("arch")
+        module = (arch or "").rpartition(":")[0]
+        if module.endswith(".py") and not Path(module).expanduser().is_absolute():
+            # the build reads an --arch file from the current folder (and the string is part of the
+            # version): it must be the file beside this release file, not another one with its name
+            mine, cwd = self.file(module, where + ("arch",)), Path(module).resolve()
+            if mine != cwd:
+                self.fail(UsageError, where + ("arch",), f"models.{key}.arch {module} would be read from the "
+                          f"current folder ({cwd}), not beside the release file ({mine})",
+                          f"run edgekiln release from {self.path.parent}, or give the file's absolute path")
+        return Model(name, path, fmt, spec, arch, folders.get("calib"), folders.get("val"), labels,
+                     opset, simplify, max_images, trust, targets, options, thresholds)
+
+    def trust(self, key: str, body: dict) -> bool:
+        """``trust_model`` (or its older name ``trust_pickle``): a TOML boolean, never a string
+        (``"no"`` must not switch it on)."""
+        value = False
+        for k in ("trust_model", "trust_pickle"):
+            if k in body:
+                if not isinstance(body[k], bool):
+                    self.fail(UsageError, ("models", key, k), f"models.{key}.{k} must be true or false, "
+                              f"not {body[k]!r}", f"write {k} = true (a TOML boolean, no quotes)")
+                value = value or body[k]
+        return value
+
+    def whole(self, key: str, body: dict, k: str, default: int) -> int:
+        value = body.get(k, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            self.fail(UsageError, ("models", key, k), f"models.{key}.{k} must be a whole number >= 1, not {value!r}",
+                      f"e.g. {k} = {default}")
+        return value
 
     def targets(self, raw: Any, where: tuple[str, ...], model: str) -> dict[str, tuple[str, ...]]:
         if not raw:
@@ -352,4 +397,9 @@ def load_matrix(path: Path | str, targets: Mapping[str, Target] | None = None) -
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"release file {path} does not exist", "give the path of a release.toml (see examples/release.toml)")
-    return _Loader(path.resolve(), path.read_text(), targets or all_targets()).load()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"release file {path} cannot be read as UTF-8 text: {exc}",
+                         "save it as UTF-8 TOML (see examples/release.toml)") from None
+    return _Loader(path.resolve(), text, targets or all_targets()).load()

@@ -94,7 +94,12 @@ def _compare_file(rel: str, x: Path, y: Path, fine: set[str] = frozenset()) -> F
 
 
 def verify(path: Path) -> tuple[int, list[str]]:
-    """(files checked, problems) of a release folder: SHA256SUMS, every manifest, every archive."""
+    """(files checked, problems) of a release folder: SHA256SUMS, every manifest, every archive.
+
+    It proves the folder is what its own SHA256SUMS and release.json say (corruption, edits),
+    not who made it (anyone can regenerate SHA256SUMS). Links, special files, archive members
+    that are not plain files or folders under ``<name>-<version>/``, and paths that are absolute
+    or climb with ``..`` are problems; a malformed release.json is one problem, never a crash."""
     path = Path(path)
     if not (path / SUMS).is_file() or not (path / MANIFEST).is_file():
         raise UsageError(f"{path} is not a release folder (no {SUMS} or {MANIFEST})",
@@ -102,10 +107,20 @@ def verify(path: Path) -> tuple[int, list[str]]:
     problems = []
     try:
         sums = read_sums(path / SUMS)
-    except ValueError as exc:
-        return 0, [str(exc)]
-    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {SUMS}
-    for rel in sorted(set(sums) | present):
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        return 0, [f"{SUMS}: unreadable ({exc})"]
+    problems += [f"{rel}: not a plain relative path (in {SUMS})" for rel in sums if not _plain(rel)]
+    present = set()
+    for p in path.rglob("*"):
+        rel = p.relative_to(path).as_posix()
+        if p.is_symlink():
+            problems.append(f"{rel}: a symbolic link (a release holds plain files only)")
+        elif p.is_file():
+            present.add(rel)
+        elif not p.is_dir():
+            problems.append(f"{rel}: not a regular file")
+    present -= {SUMS}
+    for rel in sorted((set(sums) | present) - {r for r in sums if not _plain(r)}):
         if rel not in sums:
             problems.append(f"{rel}: not in {SUMS} (added after the release)")
         elif rel not in present:
@@ -116,11 +131,42 @@ def verify(path: Path) -> tuple[int, list[str]]:
         info = json.loads((path / MANIFEST).read_text())
     except ValueError as exc:
         return len(sums), problems + [f"{MANIFEST}: not JSON ({exc})"]
+    shape = _manifest_shape(info)
+    if shape:
+        return len(sums), problems + [f"{MANIFEST}: {shape}"]
     for entry in info.get("entries", []):
         problems += _verify_entry(path, entry)
     for archive in info.get("archives", []):
         problems += _verify_archive(path, archive["path"], f"{info.get('name')}-{info.get('version')}")
     return len(sums), problems
+
+
+def _plain(rel: Any) -> bool:
+    """A relative path that stays inside the release folder."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+        return False
+    parts = rel.split("/")
+    return not rel.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _manifest_shape(info: Any) -> str | None:
+    """What is wrong with release.json's shape (None: entries and archives are as written)."""
+    if not isinstance(info, dict):
+        return "not an object"
+    for key in ("entries", "archives"):
+        items = info.get(key, [])
+        if not isinstance(items, list):
+            return f"{key} is not a list"
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not _plain(item.get("path")):
+                return f"{key}[{i}] has no plain relative path"
+            if key == "entries":
+                files = item.get("manifest", {}).get("files", []) if isinstance(item.get("manifest"), dict) else None
+                if not isinstance(files, list) or not all(isinstance(f, dict) and _plain(f.get("path"))
+                                                          and isinstance(f.get("size"), int)
+                                                          and isinstance(f.get("sha256"), str) for f in files):
+                    return f"{key}[{i}].manifest has no list of files with plain paths, sizes and hashes"
+    return None
 
 
 def _verify_entry(root: Path, entry: dict) -> list[str]:
@@ -129,8 +175,10 @@ def _verify_entry(root: Path, entry: dict) -> list[str]:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return [f"{entry['path']}/manifest.json: missing or not JSON"]
-    problems = [] if manifest == entry["manifest"] else [f"{entry['path']}/manifest.json: differs from {MANIFEST}"]
-    for f in manifest.get("files", []):
+    if manifest != entry["manifest"]:
+        return [f"{entry['path']}/manifest.json: differs from {MANIFEST}"]
+    problems = []
+    for f in manifest.get("files", []):  # the same as release.json's, whose shape was checked
         target = folder / f["path"]
         if not target.is_file():
             problems.append(f"{entry['path']}/{f['path']}: missing")
@@ -143,13 +191,21 @@ def _verify_archive(root: Path, rel: str, folder: str) -> list[str]:
     import tarfile
     import zlib
 
+    problems = []
     try:
+        with tarfile.open(root / rel, "r:gz") as tar:
+            for info in tar:
+                inner = info.name[len(folder) + 1:] if info.name.startswith(folder + "/") else None
+                if not (info.isfile() or info.isdir()):
+                    problems.append(f"{rel}: member {info.name} is a link or special file (an archive holds "
+                                    "plain files and folders only)")
+                elif (inner is None and info.name != folder) or (inner is not None and not _plain(inner.rstrip("/"))):
+                    problems.append(f"{rel}: member {info.name} is outside {folder}/")
         members = tar_members(root / rel)
     except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         return [f"{rel}: unreadable archive ({exc})"]
-    problems = []
     for name, digest in members.items():
         inner = name[len(folder) + 1:] if name.startswith(folder + "/") else None
-        if inner is None or not (root / inner).is_file() or sha256_file(root / inner) != digest:
+        if inner is None or not _plain(inner) or not (root / inner).is_file() or sha256_file(root / inner) != digest:
             problems.append(f"{rel}: member {name} does not match the release folder")
     return problems

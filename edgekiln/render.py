@@ -72,7 +72,7 @@ def render_job(plan: Plan, job_root: Path, arch_file: Path | None = None,
     root = root or data_dir("converters")
     (job_root / "steps").mkdir(parents=True, exist_ok=True)
     (job_root / "work" / "results").mkdir(parents=True, exist_ok=True)
-    (job_root / "work" / "logs").mkdir(parents=True, exist_ok=True)
+    (job_root / "logs").mkdir(parents=True, exist_ok=True)  # the host's: outside the steps' writable work/
     if arch_file is not None:
         (job_root / "arch").mkdir(exist_ok=True)
         shutil.copy2(arch_file, job_root / "arch" / arch_file.name)

@@ -194,13 +194,20 @@ def charts(rows: list[dict]) -> dict[str, str]:
 # ---------------------------------------------------------------- documents
 
 
+def _md(text) -> str:
+    """A Markdown table cell or heading: text only (manifest text can come from a step): HTML
+    escaped, no line breaks, no cell separators."""
+    text = " ".join(str(text).split())
+    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`")
+
+
 def markdown(title: str, models: dict[str, list[dict]]) -> str:
-    lines = [f"# {title}", ""]
+    lines = [f"# {_md(title)}", ""]
     for model, rows in models.items():
-        lines += [f"## {model}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
+        lines += [f"## {_md(model)}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(_md(c) for c in cells(r)) + " |" for r in rows]
         note = not_applicable(rows)
-        lines += [""] + ([note, ""] if note else [])
+        lines += [""] + ([_md(note), ""] if note else [])
         lines += ["Charts (size vs accuracy, latency): report.html." if charts_available() else NO_CHARTS, ""]
     return "\n".join(lines)
 

@@ -71,7 +71,7 @@ class BuildRequest:
     calib: Path | None = None
     val: Path | None = None
     arch: str | None = None  # "zoo-name", "file.py:factory" or "pkg.module:factory"
-    trust_pickle: bool = False
+    trust_pickle: bool = False  # --trust-model (alias --trust-pickle): the model file may run code
     opset: int = 17
     simplify: str = "onnxslim"
     max_images: int = 200
@@ -160,7 +160,43 @@ def load_sidecar(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"input spec file {path} is not valid TOML: {exc}", "fix it or remove it") from None
-    return data.get("input", data)
+    data = data.get("input", data)
+    if not isinstance(data, dict):
+        raise UsageError(f"input spec file {path}: [input] must be a table", "e.g. [input] shape = [1, 3, 224, 224]")
+    return data
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# what each key of a sidecar / release.toml input table may hold (a CLI string is parsed as before)
+SPEC_TYPES = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "shape": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(d, int) and not
+                                                                           isinstance(d, bool) for d in v)),
+              "a list of whole numbers, e.g. [1, 3, 224, 224]"),
+    "layout": (lambda v: isinstance(v, str), "\"nchw\" or \"nhwc\""),
+    "color": (lambda v: isinstance(v, str) and v.lower() in ("rgb", "bgr"), "\"rgb\" or \"bgr\""),
+    "bgr": (lambda v: isinstance(v, bool), "true or false"),
+    "scale": (_number, "a number, e.g. 255"),
+    "mean": (lambda v: isinstance(v, str) or _number(v) or (isinstance(v, list) and all(map(_number, v))),
+             "a list of numbers, e.g. [0.485, 0.456, 0.406]"),
+    "std": (lambda v: isinstance(v, str) or _number(v) or (isinstance(v, list) and all(map(_number, v))),
+            "a list of numbers, e.g. [0.229, 0.224, 0.225]"),
+    "resize": (lambda v: isinstance(v, str), "\"crop\", \"stretch\" or \"letterbox\""),
+    "dynamic_batch": (lambda v: isinstance(v, bool), "true or false"),
+    "pad": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number 0-255"),
+}
+
+
+def check_spec_types(side: Mapping[str, Any]) -> None:
+    """A spec table's values have the types their keys take (one line naming the key, not a
+    traceback, for ``scale = "x"`` or ``layout = 3``)."""
+    for key, value in side.items():
+        check, what = SPEC_TYPES.get(key, (None, None))
+        if check is not None and not check(value):
+            raise UsageError(f"input spec: {key} = {value!r} is not {what}", f"fix {key} in the spec")
 
 
 def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=None, resize=None,
@@ -168,6 +204,7 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
                default_layout: str = "nchw") -> InputSpec:
     """Build an InputSpec: command-line values win over the sidecar, which wins over defaults."""
     side = dict(sidecar or {})
+    check_spec_types(side)
 
     def pick(value, key):
         return value if value is not None else side.get(key)
@@ -180,7 +217,7 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
         shape=parse_shape(raw_shape),
         layout=(pick(layout, "layout") or default_layout).lower(),
         color="bgr" if pick(bgr, "bgr") or str(side.get("color", "rgb")).lower() == "bgr" else "rgb",
-        scale=float(pick(scale, "scale") or 255.0),
+        scale=_scale(pick(scale, "scale")),
         mean=_floats_from(pick(mean, "mean"), "mean"),
         std=_floats_from(pick(std, "std"), "std"),
         resize=(pick(resize, "resize") or "crop").lower(),
@@ -200,6 +237,13 @@ def input_spec(*, shape=None, layout=None, mean=None, std=None, bgr=None, scale=
             raise UsageError(f"--input-shape {','.join(map(str, spec.shape))} has {channels} channels "
                              f"in {spec.layout} layout", "images have 1 or 3 channels: check --layout")
     return spec
+
+
+def _scale(value) -> float:
+    try:
+        return float(value or 255.0)
+    except (TypeError, ValueError):
+        raise UsageError(f"--pixel-scale {value!r} is not a number", "255 feeds 0..1 pixels, 1 feeds 0..255") from None
 
 
 def parse_pad(value, resize: str) -> int | None:
@@ -250,6 +294,10 @@ def parse_task(task: str | None, head: str | None, params: Mapping[str, Any] | N
 
 def _floats_from(value, what):
     if isinstance(value, (list, tuple)):
+        if not value or len(value) not in (1, 3):
+            raise UsageError(f"{what} needs 1 or 3 values, got {len(value)}", "one per colour channel")
+        if what == "std" and any(v == 0 for v in value):
+            raise UsageError("std has a zero", "std divides the pixels; use values > 0")
         return tuple(float(v) for v in value)
     return parse_floats(value, what)
 
@@ -285,10 +333,10 @@ def detect_format(path: Path, *, arch: str | None, trust_pickle: bool,
     if zipfile.is_zipfile(path):
         names = _zip_names(path)
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return "torchscript"
+            return _program(path, "torchscript", trust_pickle)
         if any(n.endswith("archive_format") or "/serialized_exported_program" in n or
                n.endswith("/models/model.json") for n in names):
-            return "torch_export"
+            return _program(path, "torch_export", trust_pickle)
         if any(n.endswith("data.pkl") for n in names):
             return _checkpoint_kind(path, arch, trust_pickle)
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":  # legacy (pre-zip) torch.save pickle
@@ -300,6 +348,30 @@ def detect_format(path: Path, *, arch: str | None, trust_pickle: bool,
                            "save it with torch.save, torch.jit.save or torch.export.save")
     raise InvalidModel(f"{path} is not a model edgekiln can read",
                        "give .onnx, TorchScript/.pt, torch.export .pt2, .keras/.h5 or a SavedModel folder")
+
+
+# operators of a TorchScript / torch.export program that reach files (ATen's from_file, torchvision's
+# image read_file/write_file, loading an operator library); the rest of such a program is tensor math
+FILE_OPS = re.compile(rb"\bfrom_file\b|\bread_file\b|\bwrite_file\b|load_library")
+
+
+def _program(path: Path, fmt: str, trust: bool) -> str:
+    """A TorchScript / torch.export file runs no Python, but its operators could read or write
+    files: one that names such an operator loads only with --trust-model (docs/trust.md)."""
+    if trust:
+        return fmt
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith((".py", ".json")) and info.file_size < 1 << 26:
+                    found = FILE_OPS.search(zf.read(info))
+                    if found:
+                        raise UsageError(f"{path.name} is a {fmt} program that calls {found.group().decode()} "
+                                         f"({info.filename}): it reaches files, refused",
+                                         "if you trust the file, pass --trust-model (docs/trust.md)")
+    except (zipfile.BadZipFile, OSError):
+        raise InvalidModel(f"{path} is a damaged zip archive", "re-save the model") from None
+    return fmt
 
 
 def _zip_names(path: Path) -> list[str]:
@@ -318,7 +390,7 @@ def _checkpoint_kind(path: Path, arch: str | None, trust_pickle: bool) -> str:
     raise UsageError(
         f"{path.name} is a torch.save checkpoint (weights, not a graph)",
         "pass --arch module:factory (or a built-in like mobilenet_v2) to load it as a state dict, "
-        "or --trust-pickle if it is a whole pickled module you trust")
+        "or --trust-model if it is a whole pickled module you trust (it runs code from the file)")
 
 
 
@@ -330,7 +402,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 
 def make_request(*, model, target="onnx", precision=None, calib=None, val=None, input_shape=None,
                  layout=None, mean=None, std=None, bgr=False, pixel_scale=None, resize=None,
-                 input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False,
+                 input_name=None, dynamic_batch=False, spec=None, arch=None, trust_pickle=False, trust_model=False,
                  opset=17, simplify="onnxslim", max_images=200, option=(), threshold=(),
                  max_drop=None, jetpack=None, version=None, name=None, out="dist", task=None, head=None,
                  task_param=(), pad=None, recover=False,
@@ -345,6 +417,7 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
     if not model:
         raise UsageError("no model given", "pass --model FILE (see `edgekiln build --help`)")
     sources = sources if sources is not None else source_kinds()
+    trust_pickle = bool(trust_pickle or trust_model)  # one opt-in: the model file may run code
     model_path = Path(model).expanduser()
     fmt = detect_format(model_path, arch=arch, trust_pickle=trust_pickle, sources=sources)
     sidecar_path = Path(spec) if spec else model_path.with_name(model_path.name + ".edgekiln.toml")
@@ -396,12 +469,23 @@ def make_request(*, model, target="onnx", precision=None, calib=None, val=None, 
         max_images=max_images,
         options=options,
         thresholds=thresholds,
-        out=Path(out).expanduser(),
+        out=check_out(out),
         version=version,
         task=task,
         head=head,
         task_params=task_params,
     )
+
+
+def check_out(path: Path, flag: str = "--out") -> Path:
+    """An output root: a folder, or a path where one can be made (not a file, nor under one)."""
+    path = Path(path).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UsageError(f"{flag} {path}: {p} is a file, not a folder", f"give {flag} a folder (it is made when missing)")
+            break
+    return path
 
 
 def check_image_folder(folder: Path, label: str) -> None:
@@ -410,8 +494,10 @@ def check_image_folder(folder: Path, label: str) -> None:
         raise DataError(f"{label} {folder} is not a folder", "give a folder of images")
     if not os.access(folder, os.R_OK | os.X_OK):
         raise DataError(f"{label} {folder} cannot be read (permission denied)", "check its permissions")
+    from .inputs import tree_files  # the listing the version hash and the steps share
+
     try:
-        found = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+        found = any(p.suffix.lower() in IMAGE_SUFFIXES for p in tree_files(folder.resolve(), label))
     except OSError as exc:
         raise DataError(f"{label} {folder} cannot be read: {exc.strerror}", "check its permissions") from None
     if not found:

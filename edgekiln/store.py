@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -34,12 +35,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(path: Path) -> str:
-    """A file's sha256, or for a folder the hash of its sorted (relative path, file hash) pairs."""
+def sha256_tree(path: Path, label: str = "input") -> str:
+    """A file's sha256 (an ONNX model with external data: with its data files), or for a folder
+    the hash of its sorted (relative path, file hash) pairs — the files edgekiln.inputs lists, the
+    ones the steps read (a link inside the folder is refused)."""
+    from .inputs import onnx_external_files, tree_files
+
     if path.is_file():
-        return sha256_file(path)
+        extra = onnx_external_files(path)
+        if not extra:
+            return sha256_file(path)
+        return sha256_json([sha256_file(path)] + [[n, sha256_file(path.parent / n)] for n in extra])
     digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+    for item in tree_files(path, label):
         digest.update(f"{item.relative_to(path).as_posix()}\0{sha256_file(item)}\n".encode())
     return digest.hexdigest()
 
@@ -66,10 +74,15 @@ class Location:
         return self.version_dir / target / precision
 
 
+# a version is one folder name and one word in SHA256SUMS, manifests and reports: no spaces,
+# newlines, control characters, markup or leading '-'/'.'
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
 def check_version(version: str) -> str:
-    if not version or version in (".", "..", "latest") or "/" in version or "\\" in version \
-            or version.startswith(".") or "\0" in version:
-        raise UsageError(f"--version {version!r} cannot name a folder", "use e.g. 1.2.0 or 2026-11-28")
+    if not isinstance(version, str) or not VERSION.fullmatch(version) or version == "latest":
+        raise UsageError(f"--version {version!r} cannot name a folder",
+                         "use letters, digits, '.', '_', '+', '-' (starting with a letter or digit), e.g. 1.2.0")
     return version
 
 
@@ -161,8 +174,12 @@ def prune_jobs(out: Path, *, older_than_days: float | None = None, failed: bool 
     and/or (``failed``) every failed one; never a running build's. Returns what was (or, with
     ``dry_run``, would be) removed. With neither criterion, every job that is not running."""
     root = jobs_root(out)
+    for folder in (root.parent, root):
+        if folder.is_symlink():
+            raise UsageError(f"{folder} is a symbolic link: edgekiln clean removes only job folders it made "
+                             "inside the output root", f"remove the link, or clean the folder it points at by hand")
     chosen = []
-    for path in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+    for path in sorted(p for p in root.glob("*") if _job_folder(p)) if root.is_dir() else []:
         state, age = job_state(path)
         if state == "running":
             continue
@@ -177,6 +194,15 @@ def prune_jobs(out: Path, *, older_than_days: float | None = None, failed: bool 
     return chosen
 
 
+JOB_NAME = re.compile(r"[0-9a-f]{12}")
+
+
+def _job_folder(path: Path) -> bool:
+    """A folder ``new_job_dir`` made: a 12-hex-digit name, a real folder (not a link), with job.json."""
+    return (bool(JOB_NAME.fullmatch(path.name)) and not path.is_symlink() and path.is_dir()
+            and (path / "job.json").is_file() and not (path / "job.json").is_symlink())
+
+
 def publish(loc: Location, staged: Mapping[tuple[str, str], Path]) -> list[Path]:
     """Move staged artifact folders into the version folder atomically; update ``latest``.
 
@@ -185,6 +211,10 @@ def publish(loc: Location, staged: Mapping[tuple[str, str], Path]) -> list[Path]
     one rename each. Returns the published folders.
     """
     loc.model_dir.mkdir(parents=True, exist_ok=True)
+    latest = loc.model_dir / "latest"
+    if latest.is_dir() and not latest.is_symlink():
+        raise UsageError(f"{latest} is a folder, not edgekiln's link to the newest version",
+                         "move it away (versions cannot be named latest); nothing was published")
     published = []
     staging = loc.model_dir / f".staging-{uuid.uuid4().hex[:8]}"
     try:
@@ -199,12 +229,18 @@ def publish(loc: Location, staged: Mapping[tuple[str, str], Path]) -> list[Path]
             except OSError:
                 pass  # a parallel build published this version first: add artifacts one by one
         if not published:
+            for target, precision in staged:  # all or none: a conflict anywhere publishes nothing
+                _same_build(staging / target / precision, loc.artifact_dir(target, precision))
             for target, precision in staged:
                 dest = loc.artifact_dir(target, precision)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if dest.exists():
-                    continue  # identical build published meanwhile (build keys were checked)
-                os.rename(staging / target / precision, dest)
+                    continue  # the identical build was published meanwhile (checked above)
+                try:
+                    os.rename(staging / target / precision, dest)
+                except OSError:  # published this instant by a parallel build
+                    _same_build(staging / target / precision, dest)
+                    continue
                 published.append(dest)
         point_latest(loc)
     finally:
@@ -212,11 +248,32 @@ def publish(loc: Location, staged: Mapping[tuple[str, str], Path]) -> list[Path]
     return published
 
 
+def _build_key_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("build_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _same_build(mine: Path, dest: Path) -> None:
+    """A parallel build published ``dest`` after this one checked the cache: it must be the same
+    build (same build key), else this one fails (versions are never overwritten, and a caller
+    must never get a manifest that is not the published one)."""
+    if dest.exists() and _build_key_of(dest) != _build_key_of(mine):
+        raise PublishConflict(f"{dest} was published by a parallel build from different inputs while this "
+                              "one ran; nothing of this build was published",
+                              "published versions are never overwritten: pass a new --version")
+
+
 def point_latest(loc: Location) -> None:
     link = loc.model_dir / "latest"
     tmp = loc.model_dir / f".latest-{uuid.uuid4().hex[:8]}"
     os.symlink(loc.version, tmp)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink()
+        raise
 
 
 def file_entries(folder: Path, names: Iterable[str]) -> list[dict[str, Any]]:

@@ -28,14 +28,17 @@ from .steps import CROP_FRACTION, IMAGE_EXTENSIONS, LETTERBOX_PAD, fail, warn
 # --------------------------------------------------------------------------- images
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), sorted by relative path."""
+    """Image files under ``folder`` (recursive, hidden entries skipped), sorted by relative path.
+    Links are not followed (edgekiln.inputs refuses them before a build: the host's hash, the
+    local and the Docker runner see the same files; a link loop cannot repeat images)."""
     root = Path(folder)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS) and not path.is_symlink():
+                found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 

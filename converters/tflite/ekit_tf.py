@@ -312,19 +312,62 @@ def _is_qat(model) -> bool:
                for l in getattr(model, "layers", []))
 
 
-def load_tf_model(path, fmt: str) -> dict:
+TRUST_HINT = "if you trust the file, pass --trust-model (it may then run code; see docs/trust.md)"
+# TensorFlow ops that reach outside the tensors: files, processes, printing to a stream, datasets,
+# summaries, checkpoints, Python callbacks. A SavedModel's graph is a program; one that uses these
+# (outside its own variable save/restore functions) loads only with --trust-model.
+OUTSIDE_OPS = re.compile(r"File|Reader|Record|Save|Restore|Checkpoint|Summary|Print|PyFunc|Dataset|Iterator"
+                         r"|Debug|Proto|ImmutableConst|Rpc|Socket")
+
+
+def saved_model_outside_ops(path: Path) -> list[str]:
+    """The ops of a SavedModel's graph (and its functions, except the variable save/restore
+    functions TensorFlow writes itself) that match OUTSIDE_OPS, read from saved_model.pb without
+    running anything."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    try:
+        sm.ParseFromString((path / "saved_model.pb").read_bytes())
+    except Exception as e:
+        ekit.fail("invalid_model", f"{path.name}/saved_model.pb cannot be parsed ({type(e).__name__})")
+    found = set()
+    for meta in sm.meta_graphs:
+        nodes = list(meta.graph_def.node)
+        for fn in meta.graph_def.library.function:
+            if re.match(r"__inference__traced_(save|restore)_\d+$", fn.signature.name):
+                continue  # the checkpoint I/O TensorFlow itself adds to every SavedModel
+            nodes += list(fn.node_def)
+        found |= {n.op for n in nodes if OUTSIDE_OPS.search(n.op)}
+    # the top-level graph's own save/restore nodes (saver_def) are TensorFlow's too
+    return sorted(found - {"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename"})
+
+
+def load_tf_model(path, fmt: str, trust: bool = False) -> dict:
     """A TF SavedModel folder or a Keras .keras/.h5 file -> ``{"fn": x -> [tensors in reference
     order], "shape": [d|None, …], "dtype", "input_name", "output_names", "trackable", "kind",
     "keras_api", "signature", "qat"}``. User errors (no signature, not a model, several inputs)
-    are ``ekit.fail`` with a hint."""
+    are ``ekit.fail`` with a hint.
+
+    ``trust`` (--trust-model): the file may run code. Without it a Keras Lambda layer (Python
+    bytecode) is refused by Keras' safe mode — final, no other loader is tried unsafely — and a
+    SavedModel whose graph uses ops that reach outside its tensors (OUTSIDE_OPS) is refused."""
     import tensorflow as tf
 
     path = Path(path)
-    info = {"kind": fmt, "keras_api": None, "signature": None, "qat": False}
+    info = {"kind": fmt, "keras_api": None, "signature": None, "qat": False, "trusted": bool(trust)}
     if fmt == "saved_model":
         if not path.is_dir() or not ((path / "saved_model.pb").is_file()
                                      or (path / "saved_model.pbtxt").is_file()):
             ekit.fail("invalid_model", f"{path.name} is not a TensorFlow SavedModel folder (no saved_model.pb)")
+        if not trust:
+            if not (path / "saved_model.pb").is_file():
+                ekit.fail("usage", f"{path.name} holds a text saved_model.pbtxt, which edgekiln does not "
+                                   "check for code", TRUST_HINT)
+            outside = saved_model_outside_ops(path)
+            if outside:
+                ekit.fail("usage", f"the SavedModel {path.name} is a program that reaches outside its "
+                                   f"tensors (ops {', '.join(outside[:6])}): refused", TRUST_HINT)
         try:
             obj = tf.saved_model.load(os.fspath(path))
         except Exception as e:
@@ -371,19 +414,23 @@ def load_tf_model(path, fmt: str) -> dict:
     try:
         import keras  # Keras 3
 
-        model = keras.saving.load_model(os.fspath(path), compile=False)
+        model = keras.saving.load_model(os.fspath(path), compile=False, safe_mode=not trust)
         info["keras_api"] = f"keras {keras.__version__}"
     except Exception as e:
+        _refuse_code(path, e, trust)
         errors.append(f"Keras 3: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     if model is None:
         try:  # Keras 2 (tf_keras), with tfmot's quantization layers known (QAT models)
             import tensorflow_model_optimization as tfmot
             import tf_keras
+            from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-            with tfmot.quantization.keras.quantize_scope():
+            # legacy H5 loading runs a Lambda's bytecode unless safe mode is on explicitly
+            with SafeModeScope(not trust), tfmot.quantization.keras.quantize_scope():
                 model = tf_keras.models.load_model(os.fspath(path), compile=False)
             info["keras_api"] = f"tf_keras {tf_keras.__version__}"
         except Exception as e:
+            _refuse_code(path, e, trust)
             errors.append(f"tf_keras: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     if model is None or not hasattr(model, "inputs") or not callable(model):
         ekit.fail("invalid_model", f"{path.name} is not a Keras model ({'; '.join(errors)})",
@@ -405,6 +452,15 @@ def load_tf_model(path, fmt: str) -> dict:
                 output_names=names, shape=[None if d is None else int(d) for d in inputs[0].shape],
                 dtype=str(getattr(inputs[0].dtype, "name", inputs[0].dtype)), qat=_is_qat(model))
     return info
+
+
+def _refuse_code(path: Path, exc: Exception, trust: bool) -> None:
+    """A loader's safe-mode refusal (a Lambda layer, an arbitrary-code object) is final without
+    --trust-model: no other loader gets to try the file."""
+    text = str(exc)
+    if not trust and ("safe_mode" in text or "arbitrary code" in text):
+        ekit.fail("usage", f"{path.name} contains Python code (a Lambda layer or another object Keras' "
+                           "safe mode refuses): refused", TRUST_HINT)
 
 
 def resolve_spec(spec: dict, model_shape: list, notes: list) -> dict:

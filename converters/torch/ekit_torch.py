@@ -149,11 +149,11 @@ def load_model(fmt: str, model_path: Path, opts: dict, notes: list):
                 if opts.get("arch") is None:
                     ekit.fail("usage", f"{model_path.name} is a pickled Python object (a whole model), "
                                        "not plain weights: loading it would run code from the file",
-                              "if you trust the file pass --trust-pickle; better: save "
+                              "if you trust the file pass --trust-model (it runs code from the file); better: save "
                               "model.state_dict() and pass --arch FILE.py:FUNCTION")
                 ekit.fail("usage", f"{model_path.name} contains pickled Python objects besides "
                                    f"tensors ({short(e)})",
-                          "save model.state_dict() with torch.save, or pass --trust-pickle")
+                          "save model.state_dict() with torch.save, or pass --trust-model if you trust the file")
             if isinstance(e, (ModuleNotFoundError, AttributeError)) and trusted:
                 ekit.fail("usage", f"{model_path.name} is a pickled module whose class cannot be "
                                    f"imported ({short(e)})",

@@ -177,20 +177,42 @@ def runner_factory(kind: str, docker_host: str | None, *, base_image: str | None
     from pathlib import Path
 
     from ..docker import load_host_map
+    from ..errors import UsageError
 
     host_map = {}
-    for path in ([Path(config)] if config else [Path("edgekiln.toml"), Path("pyproject.toml")]):
+    found_here = [] if kind == "local" else [Path("edgekiln.toml"), Path("pyproject.toml")]  # local reads none
+    for path in ([Path(config)] if config else found_here):
         host_map = load_host_map(path)
         if host_map:
             break
+    if not config and not docker_host:  # a file that happens to be in the current folder
+        remote = {t: h for t, h in host_map.items() if h and not h.startswith("unix://")}
+        if remote:
+            target, host = sorted(remote.items())[0]
+            raise UsageError(f"{path} in the current folder sends target {target!r} to {host}: edgekiln does not send "
+                             "models and data to another engine on the word of a file it found by itself",
+                             f"pass --config {path} to use it (docs/trust.md), --docker-host, or --runner local")
     docker_options = {}
     if base_image:  # one reference for every image, or image=ref pairs, comma-separated
-        docker_options["base_image"] = (dict(pair.split("=", 1) for pair in base_image.split(","))
-                                        if "=" in base_image else base_image)
+        docker_options["base_image"] = parse_base_images(base_image)
     if platform:
         docker_options["platform"] = platform
     return runners_for_targets(kind, docker_host, host_map=host_map, docker_options=docker_options,
                                strict_platform=bool(platform), on_note=on_note)
+
+
+def parse_base_images(text: str):
+    """``--base-image REF`` (every image) or ``image=REF,image=REF``."""
+    if "=" not in text:
+        return text
+    pairs = [part.partition("=") for part in text.split(",")]
+    bad = [name + sep + ref for name, sep, ref in pairs if not (sep and name.strip() and ref.strip())]
+    if bad:
+        from ..errors import UsageError
+
+        raise UsageError(f"--base-image {text!r}: {bad[0]!r} is not image=reference",
+                         "give one reference, or pairs like tflite=X,arm-validate=Y")
+    return {name.strip(): ref.strip() for name, _, ref in pairs}
 
 
 class LazyRunners:

@@ -45,7 +45,9 @@ class Job:
         return self.root / "work"
 
     def log_path(self, step_id: str) -> Path:
-        return self.work / "logs" / f"{step_id}.log"
+        """The host writes logs (and the Docker runner its ``.sh``) here, outside ``work/`` (the
+        only folder a container step may write): a step cannot plant a link the host writes through."""
+        return self.root / "logs" / f"{step_id}.log"
 
 
 OnLine = Callable[[str], None]

@@ -1,9 +1,12 @@
 """The Docker runner: each step runs in its image's container, built from the same lock as the
 local runner's virtualenv.
 
-In the container the job is ``/job`` (writable; working directory and PYTHONPATH), the model is
-``/in/model/<file>``, calibration ``/in/calib``, validation ``/in/val`` (all read-only), the
-network is ``none`` and the user is the invoking user's uid:gid, so artifacts are theirs. On an
+In the container the job is ``/job`` (read-only: scripts, helpers, job.json, logs; working directory
+and PYTHONPATH) with ``/job/work`` the only writable folder, the model is ``/in/model/<file>``,
+calibration ``/in/calib``, validation ``/in/val`` (all read-only), the root file system is
+read-only (``/tmp`` a tmpfs), the network is ``none``, processes and memory are capped and the
+user is the invoking user's uid:gid, so artifacts are theirs. After each step ``work/`` is checked
+for links and special files (edgekiln.outputs) before the host reads anything in it. On an
 engine on another machine (``ssh://``, ``tcp://``) the same paths are copied in and out instead.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Callable, Mapping
@@ -18,6 +22,8 @@ from typing import Callable, Mapping
 from ..docker import DockerEngine, Mount, RunSpec, container_name
 from ..errors import EnvironmentFailed, StepFailed
 from ..images import BASE_ENV, Context, ensure_image, get_recipe, render_context
+from ..inputs import onnx_external_files
+from ..outputs import check_outputs
 from .base import Env, Job, OnLine, Runner, step_error
 
 JOB = "/job"
@@ -176,7 +182,8 @@ class DockerRunner(Runner):
     def spec(self, env: Env, job: Job, script: str) -> RunSpec:
         """The container of one step (mounts, environment, user, limits)."""
         root = Path(job.root).resolve()
-        mounts = [Mount(root, JOB, read_only=False)]
+        # the job's scripts, helpers, job.json and logs are read-only to the step; it writes work/ only
+        mounts = [Mount(root, JOB, read_only=True), Mount(root / "work", f"{JOB}/work", read_only=False)]
         paths: dict[str, str | None] = {"model": None, "calib": None, "val": None}
         for key, path in job.inputs.items():
             if path is None:
@@ -187,6 +194,9 @@ class DockerRunner(Runner):
             target = f"{IN[key]}/{host_path.name}" if key == "model" else IN[key]
             mounts.append(Mount(host_path, target, read_only=True))
             paths[key] = target
+            if key == "model":  # an ONNX model's external data sits beside it (edgekiln.inputs)
+                mounts += [Mount(host_path.parent / name, f"{IN[key]}/{name}", read_only=True)
+                           for name in onnx_external_files(host_path)]
         step = Path(script).stem
         # one name per engine, job and step: command() (the manifest), <step>.sh and the run agree
         key = f"{self.engine.where}|{root}|{script}".encode()
@@ -207,8 +217,19 @@ class DockerRunner(Runner):
             command = (QEMU_USER, "-0", PYTHON, *command)
         return RunSpec(image=env.ref, command=command, step=step,
                        mounts=tuple(mounts), env=env_vars, workdir=JOB, user=self.user,
-                       network="none", memory=self.memory, platform=env.platform, gpus=self.gpus,
-                       labels={"edgekiln.image": env.image}, name=name)
+                       network="none", memory=self._memory(), platform=env.platform, gpus=self.gpus,
+                       labels={"edgekiln.image": env.image}, name=name,
+                       # the NVIDIA container toolkit updates the container's ld cache: not on a read-only root
+                       read_only_root=not self.gpus)
+
+    def _memory(self) -> str | None:
+        """The container memory cap: ``memory``, else EDGEKILN_DOCKER_MEMORY ("none": no cap), else
+        3/4 of the engine's memory (so a runaway step is killed, not the machine)."""
+        chosen = self.memory or os.environ.get("EDGEKILN_DOCKER_MEMORY")
+        if chosen:
+            return None if chosen.lower() == "none" else chosen
+        total = self.engine.mem_total()
+        return f"{total * 3 // 4 // 2 ** 20}m" if total else None
 
     def _copy(self) -> bool:
         return (not self.engine.is_local) if self.copy is None else self.copy
@@ -228,13 +249,10 @@ class DockerRunner(Runner):
         if env.runner != self.name:
             return self._local().run(env, job, script, log, on_line, timeout)
         spec = self.spec(env, job, script)
-        # copy mode brings the writable /job back; the host's own logs there are never overwritten
-        try:
-            logs = Path(log).resolve().parent.relative_to(Path(job.root).resolve()).as_posix()
-        except ValueError:
-            logs = "work/logs"
+        # copy mode brings the writable work/ back (plain files only); logs live outside it
         result = self.engine.run(spec, log_path=Path(log), on_line=on_line, timeout=timeout,
-                                 copy=self._copy(), exclude_out=(logs,))
+                                 copy=self._copy())
+        check_outputs(Path(job.root) / "work", spec.step)  # no link or device the host could follow
         if result.returncode == 0:
             return
         if result.oom_killed:

@@ -130,7 +130,8 @@ def make_job(root: Path, script: str, *, model: bytes = b"not really a model",
     """A job dir with one step script and read-only inputs beside it."""
 
     (root / "steps").mkdir(parents=True)
-    (root / "work" / "logs").mkdir(parents=True)
+    (root / "work").mkdir(parents=True)
+    (root / "logs").mkdir()
     (root / "steps" / "01-probe.py").write_text(script)
     inputs = root.parent / (root.name + "-inputs")
     inputs.mkdir()

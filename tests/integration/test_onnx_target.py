@@ -169,7 +169,7 @@ def test_ctrl_c_mid_step_publishes_nothing_and_next_run_works(built, out, photos
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until a step is running, then Ctrl-C the whole process group like a terminal would
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list((dist / ".edgekiln" / "jobs").glob("*/work/logs/*.log")):
+    while time.monotonic() < deadline and not list((dist / ".edgekiln" / "jobs").glob("*/logs/*.log")):
         time.sleep(0.2)
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)
@@ -190,7 +190,7 @@ def test_kill_mid_step_publishes_nothing(built, out, photos, tmp_path):
                              "--precision", "int8", "--calib", str(calib), "--out", str(dist), "--runner", "local"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list((dist / ".edgekiln" / "jobs").glob("*/work/logs/*convert.log")):
+    while time.monotonic() < deadline and not list((dist / ".edgekiln" / "jobs").glob("*/logs/*convert.log")):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)

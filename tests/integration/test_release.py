@@ -209,7 +209,7 @@ def test_interrupted_release_leaves_no_folder_and_the_rerun_completes_from_cache
             "--runner", "local"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(dist.glob(".edgekiln/jobs/*/work/logs/*source*.log")):
+    while time.monotonic() < deadline and not list(dist.glob(".edgekiln/jobs/*/logs/*source*.log")):
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)

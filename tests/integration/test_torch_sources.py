@@ -76,7 +76,7 @@ def test_pickled_module_needs_trust(models, photos, tmp_path):
     _, val = photos
     proc = run_cli("build", "--model", models / "whole.pt", "--input-shape", "1,3,64,64", "--val", val,
                    "--out", tmp_path, "--runner", "local", check=errors.UsageError.exit_code)
-    assert "--trust-pickle" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--trust-model" in proc.stderr and "Traceback" not in proc.stderr
     result = run_json("build", "--model", models / "whole.pt", "--input-shape", "1,3,64,64", "--val", val,
                       "--trust-pickle", "--arch", f"{models / 'tinynet.py'}:build", "--out", tmp_path,
                       "--runner", "local")

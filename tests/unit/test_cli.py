@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 
@@ -59,22 +61,47 @@ def test_clean_removes_failed_and_old_jobs_never_running_ones(tmp_path):
     import time
 
     jobs = tmp_path / ".edgekiln" / "jobs"
+    hexname = {"failed1": "f" * 12, "kept1": "c" * 12, "running": "a" * 12, "dead": "d" * 12, "oldkept": "0" * 12}
     for name, state, pid, age in (("failed1", "failed", 1, 0), ("kept1", "kept", 1, 0),
                                   ("running", "running", os.getpid(), 0),
                                   ("dead", "running", 2 ** 22 + 7, 0), ("oldkept", "kept", 1, 10 * 86400)):
-        (jobs / name / "work").mkdir(parents=True)
-        (jobs / name / "work" / "blob").write_bytes(b"x" * 1000)
-        (jobs / name / "job.json").write_text(json.dumps({"state": state, "pid": pid, "time": time.time() - age}))
+        folder = jobs / hexname[name]
+        (folder / "work").mkdir(parents=True)
+        (folder / "work" / "blob").write_bytes(b"x" * 1000)
+        (folder / "job.json").write_text(json.dumps({"state": state, "pid": pid, "time": time.time() - age}))
+    (jobs / "notajob").mkdir()  # not a folder edgekiln made (no job.json, not its name): never removed
     proc = run_cli("clean", "--out", tmp_path, "--failed", "--dry-run", check=0)
     assert "would remove 2 job folder(s)" in proc.stdout  # failed1 and dead (its process is gone)
-    assert (jobs / "failed1").exists()
+    assert (jobs / hexname["failed1"]).exists()
     run_cli("clean", "--out", tmp_path, "--older-than", "7", check=0)
-    assert not (jobs / "oldkept").exists() and (jobs / "kept1").exists() and (jobs / "failed1").exists()
+    assert not (jobs / hexname["oldkept"]).exists() and (jobs / hexname["kept1"]).exists()
+    assert (jobs / hexname["failed1"]).exists()
     run_cli("clean", "--out", tmp_path, "--failed", check=0)
-    assert sorted(p.name for p in jobs.iterdir()) == ["kept1", "running"]
+    assert sorted(p.name for p in jobs.iterdir()) == sorted([hexname["kept1"], hexname["running"], "notajob"])
     run_cli("clean", "--out", tmp_path, check=0)
-    assert sorted(p.name for p in jobs.iterdir()) == ["running"]
+    assert sorted(p.name for p in jobs.iterdir()) == sorted([hexname["running"], "notajob"])
     run_cli("clean", "--out", tmp_path, "--older-than", "soon", check=2)
+
+
+@pytest.mark.parametrize("link", ["jobs", ".edgekiln"])
+def test_clean_never_follows_a_linked_jobs_folder(tmp_path, link):
+    """review finding 5: ``.edgekiln/jobs -> ~`` made clean delete the user's folders."""
+    victim = tmp_path / "victimhome"
+    (victim / "projects" / "code").mkdir(parents=True)
+    (victim / "projects" / "code" / "main.py").write_text("print(1)\n")
+    (victim / "0123456789ab").mkdir()  # even a job-shaped name behind the link stays
+    (victim / "0123456789ab" / "job.json").write_text('{"state": "failed"}')
+    out = tmp_path / "shared"
+    if link == "jobs":
+        (out / ".edgekiln").mkdir(parents=True)
+        (out / ".edgekiln" / "jobs").symlink_to(victim)
+    else:
+        out.mkdir()
+        (victim / "jobs").mkdir()
+        (out / ".edgekiln").symlink_to(victim)
+    proc = run_cli("clean", "--out", out, check=2)
+    assert "symbolic link" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (victim / "projects" / "code" / "main.py").exists() and (victim / "0123456789ab").exists()
 
 
 def test_json_failure_is_json_with_the_error_kind(tmp_path):

@@ -122,3 +122,77 @@ def test_verify_of_a_folder_that_is_no_release_is_a_usage_error(tmp_path):
 
     proc = run_cli("verify", tmp_path, check=errors.UsageError.exit_code)
     assert proc.stderr.startswith("error:") and "is not a release folder" in proc.stderr
+
+
+def _resum(folder):
+    from edgekiln.archive import write_sums
+
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != "SHA256SUMS"]
+    write_sums(folder, names)
+
+
+def test_verify_refuses_link_members_even_with_fresh_sums(tmp_path):
+    """review finding 10: an archive re-packed with a symlink member and a hardlink member named
+    ../../../tmp/… passed verify once SHA256SUMS was regenerated."""
+    import tarfile
+
+    a = release_of(tmp_path, "a", b"e", "t")
+    archive = next(a.rglob("*.tar.gz"))
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+    with tarfile.open(archive, "w:gz") as tar:
+        for m, data in members:
+            tar.addfile(m, __import__("io").BytesIO(data) if data is not None else None)
+        link = tarfile.TarInfo("r-1/net/onnx/fp32/evil")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../../../../root/.bashrc"
+        tar.addfile(link)
+        hard = tarfile.TarInfo("../../../tmp/pwned")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "r-1/net/onnx/fp32/model.onnx"
+        tar.addfile(hard)
+    _resum(a)
+    _, problems = verify(a)
+    text = "\n".join(problems)
+    assert "member r-1/net/onnx/fp32/evil is a link" in text and "member ../../../tmp/pwned is a link" in text
+
+
+def test_verify_of_a_malformed_release_json_is_one_line_exit_13(tmp_path):
+    from edgekiln import errors
+    from tests.conftest import run_cli
+
+    a = release_of(tmp_path, "a", b"e", "t")
+    info = json.loads((a / "release.json").read_text())
+    for bad in ({**info, "entries": [{}]}, {**info, "entries": [1]}, [1], {**info, "archives": "x"},
+                {**info, "entries": [{**info["entries"][0], "manifest": {
+                    **info["entries"][0]["manifest"], "files": [{"path": "/etc/hostname", "size": 1, "sha256": "x"}]}}]}):
+        (a / "release.json").write_text(json.dumps(bad))
+        _resum(a)
+        proc = run_cli("verify", a, check=errors.IntegrityError.exit_code)
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert "release.json" in proc.stderr
+    (a / "SHA256SUMS").write_bytes(b"\xff\xfe not text\n")
+    proc = run_cli("verify", a, check=errors.IntegrityError.exit_code)
+    assert "Traceback" not in proc.stderr
+
+
+def test_verify_refuses_a_link_in_the_release_folder(tmp_path):
+    a = release_of(tmp_path, "a", b"e", "t")
+    (tmp_path / "outside").write_text("host file\n")
+    (a / "net/onnx/fp32/model.onnx").unlink()
+    (a / "net/onnx/fp32/model.onnx").symlink_to(tmp_path / "outside")
+    _, problems = verify(a)
+    assert any("model.onnx: a symbolic link" in p for p in problems)
+
+
+def test_report_md_cells_are_text_only(tmp_path):
+    """review finding 11: report.md carried a version's and a step's raw <img onerror> markup."""
+    from edgekiln.report import by_model, markdown
+
+    manifest = json.loads(json.dumps(MANIFEST))
+    manifest["model"]["name"] = "net<script>x</script>"
+    manifest["not_executed"] = ["<img src=x onerror=alert(1)>\n| injected | row |"]
+    manifest["notes"] = ["<img src=x onerror=alert(2)>"]
+    manifest["validation"]["metrics"]["<img src=y onerror=alert(3)>"] = 1.0
+    manifest["size_bytes"] = 5
+    text = markdown("r 1 <b>", by_model([manifest]))
+    assert "<img" not in text and "<script>" not in text and "<b>" not in text
+    assert all(line.startswith(("#", "|", "Charts")) or not line for line in text.splitlines())

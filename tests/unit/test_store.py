@@ -52,3 +52,32 @@ def test_tree_hash_sees_content_and_names(tmp_path):
     second = sha256_tree(tmp_path / "a")
     (tmp_path / "a" / "x.jpg").rename(tmp_path / "a" / "y.jpg")
     assert len({first, second, sha256_tree(tmp_path / "a")}) == 3
+
+
+def test_publish_race_with_other_inputs_is_a_conflict(tmp_path):
+    """review finding 6: two builds of one --version with different inputs both passed the cache
+    check; the one publishing second must fail (exit 12), not return a manifest nobody published."""
+    loc = location(tmp_path, "m", "v1")
+    publish(loc, {("onnx", "fp32"): stage(loc, "a", "k1")})
+    late = {("onnx", "int8"): stage(loc, "b", "k3"), ("onnx", "fp32"): stage(loc, "c", "k2")}
+    with pytest.raises(PublishConflict, match="parallel build"):
+        publish(loc, late)
+    assert (loc.artifact_dir("onnx", "fp32") / "model.onnx").read_text() == "k1"
+    assert not loc.artifact_dir("onnx", "int8").exists()  # all or none
+    assert publish(loc, {("onnx", "fp32"): stage(loc, "d", "k1")}) == []  # the same build: fine
+
+
+def test_latest_as_a_folder_is_refused_before_publishing(tmp_path):
+    loc = location(tmp_path, "m", "v1")
+    (loc.model_dir / "latest").mkdir(parents=True)
+    with pytest.raises(UsageError, match="latest"):
+        publish(loc, {("onnx", "fp32"): stage(loc, "a", "k1")})
+    assert not loc.version_dir.exists()
+    assert not [p for p in loc.model_dir.iterdir() if p.name.startswith(".latest")]
+
+
+@pytest.mark.parametrize("version", ["1\n<img src=x onerror=alert(1)>", "-rf", "a b", "v1\x1b[31m", "x" * 101])
+def test_versions_are_one_plain_word(tmp_path, version):
+    """review finding 11: a newline in a version broke the release's own SHA256SUMS."""
+    with pytest.raises(UsageError, match="cannot name a folder"):
+        location(tmp_path, "m", version)
