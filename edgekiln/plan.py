@@ -209,7 +209,7 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         via = target.via.get(request.source_format, {})
         if target.runtime == "tensorrt":  # the chosen JetPack / NGC row travels in the params
             from .tensorrt import target_params
-            base_t = dict(base, **target_params(target, options))
+            base_t = dict(base, **target_params(target, options, precisions))
         else:
             base_t = base
         for precision in precisions:

@@ -18,7 +18,7 @@ JETSON, X86 = T.stacks("jetson"), T.stacks("x86")
 def test_default_jetpack_is_6_1_with_tensorrt_10_3_strongly_typed():
     st = T.stack_for("jetson")
     assert (st.key, st.tensorrt, st.api, st.python, st.cuda) == ("6.1", "10.3.0", "10", "3.10", "12.6")
-    assert st.base == "nvcr.io/nvidia/l4t-jetpack:r36.4.0" and st.l4t == ("36.4",)
+    assert st.base == "nvcr.io/nvidia/l4t-jetpack:r36.4.0" and st.l4t == ("36.4+",)
     assert st.strongly_typed and not st.typed_build(dla=True)  # TRT 10 on DLA uses the flags
     assert T.stack_for("x86").base == "nvcr.io/nvidia/tensorrt:24.12-py3"
 
