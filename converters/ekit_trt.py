@@ -157,8 +157,9 @@ def lower_opset(model, opset: int):
         lowered = version_converter.convert_version(model, opset)
         onnx.checker.check_model(lowered)
     except Exception as exc:
+        why = str(exc).splitlines()[0].rsplit("failed: ", 1)[-1][:160]  # "No Adapter From Version $18 for Split"
         raise ValueError(f"opset {have} is above the {opset} this TensorRT parses, and ONNX's version converter "
-                         f"cannot lower it ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+                         f"cannot lower it ({why})") from None
     return lowered, f"opset {have} lowered to {opset} (ONNX version converter) for this TensorRT's parser"
 
 

@@ -106,8 +106,9 @@ def check(made_for: dict, found: dict) -> list[str]:
     problems = []
     trt_want, trt_have = made_for.get("tensorrt"), found.get("tensorrt")
     if trt_have is None:
-        problems.append(f"TensorRT is not importable here; the bundle needs TensorRT {trt_want} "
-                        "(run it in the device image: device/build_engine.sh)")
+        problems.append(f"no TensorRT on this device (`import tensorrt` fails in {found.get('python') or 'python'}); "
+                        f"the bundle needs TensorRT {trt_want} (JetPack's python3, or the device image: "
+                        "sh device/build_engine.sh)")
     elif trt_want and not _same_release(trt_have, [".".join(trt_want.split(".")[:2])]):
         problems.append(f"this machine has TensorRT {trt_have}, the bundle was made for {trt_want} "
                         "(an engine only loads in the TensorRT version that built it)")
@@ -130,7 +131,8 @@ def check(made_for: dict, found: dict) -> list[str]:
 
 
 def detect() -> dict:
-    return {"l4t": l4t_version(), "tensorrt": tensorrt_version(), "sm": compute_capability()}
+    return {"l4t": l4t_version(), "tensorrt": tensorrt_version(), "sm": compute_capability(),
+            "python": sys.executable}
 
 
 def main() -> int:
