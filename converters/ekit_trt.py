@@ -341,7 +341,8 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
     import ekit_recover
 
     def run(path):
-        return ekit_onnx.ort_run(ekit_onnx.ort_session(path), ref["x"].astype(np.float32))
+        session = ekit_onnx.ort_session(path, optimization=str(opts["ort_optimization"]))  # as the validate step
+        return ekit_onnx.ort_run(session, ref["x"].astype(np.float32))
 
     before = ekit_recover.measure(ref, run(qdq_path))
     missed = ekit_recover.misses(before, thresholds)
