@@ -7,14 +7,17 @@ artifact is published as a complete *bundle* with manifest status ``pending-devi
                                    already validated in ONNX Runtime against the source model
     <artifact>/report.json         that ONNX Runtime proxy report; build/ the workstation record
     <artifact>/device/             build_engine.py, check_engine.py (rendered for the stack's API level),
-                                   preflight.py, build_engine.sh (one `docker run --runtime nvidia`),
+                                   preflight.py, build_engine.sh (`docker run` with the NVIDIA runtime),
                                    bundle.json (their parameters), reference.npz (reference inputs and
                                    the fp32 source outputs), trtexec.txt, image/ (the device image recipe)
     <artifact>/SHA256SUMS          every file above
 
 ``finish(folder)`` runs preflight -> build -> check in a copy of the folder and swaps it in: the one
-case where a published artifact gains files (model.engine, engine.json, check.json, preflight.json),
-recorded in the manifest (``finished``: who, on which device, with which TensorRT).
+case where a published artifact gains files (model.engine, engine.json, check.json, preflight.json,
+device/logs/), recorded in the manifest (``finished``: who, on which device, with which TensorRT). The
+steps run here (LocalDevice: ``python -I``) or on a device over ssh (edgekiln.device.SshDevice). A bundle
+is code: only the files SHA256SUMS lists are copied and run, and SHA256SUMS detects corruption, not
+tampering (docs/tensorrt.md).
 """
 
 from __future__ import annotations

@@ -149,6 +149,8 @@ def finish_results(result, url: str, say) -> None:
     from .deferred import finish
 
     device_for(url)  # a malformed URL is refused before anything runs
+    if not any(art.manifest.get("status") == PENDING for art in result.artifacts):
+        say(f"--device {url}: no deferred TensorRT bundle to finish")
     for art in result.artifacts:
         if art.manifest.get("status") != PENDING:
             continue

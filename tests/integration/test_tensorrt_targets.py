@@ -70,7 +70,7 @@ def test_bundle_is_complete_checksummed_and_truthful(out, built):
             assert (device / name).is_file(), name
         bundle = json.loads((device / "bundle.json").read_text())
         assert bundle["made_for"]["tensorrt"] == "10.3.0" and bundle["made_for"]["l4t"] == ["36.4+"]
-        assert bundle["input"] == "x" and len(bundle["outputs"]) == 1  # check_engine pairs outputs by name
+        assert bundle["input"] == "input" and bundle["outputs"] == ["output"]  # check_engine pairs outputs by name
         assert bundle["strongly_typed"] and "--stronglyTyped" in (device / "trtexec.txt").read_text()
         assert "FROM nvcr.io/nvidia/l4t-jetpack:r36.4.0" in (device / "image" / "Dockerfile").read_text()
         for py in ("build_engine.py", "check_engine.py", "preflight.py"):
@@ -277,14 +277,15 @@ def test_build_with_a_device_leaves_the_deferred_bundle_published_and_names_the_
     and finished on the device; a device without TensorRT leaves it published as pending, says which
     device step refused, and exits 14."""
     calib, val = photos
-    proc = run_cli("build", "--target", "jetson", "--model", weights, *MOBILENET, "--precision", "fp16",
+    proc = run_cli("build", "--target", "jetson", "--model", weights, *MOBILENET, "--precision", "fp16,int8",
                    "--calib", calib, "--val", val, "--name", "mobilenet_v2", "--out", out, "--runner", "local",
                    "--device", sshd["url"], env=sshd["env"])
     assert proc.returncode == 14, proc.stderr
     assert "the device refused the bundle: no TensorRT on this device" in proc.stderr.strip().splitlines()[-1]
-    assert "stays a deferred bundle" in proc.stderr
-    manifest = json.loads((folder_of(out, built, "fp16") / "manifest.json").read_text())
-    assert manifest["status"] == "pending-device" and "finished" not in manifest
+    assert proc.stderr.count("stays a deferred bundle") == 2  # both precisions tried, both refused
+    for precision in ("fp16", "int8"):
+        manifest = json.loads((folder_of(out, built, precision) / "manifest.json").read_text())
+        assert manifest["status"] == "pending-device" and "finished" not in manifest
 
 
 def test_a_bad_device_url_is_refused_before_the_build(weights, tmp_path):
