@@ -105,8 +105,9 @@ BUILD_HELP = {
                    "rpi: cortex-a72; e.g. cortex-a76 for a Pi 5)",
     "config": "project config with a [docker.hosts] map target -> host (default: edgekiln.toml, pyproject.toml)",
     "docker_host": "Docker host for the conversion, e.g. ssh://user@jetson or tcp://gpu-box:2376",
-    "device": "jetson/x86-gpu: then finish the engine on this device over ssh: ssh://user@host[:port] (its "
-              "python3; ?python=PATH, or ?docker for the device image); see docs/tensorrt.md",
+    "device": "jetson/x86-gpu: then finish the engine on this device: ssh://user@host[:port] (its python3; "
+              "?python=PATH, or ?docker for the device image), or its Docker engine docker+ssh://user@host "
+              "(docker+tcp://, docker+unix://); see docs/tensorrt.md",
     "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
     "json": "print the result as JSON on stdout",
     "keep_job": "keep the job folder after a successful build",
@@ -369,8 +370,8 @@ def images(c, build="", base_image=None, platform=None, docker_host=None, rebuil
 @task(positional=["folder"], help={"folder": "a pending-device artifact folder, e.g. dist/<model>/<version>/jetson/fp16",
             "python": "the Python that runs the device scripts (it must import tensorrt, e.g. /usr/bin/python3 "
                       "on a Jetson; default: the one running edgekiln); or use device/build_engine.sh (Docker)",
-            "device": "run the steps on this device over ssh instead of here: ssh://user@host[:port] "
-                      "(?python=PATH, or ?docker for the device image); see docs/tensorrt.md",
+            "device": "run the steps on this device instead of here: ssh://user@host[:port] (?python=PATH, "
+                      "?docker), or its Docker engine docker+ssh://user@host; see docs/tensorrt.md",
             "json": "print the completed manifest as JSON", "debug": "show tracebacks"})
 @guarded
 def finish(c, folder=None, python=None, device=None, json=False, debug=False):

@@ -7,7 +7,11 @@ adds come back (model.engine, engine.json, check.json, preflight.json, device/ti
 read member by member: regular files with exactly those names, nothing else). The workstation then
 records and swaps exactly as ``edgekiln finish`` on the device does (edgekiln.deferred.finish).
 
-How the steps run on the device (the URL's query):
+``--device docker+ssh://user@host`` (or ``docker+tcp://``, ``docker+unix://``): the device's Docker engine
+through the Docker CLI's own transport (DockerDevice): the device image is built there, each step runs
+in a fresh container as root, the bundle goes in and the step's files come out with ``docker cp``.
+
+How the steps run on an ssh device (the URL's query):
   (none)             its ``python3`` in isolated mode (JetPack's python3 imports TensorRT; numpy needed);
   ?python=PATH       that Python instead;
   ?docker            ``sh device/build_engine.sh <step>``: the device image (NVIDIA's base) under Docker
@@ -18,6 +22,7 @@ ssh client and ``tar``/``sh``/``mktemp`` on the device is used: no agent, no ser
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -97,34 +102,9 @@ class SshDevice:
 
     def fetch(self, stage: Path, files) -> None:
         """Bring back exactly ``files`` (regular files, those names only) into ``stage``."""
-        want = set(files)
         proc = subprocess.Popen(self._remote(["tar", "-cf", "-", *files]), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        got = set()
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-                for member in tar:
-                    if member.name not in want or not member.isreg():
-                        raise EnvironmentFailed(f"{self.where}: the device sent {member.name!r}, which is not "
-                                                f"one of the files the step makes ({', '.join(sorted(want))})",
-                                                "the bundle stays pending")
-                    data = tar.extractfile(member).read()
-                    dest = stage / member.name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.unlink(missing_ok=True)
-                    dest.write_bytes(data)
-                    got.add(member.name)
-        except tarfile.TarError as exc:
-            proc.kill()
-            raise EnvironmentFailed(f"{self.where}: bringing back {', '.join(files)} failed: {exc}",
-                                    "the bundle stays pending") from None
-        finally:
-            err = proc.stderr.read()
-            code = proc.wait()
-        self._check(subprocess.CompletedProcess(proc.args, code, b"", err), f"bringing back {', '.join(files)}")
-        if got != want:
-            raise EnvironmentFailed(f"{self.where}: the device did not send {', '.join(sorted(want - got))}",
-                                    "the bundle stays pending")
+        _read_tar(proc, stage, {f: f for f in files}, self.where)
 
     def close(self) -> None:
         if self.dir:
@@ -133,13 +113,138 @@ class SshDevice:
             self.dir = None
 
 
+class DockerDevice:
+    """A Docker engine with the NVIDIA runtime, reached with the Docker CLI (``docker -H HOST``: its own
+    ssh://, tcp:// or unix:// transport). Each step runs in a fresh container of the device image
+    (built there from device/image/, or EDGEKILN_TRT_IMAGE) as root, the bundle copied in with
+    ``docker cp`` (no bind mount of workstation files, no uid/group mapping) and the step's files
+    copied out the same way."""
+
+    SCHEMES = ("ssh", "tcp", "unix")
+
+    def __init__(self, url: str):
+        host = url.removeprefix("docker+")
+        if urlsplit(host).scheme not in self.SCHEMES or host in ("ssh://", "tcp://", "unix://"):
+            raise UsageError(f"--device {url!r} is not docker+ssh://, docker+tcp:// or docker+unix://",
+                             "e.g. --device docker+ssh://nvidia@orin")
+        self.docker = ["docker", "-H", host]
+        self.where = f"device {url}"
+        self.containers: list[str] = []
+        self.current: str | None = None
+
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(self.docker + args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    def gpu_flags(self) -> list[str]:
+        if self.kind == "jetson":  # the host's L4T release for preflight; a missing file refuses the mount
+            return ["--runtime", "nvidia", "-e", "L4T_VERSION=",
+                    "--mount", "type=bind,src=/etc/nv_tegra_release,dst=/etc/nv_tegra_release,readonly"]
+        return ["--gpus", "all"]
+
+    def ship(self, stage: Path, files: list[str]) -> None:
+        from .errors import DeviceRefused
+
+        bundle = json.loads((stage / "device" / "bundle.json").read_text())
+        self.kind = bundle["made_for"]["kind"]
+        info = self._run(["info", "--format", "{{json .Runtimes}}"])
+        if info.returncode != 0:
+            raise EnvironmentFailed(f"{self.where}: the Docker engine does not answer: "
+                                    f"{(info.stderr.strip().splitlines() or ['no output'])[-1]}",
+                                    "check `docker -H HOST info`; the bundle stays pending")
+        runtimes = sorted(json.loads(info.stdout or "{}"))
+        if self.kind == "jetson" and "nvidia" not in runtimes:
+            raise DeviceRefused(f"{self.where}: that Docker engine has no NVIDIA container runtime (runtimes: "
+                                f"{', '.join(runtimes)}): not a Jetson with JetPack's nvidia-container-runtime",
+                                "point --device at the Jetson's Docker engine; the bundle stays pending")
+        sha = (stage / "device" / "image" / "recipe.sha256").read_text().strip()
+        self.image = os.environ.get("EDGEKILN_TRT_IMAGE") or f"edgekiln/trt-bundle:{sha[:12]}"
+        if self._run(["image", "inspect", self.image]).returncode != 0:
+            code, lines = stream(self.docker + ["build", "-t", self.image, str(stage / "device" / "image")],
+                                 stage / "device" / "logs" / "image.log", stdin=subprocess.DEVNULL)
+            if code != 0:
+                raise EnvironmentFailed(f"{self.where}: device step image (docker build of device/image) failed "
+                                        f"(exit {code}): {lines[-1] if lines else 'no output'}",
+                                        "the bundle stays pending")
+
+    def run(self, stage: Path, step: str, script: str, log: Path) -> tuple[int, list[str]]:
+        from .errors import DeviceRefused
+
+        def no_gpu(why: str) -> bool:
+            return "could not select device driver" in why or "nv_tegra_release" in why
+
+        def refuse(why: str):
+            raise DeviceRefused(f"{self.where}: that Docker engine cannot give a container the NVIDIA GPU ({why})",
+                                "point --device at the device's Docker engine; the bundle stays pending")
+
+        made = self._run(["create", "--network", "none", "-w", "/bundle", *self.gpu_flags(), self.image,
+                          "python3", "-I", script])
+        if made.returncode != 0:
+            why = (made.stderr.strip().splitlines() or ["no output"])[-1]
+            if no_gpu(why):
+                refuse(why)
+            raise EnvironmentFailed(f"{self.where}: docker create for {step} failed: {why}", "the bundle stays pending")
+        self.current = made.stdout.strip()
+        self.containers.append(self.current)
+        copy = self._run(["cp", f"{stage}/.", f"{self.current}:/bundle"])
+        if copy.returncode != 0:
+            raise EnvironmentFailed(f"{self.where}: docker cp of the bundle failed: {copy.stderr.strip()}",
+                                    "the bundle stays pending")
+        code, lines = stream(self.docker + ["start", "-a", self.current], log, stdin=subprocess.DEVNULL)
+        if code != 0 and lines and no_gpu(lines[-1]):  # --gpus all is resolved when the container starts
+            refuse(lines[-1])
+        return code, lines
+
+    def fetch(self, stage: Path, files) -> None:
+        """``docker cp CONTAINER:/bundle/F -``: a tar of one regular file named like F, nothing else."""
+        for rel in files:
+            proc = subprocess.Popen(self.docker + ["cp", f"{self.current}:/bundle/{rel}", "-"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _read_tar(proc, stage, {Path(rel).name: rel}, self.where)
+
+    def close(self) -> None:
+        for cid in self.containers:
+            self._run(["rm", "-f", cid])
+        self.containers = []
+
+
+def _read_tar(proc: subprocess.Popen, stage: Path, names: dict[str, str], where: str) -> None:
+    """Write the members of ``proc``'s tar into ``stage``: each must be a regular file whose name is a
+    key of ``names`` (written to the value); anything else is refused."""
+    got = set()
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                if member.name not in names or not member.isreg():
+                    raise EnvironmentFailed(f"{where}: the device sent {member.name!r}, which is not one of the "
+                                            f"files the step makes ({', '.join(sorted(names.values()))})",
+                                            "the bundle stays pending")
+                dest = stage / names[member.name]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.unlink(missing_ok=True)
+                dest.write_bytes(tar.extractfile(member).read())
+                got.add(member.name)
+    except tarfile.TarError as exc:
+        proc.kill()
+        raise EnvironmentFailed(f"{where}: bringing back {', '.join(names.values())} failed: {exc}",
+                                "the bundle stays pending") from None
+    finally:
+        err = proc.stderr.read().decode(errors="replace").strip()
+        code = proc.wait()
+    if code != 0 or got != set(names):
+        missing = ", ".join(names[n] for n in sorted(set(names) - got))
+        raise EnvironmentFailed(f"{where}: the device did not send {missing or 'its files'}"
+                                + (f": {err.splitlines()[-1]}" if err else ""), "the bundle stays pending")
+
+
 def device_for(url: str | None):
     if not url:
         return None
     if url.startswith("ssh://"):
         return SshDevice(url)
-    raise UsageError(f"--device {url!r} is not ssh://[user@]host[:port]",
-                     "e.g. --device ssh://nvidia@orin (add ?docker to run the steps in the device image)")
+    if url.startswith("docker+"):
+        return DockerDevice(url)
+    raise UsageError(f"--device {url!r} is not ssh://[user@]host[:port] or docker+ssh|tcp|unix://...",
+                     "e.g. --device ssh://nvidia@orin, or docker+ssh://nvidia@orin for its Docker engine")
 
 
 def finish_results(result, url: str, say) -> None:
