@@ -327,3 +327,39 @@ def test_ssh_transport_brings_back_only_the_files_a_step_makes(sshd, tmp_path, m
     assert not (back / "engine.json").exists()
     dev.close()
     assert not remote.exists()
+
+
+def test_jetpack_5_gets_an_opset_17_onnx_or_a_clear_refusal(photos, tmp_path):
+    """TensorRT 8.5 parses opset <= 17: an opset-18 ReduceMean model is lowered (and validated against
+    the source); an opset-18 Split(num_outputs) cannot be, and is refused naming why."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def save(name, nodes, inits, out_shape):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+        model = helper.make_model(helper.make_graph(nodes, name, [x], [y], inits),
+                                  opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        return tmp_path / f"{name}.onnx"
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    mean = save("mean", [helper.make_node("Conv", ["x", "w"], ["c"]),
+                         helper.make_node("ReduceMean", ["c", "axes"], ["y"], keepdims=0)], [w, axes], [1, 4])
+    split = save("split", [helper.make_node("Conv", ["x", "w"], ["c"]),
+                           helper.make_node("Split", ["c"], ["y", "z"], axis=1, num_outputs=2)], [w], [1, 2, 30, 30])
+    ok = run_json("build", "--target", "jetson", "--jetpack", "5.1", "--model", mean, "--precision", "fp32",
+                  "--val", photos[1], "--out", tmp_path / "dist", "--runner", "local")
+    art = ok["artifacts"][0]
+    assert art["status"] == "deferred: bundle ready" and art["metrics"]["cosine"] > 0.9999
+    model = onnx.load(str(Path(art["path"]) / "model.onnx"))
+    assert model.opset_import[0].version == 17
+    proc = run_cli("build", "--target", "jetson", "--jetpack", "5.1", "--model", split, "--precision", "fp32",
+                   "--val", photos[1], "--out", tmp_path / "dist", "--runner", "local")
+    assert proc.returncode == 8, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "TensorRT 8.5.2" in line and "cannot lower it (No Adapter From Version $18 for Split)" in line
+    assert "export the model with opset 17" in line
