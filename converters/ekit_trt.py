@@ -277,13 +277,6 @@ def quantize_ort_symmetric(src: Path, dst: Path, calib: np.ndarray, *, method: s
     return {"tool": "onnxruntime", "method": method, "symmetric": True}
 
 
-def high_precision_for(typed: bool) -> str:
-    """The float type modelopt leaves the non-Q/DQ layers in: fp16 for a strongly typed build
-    (TensorRT 10+ keeps exactly the ONNX's types, and no FP16 flag may be set; modelopt's own default),
-    fp32 for a weakly typed one (TensorRT 8.x / DLA: the FP16 builder flag lowers them)."""
-    return "fp16" if typed else "fp32"
-
-
 def autocast_fp16(src: Path, dst: Path, *, nodes_to_exclude=(), op_types_to_exclude=(),
                   calibration: np.ndarray | None = None, input_name: str | None = None) -> dict:
     """An fp16-typed ONNX for a strongly typed TensorRT network: modelopt AutoCast keeps nodes whose
@@ -341,8 +334,7 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
     import ekit_recover
 
     def run(path):
-        session = ekit_onnx.ort_session(path, optimization=str(opts["ort_optimization"]))  # as the validate step
-        return ekit_onnx.ort_run(session, ref["x"].astype(np.float32))
+        return ekit_onnx.ort_run(ekit_onnx.ort_session(path), ref["x"].astype(np.float32))
 
     before = ekit_recover.measure(ref, run(qdq_path))
     missed = ekit_recover.misses(before, thresholds)

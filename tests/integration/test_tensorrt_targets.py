@@ -71,8 +71,8 @@ def test_bundle_is_complete_checksummed_and_truthful(out, built):
         work = manifest["deferred"]["workstation"]
         if precision == "fp16":  # AutoCast decided fp16 placement on real images, not random ones
             assert work["autocast"]["reference_inputs"].endswith("real image(s)")
-        else:  # strongly typed int8 (TensorRT 10): modelopt keeps the float layers fp16
-            assert work["quantizer"]["high_precision"] == "fp16"
+        else:  # fp32 float layers: the ORT proxy cannot validate fp16 ones (docs/tensorrt.md)
+            assert work["quantizer"]["high_precision"] == "fp32"
         bundle = json.loads((device / "bundle.json").read_text())
         assert bundle["made_for"]["tensorrt"] == "10.3.0" and bundle["made_for"]["l4t"] == ["36.4+"]
         assert bundle["input"] == "input" and bundle["outputs"] == ["output"]  # check_engine pairs outputs by name

@@ -223,7 +223,3 @@ def test_feed_problem_names_a_profile_that_cannot_take_the_reference_images():
     assert ekit_trt.feed_problem(shapes, (8, 3, 224, 224)) is None  # fed at batch 2
     assert "outside the shape range" in ekit_trt.feed_problem(shapes, (8, 3, 320, 320))
     assert ekit_trt.feed_problem(None, (8, 3, 320, 320)) is None
-
-
-def test_typed_int8_keeps_its_float_layers_in_fp16():
-    assert ekit_trt.high_precision_for(True) == "fp16" and ekit_trt.high_precision_for(False) == "fp32"
