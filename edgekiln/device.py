@@ -38,7 +38,8 @@ from .deferred import PENDING, stream
 class SshDevice:
     def __init__(self, url: str):
         parts = urlsplit(url)
-        if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/"):
+        if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/") \
+                or parts.hostname.startswith("-") or (parts.username or "").startswith("-"):  # never an ssh option
             raise UsageError(f"--device {url!r} is not ssh://[user@]host[:port]",
                              "e.g. --device ssh://nvidia@orin or ssh://nvidia@orin?docker")
         query = parse_qs(parts.query, keep_blank_values=True)

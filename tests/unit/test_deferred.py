@@ -91,6 +91,8 @@ def test_finish_runs_the_scripts_isolated_and_refuses_without_tensorrt(tmp_path,
     ("ssh://", "is not ssh://[user@]host[:port]"),
     ("http://orin", "is not ssh://[user@]host[:port]"),
     ("ssh://nvidia@orin/home", "is not ssh://[user@]host[:port]"),
+    ("ssh://-oProxyCommand=touch%20x", "is not ssh://[user@]host[:port]"),
+    ("docker+http://orin", "is not docker+ssh://, docker+tcp:// or docker+unix://"),
     ("ssh://nvidia@orin?pyhton=/usr/bin/python3", "unknown setting(s) pyhton"),
 ])
 def test_a_bad_device_url_is_one_line(url, expected):
