@@ -374,7 +374,7 @@ def images(c, build="", base_image=None, platform=None, docker_host=None, rebuil
                       "?docker), or its Docker engine docker+ssh://user@host; see docs/tensorrt.md",
             "json": "print the completed manifest as JSON", "debug": "show tracebacks"})
 @guarded
-def finish(c, folder=None, python=None, device=None, json=False, debug=False):
+def finish(c, folder=None, python=None, json=False, debug=False, device=None):
     """On the device (or --device ssh://...): build and check the TensorRT engine of a deferred bundle, completing it in place."""
     from .deferred import finish as finish_bundle
     from .errors import UsageError
