@@ -113,6 +113,9 @@ BUILD_HELP = {
                    "rpi: cortex-a72; e.g. cortex-a76 for a Pi 5)",
     "config": "project config with a [docker.hosts] map target -> host (default: edgekiln.toml, pyproject.toml)",
     "docker_host": "Docker host for the conversion, e.g. ssh://user@jetson or tcp://gpu-box:2376",
+    "device": "jetson/x86-gpu: then finish the engine on this device: ssh://user@host[:port] (its python3; "
+              "?python=PATH, or ?docker for the device image), or its Docker engine docker+ssh://user@host "
+              "(docker+tcp://, docker+unix://); see docs/tensorrt.md",
     "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
     "json": "print the result as JSON on stdout",
     "keep_job": "keep the job folder after a successful build",
@@ -164,7 +167,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
           version=None, name=None, out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
-          all_or_nothing=False, recover=False, emulate_cpu=None):
+          all_or_nothing=False, recover=False, emulate_cpu=None, device=None):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
     from .build import dry_run as plan_only, run_build
     from .request import make_request
@@ -173,6 +176,10 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
 
     values = dict(locals())
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
+    if device:
+        from .device import device_for
+
+        device_for(device)  # a bad --device is one line before the build, not after it
     request, platform = _arm_validation(request, platform, emulate_cpu, runner)
     jobs = _jobs(jobs)
     ui = make_ui(json or dry_run)
@@ -186,6 +193,10 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
                            all_or_nothing=all_or_nothing)
     finally:
         ui.close()
+    if device:  # the deferred TensorRT bundles, finished on the device (edgekiln.device)
+        from .device import finish_results
+
+        finish_results(result, device, lambda line: err.print(line, markup=False))
     if json:
         data = result_json(result)
         if result.error is not None:  # the artifacts that passed were published; the exit code says the rest
@@ -406,16 +417,20 @@ def images(c, build="", base_image=None, platform=None, docker_host=None, rebuil
 @task(positional=["folder"], help={"folder": "a pending-device artifact folder, e.g. dist/<model>/<version>/jetson/fp16",
             "python": "the Python that runs the device scripts (it must import tensorrt, e.g. /usr/bin/python3 "
                       "on a Jetson; default: the one running edgekiln); or use device/build_engine.sh (Docker)",
+            "device": "run the steps on this device instead of here: ssh://user@host[:port] (?python=PATH, "
+                      "?docker), or its Docker engine docker+ssh://user@host; see docs/tensorrt.md",
             "json": "print the completed manifest as JSON", "debug": "show tracebacks"})
 @guarded
-def finish(c, folder=None, python=None, json=False, debug=False):
-    """On the device: build and check the TensorRT engine of a deferred bundle, completing it in place."""
+def finish(c, folder=None, python=None, json=False, debug=False, device=None):
+    """On the device (or --device ssh://...): build and check the TensorRT engine of a deferred bundle, completing it in place."""
     from .deferred import finish as finish_bundle
     from .errors import UsageError
 
     if not folder:
         raise UsageError("no artifact folder given", "e.g. edgekiln finish dist/<model>/<version>/jetson/fp16")
-    manifest = finish_bundle(Path(folder), python=python)
+    from .device import device_for
+
+    manifest = finish_bundle(Path(folder), python=python, device=device_for(device))
     if json:
         console.print_json(data=manifest)
         return

@@ -7,14 +7,17 @@ artifact is published as a complete *bundle* with manifest status ``pending-devi
                                    already validated in ONNX Runtime against the source model
     <artifact>/report.json         that ONNX Runtime proxy report; build/ the workstation record
     <artifact>/device/             build_engine.py, check_engine.py (rendered for the stack's API level),
-                                   preflight.py, build_engine.sh (one `docker run --runtime nvidia`),
+                                   preflight.py, build_engine.sh (`docker run` with the NVIDIA runtime),
                                    bundle.json (their parameters), reference.npz (reference inputs and
                                    the fp32 source outputs), trtexec.txt, image/ (the device image recipe)
     <artifact>/SHA256SUMS          every file above
 
 ``finish(folder)`` runs preflight -> build -> check in a copy of the folder and swaps it in: the one
-case where a published artifact gains files (model.engine, engine.json, check.json, preflight.json),
-recorded in the manifest (``finished``: who, on which device, with which TensorRT).
+case where a published artifact gains files (model.engine, engine.json, check.json, preflight.json,
+device/logs/), recorded in the manifest (``finished``: who, on which device, with which TensorRT). The
+steps run here (LocalDevice: ``python -I``) or on a device over ssh (edgekiln.device.SshDevice). A bundle
+is code: only the files SHA256SUMS lists are copied and run, and SHA256SUMS detects corruption, not
+tampering (docs/tensorrt.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,9 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import EnvironmentFailed, UsageError, ValidationFailed
+from .errors import DeviceRefused, EnvironmentFailed, UsageError, ValidationFailed
 from .resources import data_dir
-from .tensorrt import Stack, device_scripts, stacks, trtexec_line
+from .tensorrt import Stack, device_scripts, made_for, stacks, trtexec_line, trtexec_text
 
 PENDING, BUILT = "pending-device", "built"
 SUMS = "SHA256SUMS"
@@ -95,28 +99,30 @@ def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: P
     (device / "build_engine.sh").chmod(0o755)
     shutil.copy2(data_dir("converters") / "trt" / "preflight.py", device / "preflight.py")
     shutil.copy2(work / "device_reference.npz", device / "reference.npz")
+    hardware_compatible = bool(options.get("hardware_compatible", False))
     trtexec = trtexec_line(stack, precision, shapes=info["shapes"], input_name=io["inputs"][0]["name"],
                            dla_core=dla_core, workspace_mib=int(options["workspace_mib"]),
-                           hardware_compatible=bool(options.get("hardware_compatible", False)),
+                           hardware_compatible=hardware_compatible,
                            version_compatible=bool(options.get("version_compatible", False)))
-    (device / "trtexec.txt").write_text(
-        "# The trtexec command equivalent to build_engine.py (TensorRT " + stack.tensorrt + "), run in the "
-        "artifact folder on the device:\n" + " ".join(trtexec) + "\n")
+    (device / "trtexec.txt").write_text(trtexec_text(stack, trtexec, dla=dla_core is not None))
     recipe = render_image(stack, device / "image")
-    made_for = {"kind": stack.kind, "key": stack.key, "label": stack.label, "tensorrt": stack.tensorrt,
-                "l4t": list(stack.l4t), "sm": list(stack.sm)}
+    made = made_for(stack, hardware_compatible)
     bundle = {"onnx": "model.onnx", "engine": "model.engine", "precision": precision, "shapes": info["shapes"],
+              "input": io["inputs"][0]["name"], "input_shape": io["inputs"][0]["shape"],
+              "outputs": [o["name"] for o in io["outputs"]],  # the order of reference.npz's y0, y1, ...
               "workspace_mib": int(options["workspace_mib"]), "dla_core": dla_core,
               "timing_cache": "timing.cache", "reference": "reference.npz",
-              "hardware_compatible": bool(options.get("hardware_compatible", False)),
+              "hardware_compatible": hardware_compatible,
               "version_compatible": bool(options.get("version_compatible", False)),
               "thresholds": {k: v for k, v in thresholds.items() if k in ("min_cosine", "min_top1_agreement")},
-              "latency_runs": int(options["latency_runs"]), "made_for": made_for, "trtexec": trtexec,
+              "latency_runs": int(options["latency_runs"]), "latency_warmup": int(options.get("latency_warmup", 3)),
+              "made_for": made, "trtexec": trtexec,
               "api_level": stack.api, "strongly_typed": stack.typed_build(dla_core is not None),
               "recovery": recovery_of(info)}
     (device / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n")
-    return {"reason": reason, "stack": made_for, "image_base": stack.base, "image_recipe_sha256": recipe,
+    return {"reason": reason, "stack": made, "image_base": stack.base, "image_recipe_sha256": recipe,
             "how_to_finish": ["edgekiln finish <this folder>   (on the device)",
+                              "edgekiln finish <this folder> --device ssh://user@device   (from the workstation)",
                               "sh device/build_engine.sh      (on the device, Docker + NVIDIA runtime)"],
             "missing": ["model.engine: the TensorRT engine (built on the device: it is tied to the GPU "
                         "and the TensorRT version)",
@@ -124,7 +130,7 @@ def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: P
             "not_executed": ["device/build_engine.py (TensorRT builder)", "device/check_engine.py (engine run)",
                              "device/preflight.py (device check)", "device/build_engine.sh (docker run)",
                              "device/image (docker build of NVIDIA's base)"],
-            "trtexec": " ".join(trtexec), "workstation": info}
+            "trtexec": shlex.join(trtexec), "workstation": info}
 
 
 def recovery_of(info: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -175,28 +181,86 @@ def write_sums(folder: Path) -> None:
 
 
 def verify_sums(folder: Path) -> list[str]:
-    """Files whose content does not match SHA256SUMS (or are missing)."""
-    bad = []
+    """Files whose content does not match SHA256SUMS, are missing, or are not listed in it at all
+    (an added device/json.py would shadow the standard library of the scripts). SHA256SUMS detects
+    corruption and accidents, not tampering: whoever can change the bundle can rewrite it too."""
+    bad, listed = [], set()
     for line in (folder / SUMS).read_text().splitlines():
         sha, _, rel = line.partition("  ")
+        listed.add(rel)
         path = folder / rel
-        if not path.is_file() or _sha(path) != sha:
+        if path.is_symlink() or not path.is_file() or _sha(path) != sha:
             bad.append(rel)
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if (p.is_file() or p.is_symlink()) and rel != SUMS and rel not in listed:
+            bad.append(f"{rel} (not listed)")
     return bad
+
+
+def listed_files(folder: Path) -> list[str]:
+    """The bundle's files: SHA256SUMS and what it lists (all that is shipped to a device)."""
+    return [SUMS] + [line.partition("  ")[2] for line in (folder / SUMS).read_text().splitlines()]
 
 
 # ---------------------------------------------------------------- finish (on the device)
 
+# (step, script, files it adds to the artifact on success)
+STEPS = (("preflight", "device/preflight.py", ("preflight.json",)),
+         ("build", "device/build_engine.py", ("model.engine", "engine.json", "device/timing.cache")),
+         ("check", "device/check_engine.py", ("check.json",)))
+EXIT_PREFLIGHT, EXIT_MISSED = 4, 1  # preflight.py's refusal; check_engine.py's threshold miss
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    print("+ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=cwd, text=True, capture_output=True)
+
+def stream(cmd: list[str], log: Path, cwd: Path | None = None, stdin=None) -> tuple[int, list[str]]:
+    """Run ``cmd`` with its stdout and stderr merged, echoed line by line to our stderr (a Jetson
+    build takes minutes: the TensorRT log shows as it comes) and written to ``log``."""
+    print("+ " + shlex.join(cmd), file=sys.stderr, flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            out.write(line)
+            lines.append(line.rstrip("\n"))
+        code = proc.wait()
+    return code, lines
 
 
-def finish(folder: Path, python: str | None = None, who: str | None = None) -> dict[str, Any]:
+class LocalDevice:
+    """``edgekiln finish`` on the device itself: the scripts run here, with ``python`` in isolated
+    mode (-I: no PYTHON* variables, no user site, the script's folder not on sys.path)."""
+
+    def __init__(self, python: str | None = None):
+        self.python = python or sys.executable
+        self.where = "this machine"
+
+    def ship(self, stage: Path, files: list[str]) -> None:
+        pass
+
+    def run(self, stage: Path, step: str, script: str, log: Path) -> tuple[int, list[str]]:
+        return stream([self.python, "-I", script], log, cwd=stage)
+
+    def fetch(self, stage: Path, files) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _last(lines: list[str], fallback: str) -> str:
+    return next((line.strip() for line in reversed(lines) if line.strip()), fallback)
+
+
+def finish(folder: Path, python: str | None = None, who: str | None = None, device=None) -> dict[str, Any]:
     """Complete a pending-device artifact in place: preflight, build, check in a copy, then swap.
-    Refuses (EnvironmentFailed) on the wrong device/TensorRT; ValidationFailed when the engine misses
-    the thresholds (the artifact stays pending)."""
+    ``device``: where the scripts run (default: here, LocalDevice(python); edgekiln.device.SshDevice
+    ships the bundle to another machine and brings the new files back).
+    Refuses (DeviceRefused) on the wrong device/TensorRT; EnvironmentFailed when a device step cannot
+    run; ValidationFailed when the engine misses the thresholds. The published artifact changes only
+    by the final swap: on any failure it stays the pending bundle it was."""
     folder = Path(folder).resolve()
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file() or not (folder / "device" / "bundle.json").is_file():
@@ -209,36 +273,48 @@ def finish(folder: Path, python: str | None = None, who: str | None = None) -> d
     if bad:
         raise UsageError(f"the bundle was changed after it was made: {', '.join(bad[:5])}",
                          "rebuild it, or restore the files (SHA256SUMS)")
-    python = python or sys.executable
+    device = device or LocalDevice(python)
     stage = folder.with_name(f".finish-{folder.name}-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
-    shutil.copytree(folder, stage)
-    keep = False  # a failed build/check leaves its copy for inspection; anything else leaves nothing
+    stage.mkdir()
+    files = listed_files(folder)
+    for rel in files:  # only the listed files, never following a link
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / rel, stage / rel, follow_symlinks=False)
+    keep = False  # a failed build/check leaves its copy (and logs/) for inspection; anything else nothing
     try:
-        pre = _run([python, "device/preflight.py"], stage)
-        if pre.returncode != 0:
-            line = (pre.stderr.strip().splitlines() or ["preflight failed"])[-1]
-            raise EnvironmentFailed(line.removeprefix("preflight: "),
+        device.ship(stage, files)
+        for step, script, adds in STEPS:
+            code, lines = device.run(stage, step, script, stage / "device" / "logs" / f"{step}.log")
+            if code == 0:
+                device.fetch(stage, adds)
+                continue
+            last = _last(lines, f"{script} exited {code}")
+            if step == "preflight" and code == EXIT_PREFLIGHT:
+                raise DeviceRefused(f"{device.where}: the device refused the bundle: "
+                                    f"{last.removeprefix('preflight: refused: ')}",
                                     "finish the bundle on the device it was made for, or rebuild for this one")
+            keep = step != "preflight"
+            where = f"; its output is in {stage / 'device' / 'logs'}" if keep else ""
+            if step == "check" and code == EXIT_MISSED:
+                raise ValidationFailed(f"{device.where}: device step check ({script}): {last}",
+                                       f"the bundle stays pending{where}")
+            raise EnvironmentFailed(f"{device.where}: device step {step} ({script}) failed (exit {code}): {last}",
+                                    f"the bundle stays pending{where}")
         found = json.loads((stage / "preflight.json").read_text())["found"]
-        for script in ("device/build_engine.py", "device/check_engine.py"):
-            proc = _run([python, script], stage)
-            sys.stdout.write(proc.stdout)
-            if proc.returncode != 0:
-                last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["failed"])[-1]
-                kind = ValidationFailed if script.endswith("check_engine.py") and proc.returncode == 1 \
-                    else EnvironmentFailed
-                keep = True
-                raise kind(f"{script}: {last}", f"the bundle stays pending; see {stage} for its output")
         check = json.loads((stage / "check.json").read_text())
         engine = json.loads((stage / "engine.json").read_text())
         manifest["status"] = BUILT
         manifest["finished"] = {
             "by": who or f"{getpass.getuser()}@{platform.node()}",
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": {"machine": platform.machine(), "l4t": found.get("l4t"), "sm": found.get("sm")},
+            "where": device.where,
+            "device": {"l4t": found.get("l4t"), "sm": found.get("sm"), "tensorrt": found.get("tensorrt")},
             "tensorrt": engine["tensorrt"], "engine": engine, "check": check,
-            "files_added": ["model.engine", "engine.json", "check.json", "preflight.json", "device/timing.cache"]}
+            "files_added": ["model.engine", "engine.json", "check.json", "preflight.json", "device/timing.cache",
+                            "device/logs/preflight.log", "device/logs/build.log", "device/logs/check.log"]}
+        if isinstance(device, LocalDevice):
+            manifest["finished"]["device"]["machine"] = platform.machine()
         manifest["not_executed"] = [n for n in manifest.get("not_executed", [])
                                     if n not in manifest.get("deferred", {}).get("not_executed", [])]
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
@@ -251,4 +327,6 @@ def finish(folder: Path, python: str | None = None, who: str | None = None) -> d
         if not keep:
             shutil.rmtree(stage, ignore_errors=True)
         raise
+    finally:
+        device.close()
     return manifest

@@ -113,6 +113,14 @@ class IntegrityError(EdgekilnError):
     kind = "integrity"
 
 
+class DeviceRefused(EdgekilnError):
+    """The device is not the one a TensorRT bundle was made for (no TensorRT there, another
+    TensorRT / L4T release / GPU): its preflight refused, nothing was built, the bundle stays pending."""
+
+    exit_code = 14
+    kind = "device_refused"
+
+
 class Interrupted(EdgekilnError):
     exit_code = 130
     kind = "interrupted"
@@ -123,6 +131,6 @@ BY_KIND = {
     cls.kind: cls
     for cls in (
         UsageError, ModelNotFound, InvalidModel, TargetError, DataError, ShapeError,
-        UnsupportedModel, StepFailed, ValidationFailed, EnvironmentFailed, PublishConflict,
+        UnsupportedModel, StepFailed, ValidationFailed, EnvironmentFailed, PublishConflict, DeviceRefused,
     )
 }

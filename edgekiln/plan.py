@@ -214,7 +214,7 @@ def plan_build(request: BuildRequest, targets: Mapping[str, Target],
         src = source_step(target)
         via = target.via.get(request.source_format, {})
         extra = stage(target, "params")  # what the target declares its steps need (e.g. a chosen stack)
-        base_t = dict(base, **extra(target, options)) if extra else base
+        base_t = dict(base, **extra(target, options, precisions)) if extra else base
         for precision in precisions:
             work_dir = f"{target.name}/{precision}"
             limits = target.thresholds_for(precision)

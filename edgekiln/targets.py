@@ -53,7 +53,7 @@ class Target:
     cpu: Mapping[str, Any] = field(default_factory=dict)
     # [stages]: what the target declares beyond convert and validate, each "module:function" of
     # edgekiln (the core calls them by these names and never names a runtime):
-    #   params            (target, options) -> the extra params of its convert/validate steps
+    #   params            (target, options, precisions) -> the extra params of its convert/validate steps
     #   after_validation  (folder, artifact, target, params, job, manifest) -> (manifest, status):
     #                     what becomes of a validated artifact before it is published (default:
     #                     published as it is; e.g. a deferred device bundle)

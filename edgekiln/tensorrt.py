@@ -9,6 +9,7 @@ Nothing here needs TensorRT: engines are built on the device (see edgekiln/defer
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -116,13 +117,19 @@ def stack_for(kind: str, version: str | None = None, table: Mapping[str, Any] | 
 # ---------------------------------------------------------------- device scripts
 
 
+TRTEXEC = {"jetson": "/usr/src/tensorrt/bin/trtexec",  # JetPack: not on PATH
+           "x86": "trtexec"}  # the NGC tensorrt image puts it on PATH
+
+
 def trtexec_line(stack: Stack, precision: str, *, shapes: Mapping[str, Any] | None, input_name: str,
                  dla_core: int | None, workspace_mib: int, engine: str = "model.engine",
                  onnx: str = "model.onnx", hardware_compatible: bool = False,
                  version_compatible: bool = False) -> list[str]:
-    """The trtexec command equivalent to build_engine.py for this stack (recorded, not run here)."""
-    args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}",
-            f"--memPoolSize=workspace:{workspace_mib}", "--timingCacheFile=timing.cache"]  # MiB
+    """The trtexec command equivalent to build_engine.py for this stack (recorded, not run here), as
+    argv words: write it with ``shlex.join`` (an input name is data, never shell text)."""
+    args = [TRTEXEC[stack.kind], f"--onnx={onnx}", f"--saveEngine={engine}",
+            f"--memPoolSize=workspace:{workspace_mib}",  # MiB
+            "--timingCacheFile=device/timing.cache"]  # the cache build_engine.py reuses
     if stack.typed_build(dla_core is not None):
         args.append("--stronglyTyped")
     elif precision == "fp16":
@@ -130,9 +137,11 @@ def trtexec_line(stack: Stack, precision: str, *, shapes: Mapping[str, Any] | No
     elif precision == "int8":
         args += ["--int8", "--fp16"]  # Q/DQ int8; fp16 for the layers left in float
     if shapes:
+        # trtexec splits name:dims at a colon: a name with one is wrapped in single quotes (its docs)
+        name = f"'{input_name}'" if ":" in input_name else input_name
         for flag, which in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
             dims = "x".join(str(d) for d in shapes[which])
-            args.append(f"{flag}={input_name}:{dims}")
+            args.append(f"{flag}={name}:{dims}")
     if dla_core is not None:
         args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
     if hardware_compatible:
@@ -140,6 +149,30 @@ def trtexec_line(stack: Stack, precision: str, *, shapes: Mapping[str, Any] | No
     if version_compatible:
         args.append("--versionCompatible")
     return args
+
+
+def trtexec_text(stack: Stack, args: list[str], dla: bool) -> str:
+    """device/trtexec.txt: comments, then the command as one shell-quoted line."""
+    lines = [f"# The trtexec command equivalent to build_engine.py (TensorRT {stack.tensorrt}), run in the "
+             "artifact folder on the device:"]
+    if dla:
+        lines.append("# On a board without DLA cores (Orin Nano) drop --useDLACore/--allowGPUFallback: trtexec "
+                     "fails there, build_engine.py builds for the GPU.")
+    return "\n".join(lines + [shlex.join(args)]) + "\n"
+
+
+# sm >= 8.0: HardwareCompatibilityLevel.AMPERE_PLUS builds for Ampere and newer GPUs only
+AMPERE = "8.0"
+
+
+def made_for(stack: Stack, hardware_compatible: bool = False) -> dict[str, Any]:
+    """What preflight compares with the device (device/bundle.json ``made_for``)."""
+    out = {"kind": stack.kind, "key": stack.key, "label": stack.label, "tensorrt": stack.tensorrt,
+           "l4t": list(stack.l4t), "sm": list(stack.sm)}
+    if hardware_compatible:
+        out["min_sm"] = AMPERE
+        out["min_sm_why"] = "hardware_compatible: an Ampere-or-newer (AMPERE_PLUS) engine"
+    return out
 
 
 def device_context(stack: Stack, precision: str, *, dla: bool, dynamic: bool,
@@ -178,9 +211,10 @@ def kind_of(target) -> str:
     return "jetson" if "jetpack" in target.options else "x86"
 
 
-def target_params(target, options: Mapping[str, Any]) -> dict[str, Any]:
+def target_params(target, options: Mapping[str, Any], precisions=()) -> dict[str, Any]:
     """The extra step params of a TensorRT target: the chosen stack (``--jetpack`` /
-    ``--option stack=``) and what the build script will do with it (typed network or flags, DLA)."""
+    ``--option stack=``) and what the build script will do with it (typed network or flags, DLA).
+    Refuses (one line each) what DLA cannot do: fp32, and a shape range."""
     kind = kind_of(target)
     stack = stack_for(kind, str(options["jetpack"] if kind == "jetson" else options["stack"]))
     try:
@@ -191,5 +225,19 @@ def target_params(target, options: Mapping[str, Any]) -> dict[str, Any]:
     dla = dla_core >= 0
     if dla and not stack.dla:
         raise UsageError(f"{stack.label} has no DLA cores", "use --option dla_core=-1")
+    if dla and "fp32" in precisions:
+        raise UsageError("DLA runs fp16 and int8 only: an fp32 engine with --option dla_core would run "
+                         "every layer on the GPU", "build --precision fp16 or int8 for DLA, or fp32 with "
+                         "--option dla_core=-1")
+    if dla and _is_range(options.get("shapes")):
+        raise UsageError(f"DLA needs one fixed shape (min = opt = max), --option shapes={options['shapes']} "
+                         "is a range", "give the same shape three times, or use --option dla_core=-1")
     return {"tensorrt": dict(stack.to_json(), label=stack.label, typed=stack.typed_build(dla),
                              dla_core=dla_core if dla else None)}
+
+
+def _is_range(shapes) -> bool:
+    """Is ``[name:]MIN:OPT:MAX`` a range (not three equal shapes)? Malformed text is left to the
+    convert step, which names what is wrong with it."""
+    parts = [p.strip().lower() for p in str(shapes or "").split(":") if p.strip()]
+    return len(parts) >= 3 and len(set(parts[-3:])) > 1

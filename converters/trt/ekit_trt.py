@@ -5,8 +5,9 @@ TensorRT. Gives the convert step and bench/tensorrt_qdq.py:
 
 * ``op_table(trt)`` / ``lint_ops(model, trt)`` — the ONNX operators that TensorRT version's parser
   does not take (tables vendored from onnx-tensorrt docs/operators.md: tensorrt_onnx_ops.json);
-* ``lint_qdq(model)`` — TensorRT's explicit-quantization rules (int8, zero point 0, per-tensor
-  scalar or per-channel on axis 0; ConvTranspose weights axis 1);
+* ``lint_qdq(model)`` — TensorRT's explicit-quantization rules (int8, zero point 0, scale > 0,
+  per-tensor scalar or per-channel on the weight's output-channel axis);
+* ``lower_opset(model, 17)`` — the version converter for TensorRT 8.5/8.6's parser (opset <= 17);
 * ``shape_range(inputs, shapes)`` — min/opt/max of every dynamic input, or an error;
 * ``quantize_modelopt`` / ``quantize_ort_symmetric`` — explicit Q/DQ int8 ONNX;
 * ``autocast_fp16`` — an fp16-typed ONNX (float32 inputs/outputs kept) for strongly typed TensorRT.
@@ -66,7 +67,7 @@ def lint_ops(model, trt: str) -> dict:
     # onnx-tensorrt's docs/operators.md at the table's commit)
     restricted = sorted(op for op in table.get("restricted", []) if op in used)
     return {"table": f"onnx-tensorrt {table['tag']} ({table['commit'][:12]})", "table_version": table["version"],
-            "opset": opset, "opset_problem": opset_problem, "unsupported": problems,
+            "opset": opset, "opset_max": lo_hi[-1] if lo_hi else None, "opset_problem": opset_problem, "unsupported": problems,
             "restricted": restricted, "note": table["note"]}
 
 
@@ -82,10 +83,25 @@ def _const(model, name):
     return None
 
 
-def lint_qdq(model) -> dict:
+def _weight_axis(node, users) -> int:
+    """The per-channel axis TensorRT takes for the weights a DequantizeLinear feeds: the output-channel
+    axis. Conv: 0 ([out, in, kh, kw]); ConvTranspose: 1 ([in, out, kh, kw]); MatMul: 1 (a [K, N] weight,
+    as ONNX Runtime's and modelopt's quantizers write it); Gemm: 1 unless transB=1 ([N, K]: 0)."""
+    for u in users:
+        if len(u.input) > 1 and u.input[1] == node.output[0]:
+            if u.op_type in ("ConvTranspose", "MatMul"):
+                return 1
+            if u.op_type == "Gemm":
+                trans_b = next((a.i for a in u.attribute if a.name == "transB"), 0)
+                return 0 if trans_b else 1
+    return 0
+
+
+def lint_qdq(model, require_zero_point: bool = False) -> dict:
     """TensorRT's explicit-quantization rules for every QuantizeLinear/DequantizeLinear:
-    int8 zero point (or none), all zero; scale a scalar (per tensor) or 1-D per channel on axis 0
-    (axis 1 for the weights of a ConvTranspose). -> {"q", "dq", "problems": [str], "per_channel"}."""
+    int8 zero point, all zero (``require_zero_point``: it must be there, as TensorRT 8.5/8.6's parser
+    requires 3 inputs); every scale > 0; a scale is a scalar (per tensor) or 1-D per channel on the
+    weight's output-channel axis (_weight_axis). -> {"q", "dq", "problems": [str], "per_channel"}."""
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -100,6 +116,8 @@ def lint_qdq(model) -> dict:
         if scale is None:
             problems.append(f"{label}: scale is not a constant")
             continue
+        if not np.all(scale > 0):
+            problems.append(f"{label}: scale {scale.ravel()[:4].tolist()} is not positive (TensorRT needs scale > 0)")
         if len(node.input) > 2 and node.input[2]:
             zp = _const(model, node.input[2])
             if zp is None:
@@ -108,6 +126,9 @@ def lint_qdq(model) -> dict:
                 problems.append(f"{label}: zero point is {zp.dtype}, TensorRT takes int8 only")
             elif np.any(zp != 0):
                 problems.append(f"{label}: zero point {zp.ravel()[:4].tolist()} is not 0 (TensorRT is symmetric)")
+        elif require_zero_point:
+            problems.append(f"{label}: no zero point (TensorRT 8.5/8.6 parse Q/DQ with 3 inputs only; "
+                            "a QuantizeLinear without one also outputs uint8)")
         if scale.ndim == 0 or scale.size == 1:
             continue
         if scale.ndim != 1:
@@ -115,12 +136,31 @@ def lint_qdq(model) -> dict:
             continue
         per_channel += 1
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        users = consumers.get(node.output[0], [])
-        want = 1 if any(u.op_type == "ConvTranspose" and u.input[1] == node.output[0] for u in users) else 0
+        want = _weight_axis(node, consumers.get(node.output[0], []))
         if axis != want:
             problems.append(f"{label}: per-channel on axis {axis}, TensorRT takes axis {want}")
     return {"q": counts["QuantizeLinear"], "dq": counts["DequantizeLinear"], "per_channel": per_channel,
             "problems": problems}
+
+
+def lower_opset(model, opset: int):
+    """``model`` converted to ``opset`` (ONNX's version converter) when it is above it: TensorRT 8.5/8.6
+    parse opset <= 17 only. -> (model, note or None). ValueError when the converter cannot: the model
+    must be exported with that opset. The result is validated like any artifact (the ORT proxy)."""
+    import onnx
+    from onnx import version_converter
+
+    have = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if have is None or have <= opset:
+        return model, None
+    try:
+        lowered = version_converter.convert_version(model, opset)
+        onnx.checker.check_model(lowered)
+    except Exception as exc:
+        why = str(exc).splitlines()[0].rsplit("failed: ", 1)[-1][:160]  # "No Adapter From Version $18 for Split"
+        raise ValueError(f"opset {have} is above the {opset} this TensorRT parses, and ONNX's version converter "
+                         f"cannot lower it ({why})") from None
+    return lowered, f"opset {have} lowered to {opset} (ONNX version converter) for this TensorRT's parser"
 
 
 def parse_shapes(text: str) -> tuple[str | None, list[list[int]]]:
@@ -158,6 +198,18 @@ def shape_range(inputs: list[dict], shapes: str | None) -> dict | None:
     if not all(a <= b <= c for a, b, c in zip(*dims)):
         raise ValueError(f"shapes {shapes!r}: need min <= opt <= max in every dimension")
     return {"input": inp["name"], "min": dims[0], "opt": dims[1], "max": dims[2]}
+
+
+def feed_problem(shapes: dict | None, x_shape) -> str | None:
+    """check_engine.py feeds the engine the reference images at the profile's smallest batch: is that
+    shape inside the profile? (None: yes.)"""
+    if not shapes:
+        return None
+    feed = [max(1, shapes["min"][0])] + [int(d) for d in x_shape[1:]]
+    if len(feed) != len(shapes["min"]) or not all(a <= f <= c for a, f, c in zip(shapes["min"], feed, shapes["max"])):
+        return (f"the reference images are fed as {feed}, outside the shape range {shapes['min']} .. "
+                f"{shapes['max']}: the engine could not be checked on the device")
+    return None
 
 
 def fix_shape(model, shape):
@@ -225,18 +277,31 @@ def quantize_ort_symmetric(src: Path, dst: Path, calib: np.ndarray, *, method: s
     return {"tool": "onnxruntime", "method": method, "symmetric": True}
 
 
-def autocast_fp16(src: Path, dst: Path, *, nodes_to_exclude=(), op_types_to_exclude=()) -> dict:
+def autocast_fp16(src: Path, dst: Path, *, nodes_to_exclude=(), op_types_to_exclude=(),
+                  calibration: np.ndarray | None = None, input_name: str | None = None) -> dict:
     """An fp16-typed ONNX for a strongly typed TensorRT network: modelopt AutoCast keeps nodes whose
-    values overflow fp16 (and the inputs/outputs) in float32."""
+    values overflow fp16 (and the inputs/outputs) in float32. ``calibration``: real input images
+    (NCHW float32, as fed) for AutoCast's reference run, which decides what overflows; without them
+    it runs on random inputs."""
     import onnx
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    model = convert_to_mixed_precision(os.fspath(src), low_precision_type="fp16", keep_io_types=True,
-                                       nodes_to_exclude=list(nodes_to_exclude) or None,
-                                       op_types_to_exclude=list(op_types_to_exclude) or None)
+    data = None
+    if calibration is not None and len(calibration):
+        data = Path(dst).with_suffix(".calib.npz")
+        np.savez(data, **{input_name: np.ascontiguousarray(calibration, dtype=np.float32)})
+    try:
+        model = convert_to_mixed_precision(os.fspath(src), low_precision_type="fp16", keep_io_types=True,
+                                           nodes_to_exclude=list(nodes_to_exclude) or None,
+                                           op_types_to_exclude=list(op_types_to_exclude) or None,
+                                           calibration_data=os.fspath(data) if data else None)
+    finally:
+        if data is not None:
+            data.unlink(missing_ok=True)
     onnx.save(model, os.fspath(dst))
     casts = sum(1 for n in model.graph.node if n.op_type == "Cast")
-    return {"tool": "nvidia-modelopt autocast", "casts": casts}
+    return {"tool": "nvidia-modelopt autocast", "casts": casts,
+            "reference_inputs": f"{len(calibration)} real image(s)" if data else "random"}
 
 
 def op_counts(model) -> dict:

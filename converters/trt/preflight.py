@@ -48,9 +48,15 @@ def l4t_version(environ=None, release_file: str | None = None) -> str | None:
 def tensorrt_version() -> str | None:
     try:
         import tensorrt
-    except ImportError:
+    except Exception:  # not installed, or its libraries do not load: no usable TensorRT here
         return None
     return tensorrt.__version__
+
+
+def _capability(text: str | None) -> str | None:
+    """``"8.7"`` -> ``"8.7"``; anything else (``[N/A]``, ``N/A``, empty) -> None (not known)."""
+    text = (text or "").strip()
+    return text if re.fullmatch(r"\d+\.\d+", text) else None
 
 
 def compute_capability() -> str | None:
@@ -62,19 +68,37 @@ def compute_capability() -> str | None:
         err, props = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
             return f"{props.major}.{props.minor}"
-    except ImportError:
+    except Exception:  # no cuda-python, or it cannot talk to this driver: ask nvidia-smi
         pass
     if shutil.which("nvidia-smi"):
         out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
                              capture_output=True, text=True)
         if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.split()[0]
+            return _capability(out.stdout.splitlines()[0])
     return None
 
 
+def _nums(version: str) -> list[int]:
+    return [int(p) for p in re.findall(r"\d+", version)]
+
+
 def _same_release(version: str, prefixes) -> bool:
-    parts = version.split(".")
-    return any(parts[:len(p.split("."))] == p.split(".") for p in prefixes)
+    """Does ``version`` belong to one of ``prefixes``? ``"36.4"`` matches 36.4.x; ``"36.4+"`` matches
+    36.4 and every later 36.x (jetson-containers' l4t_version_compatible: an r36.4 container runs on
+    every r36.4+ host)."""
+    have = _nums(version)
+    for p in prefixes:
+        want = _nums(p)
+        if p.endswith("+"):
+            if have[:1] == want[:1] and have[:len(want)] >= want:
+                return True
+        elif have[:len(want)] == want:
+            return True
+    return False
+
+
+def _releases(prefixes) -> str:
+    return " / ".join(f"r{p}" if p.endswith("+") else f"r{p}.x" for p in prefixes)
 
 
 def check(made_for: dict, found: dict) -> list[str]:
@@ -82,8 +106,9 @@ def check(made_for: dict, found: dict) -> list[str]:
     problems = []
     trt_want, trt_have = made_for.get("tensorrt"), found.get("tensorrt")
     if trt_have is None:
-        problems.append(f"TensorRT is not importable here; the bundle needs TensorRT {trt_want} "
-                        "(run it in the device image: device/build_engine.sh)")
+        problems.append(f"no TensorRT on this device (`import tensorrt` fails in {found.get('python') or 'python'}); "
+                        f"the bundle needs TensorRT {trt_want} (JetPack's python3, or the device image: "
+                        "sh device/build_engine.sh)")
     elif trt_want and not _same_release(trt_have, [".".join(trt_want.split(".")[:2])]):
         problems.append(f"this machine has TensorRT {trt_have}, the bundle was made for {trt_want} "
                         "(an engine only loads in the TensorRT version that built it)")
@@ -91,19 +116,23 @@ def check(made_for: dict, found: dict) -> list[str]:
         l4t = found.get("l4t")
         if l4t is None:
             problems.append(f"no L4T release found (not a Jetson?); the bundle is for "
-                            f"{made_for.get('label')} (L4T r{' / r'.join(made_for.get('l4t', []))}.x)")
+                            f"{made_for.get('label')} (L4T {_releases(made_for.get('l4t', []))})")
         elif not _same_release(l4t, made_for.get("l4t", [])):
             problems.append(f"this Jetson runs L4T r{l4t}, the bundle is for {made_for.get('label')} "
-                            f"(L4T r{' / r'.join(made_for.get('l4t', []))}.x): rebuild with the matching --jetpack")
+                            f"(L4T {_releases(made_for.get('l4t', []))}): rebuild with the matching --jetpack")
     sm = found.get("sm")
     if sm is not None and made_for.get("sm") and sm not in made_for["sm"]:
         problems.append(f"GPU compute capability {sm} is not one the bundle was made for "
                         f"({', '.join(made_for['sm'])})")
+    elif sm is not None and made_for.get("min_sm") and _nums(sm) < _nums(made_for["min_sm"]):
+        problems.append(f"GPU compute capability {sm} is below {made_for['min_sm']}, which this bundle needs "
+                        f"({made_for.get('min_sm_why', 'its build options')})")
     return problems
 
 
 def detect() -> dict:
-    return {"l4t": l4t_version(), "tensorrt": tensorrt_version(), "sm": compute_capability()}
+    return {"l4t": l4t_version(), "tensorrt": tensorrt_version(), "sm": compute_capability(),
+            "python": sys.executable}
 
 
 def main() -> int:

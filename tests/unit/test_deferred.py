@@ -2,6 +2,8 @@
 
 import hashlib
 
+import pytest
+
 from edgekiln import deferred
 from edgekiln.tensorrt import stack_for
 
@@ -29,3 +31,83 @@ def test_checksums_notice_a_changed_or_missing_file(tmp_path):
     (tmp_path / "d" / "b").write_text("3")
     (tmp_path / "a").unlink()
     assert deferred.verify_sums(tmp_path) == ["a", "d/b"]
+
+
+def test_device_image_installs_venv_support_before_making_the_venv(tmp_path):
+    """Ubuntu's python3 (NVIDIA's bases) has no ensurepip without python3-venv."""
+    for kind, key in (("jetson", "5.1"), ("jetson", "6.1"), ("x86", "24.12")):
+        deferred.render_image(stack_for(kind, key), tmp_path / key)
+        text = (tmp_path / key / "Dockerfile").read_text()
+        assert "import ensurepip" in text and "apt-get install -y --no-install-recommends python3-venv" in text
+        assert text.index("python3-venv python3-pip") < text.index("python3 -m venv --system-site-packages")
+
+
+def test_checksums_notice_a_file_they_do_not_list(tmp_path):
+    """An added device/json.py would shadow the standard library of the device scripts."""
+    (tmp_path / "device").mkdir()
+    (tmp_path / "device" / "preflight.py").write_text("print(1)")
+    deferred.write_sums(tmp_path)
+    (tmp_path / "device" / "json.py").write_text("import os")
+    assert deferred.verify_sums(tmp_path) == ["device/json.py (not listed)"]
+
+
+def fake_bundle(root):
+    """The smallest pending bundle finish accepts: the real preflight.py, a bundle.json, SHA256SUMS."""
+    import json
+    import shutil
+
+    from edgekiln.resources import data_dir
+    from edgekiln.tensorrt import made_for
+
+    folder = root / "m" / "v1" / "jetson" / "fp16"
+    (folder / "device").mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"status": "pending-device", "deferred": {}}))
+    (folder / "device" / "bundle.json").write_text(json.dumps({"made_for": made_for(stack_for("jetson"))}))
+    shutil.copy2(data_dir("converters") / "trt" / "preflight.py", folder / "device" / "preflight.py")
+    deferred.write_sums(folder)
+    return folder
+
+
+def test_finish_runs_the_scripts_isolated_and_refuses_without_tensorrt(tmp_path, monkeypatch):
+    """python -I: a json.py on PYTHONPATH does not replace the standard library's; no TensorRT here is
+    the device refusing the bundle (exit 14), with the log kept nowhere and the bundle untouched."""
+    from edgekiln.errors import DeviceRefused
+
+    folder = fake_bundle(tmp_path)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "json.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').close()\nfrom _json import *\n")
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    before = (folder / "SHA256SUMS").read_text()
+    with pytest.raises(DeviceRefused) as e:
+        deferred.finish(folder)
+    assert e.value.exit_code == 14 and "no TensorRT on this device" in e.value.line()
+    assert not (tmp_path / "RAN").exists()
+    assert (folder / "SHA256SUMS").read_text() == before and deferred.verify_sums(folder) == []
+    assert not list(folder.parent.glob(".finish-*"))
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("ssh://", "is not ssh://[user@]host[:port]"),
+    ("http://orin", "is not ssh://[user@]host[:port]"),
+    ("ssh://nvidia@orin/home", "is not ssh://[user@]host[:port]"),
+    ("ssh://-oProxyCommand=touch%20x", "is not ssh://[user@]host[:port]"),
+    ("docker+http://orin", "is not docker+ssh://, docker+tcp:// or docker+unix://"),
+    ("ssh://nvidia@orin?pyhton=/usr/bin/python3", "unknown setting(s) pyhton"),
+])
+def test_a_bad_device_url_is_one_line(url, expected):
+    from edgekiln.device import device_for
+    from edgekiln.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        device_for(url)
+    assert expected in e.value.line()
+
+
+def test_device_url_settings():
+    from edgekiln.device import device_for
+
+    dev = device_for("ssh://nvidia@orin:2222?python=/usr/bin/python3.10")
+    assert dev.ssh[-1] == "nvidia@orin" and ["-p", "2222"] == dev.ssh[dev.ssh.index("-p"):dev.ssh.index("-p") + 2]
+    assert dev.python == "/usr/bin/python3.10" and not dev.docker and dev.where == "device ssh://nvidia@orin:2222"
+    assert device_for("ssh://orin?docker").docker and device_for(None) is None
