@@ -13,7 +13,7 @@ task photos).
 
 Latency is measured natively only (never under emulation): on an AVX2-only machine the AVX2 figures
 need that machine. Writes bench/results/int8_isa.{json,md}.
-Run: ``python bench/int8_isa.py`` (needs /usr/local/lib/edgekiln/qemu-x86_64: .ci/arm64-up.sh).
+Run: ``invoke bench --only int8_isa`` (needs /usr/local/lib/edgekiln/qemu-x86_64: .ci/arm64-up.sh).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from edgekiln import isa  # noqa: E402
 from edgekiln.demo import mobilenet_weights, photo_folders, task_photo_folders, yolov8n_onnx  # noqa: E402
 from edgekiln.runners.local import LocalRunner  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import flat_helpers, stamp  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 QEMU_CPU = isa.CLASSES["x86-64-v3"]["qemu"]
 MNV2 = ["--input-shape", "1,3,224,224", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
@@ -42,7 +45,8 @@ MNV2 = ["--input-shape", "1,3,224,224", "--mean", "0.485,0.456,0.406", "--std", 
 ORT = r'''
 import json, sys, time, numpy as np
 sys.path.insert(0, sys.argv[1])
-import ekit, ekit_onnx, ekit_task, onnx
+import ekit, ekit_onnx, onnx
+from ekit import task as ekit_task
 from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationMethod
 from onnxruntime.quantization.shape_inference import quant_pre_process
 cmd, args = sys.argv[2], sys.argv[3:]
@@ -115,7 +119,7 @@ def job_source(out: Path) -> Path:
 
 
 def ort_study(name, source: Path, tmp: Path, py: str, qemu: str, script: Path) -> dict:
-    conv = str(ROOT / "converters")
+    conv = flat_helpers()
     folder = tmp / f"ort-{name}"
     folder.mkdir()
     variants = json.loads(sh([py, script, conv, "quantize", source / "model.onnx", source / "calib.npy", folder]).splitlines()[-1])
@@ -139,10 +143,10 @@ def intel_study(model_args, calib, val, tmp: Path, name: str) -> dict:
     rows = {}
     for fix in ("first_layer_only", "enable"):
         out = tmp / f"ov-{name}-{fix}"
+        gates = (["min_det_f1", "min_det_recall"] if name == "yolov8n" else ["min_top1_agreement"]) + ["min_cosine"]
         res = cli(["build", *model_args, "--target", "intel", "--precision", "int8", "--calib", calib, "--val", val,
                    "--option", f"overflow_fix={fix}", "--out", out,
-                   "--threshold", "int8.min_cosine=0", "--threshold", "int8.min_top1_agreement=0",
-                   "--threshold", "int8.min_det_f1=0", "--threshold", "int8.min_det_recall=0"],
+                   *[w for g in gates for w in ("--threshold", f"int8.{g}=0")]],  # measured, not gated
                   env={"EDGEKILN_QEMU_X86_64": "auto"})
         manifest = json.loads(next(out.glob("*/*/intel/int8/manifest.json")).read_text())
         pick = lambda m: {k: m.get(k) for k in ("cosine", "top1_agreement", "accuracy", "det_f1", "det_recall")}  # noqa: E731
@@ -180,7 +184,7 @@ def markdown(res: dict) -> str:
     f = lambda v, spec=".4f": "–" if v is None else format(v, spec)  # noqa: E731
     lines = [f"# int8 per x86 kernel path: native {res['host']['cpu_class']} vs emulated x86-64-v3 (AVX2, no VNNI)",
              "", f"{res['date']}, {res['host']['model']} ({res['host']['cpu_class']}), {res['machine']}; emulated: "
-             f"QEMU user mode -cpu {QEMU_CPU}. Regenerate: `python bench/int8_isa.py`. Latency: native, single "
+             f"QEMU user mode -cpu {QEMU_CPU}. Latency: native, single "
              "thread, min of 40 (a busy shared machine); no AVX2-only machine here, so no AVX2 latency.", ""]
     for name, study in res["ort"].items():
         metric = "det F1" if name == "yolov8n" else "top-1 agreement"
@@ -237,6 +241,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "int8_isa.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / "int8_isa.md").write_text(markdown(res))
+    for name in ("int8_isa.json", "int8_isa.md"):
+        stamp(RESULTS / name, "invoke bench --only int8_isa")
     print(markdown(res))
 
 
