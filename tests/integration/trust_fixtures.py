@@ -48,7 +48,9 @@ good = keras.Model(kin, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layer
 good.export(os.fspath(out / "good_savedmodel"))
 Path(marker).unlink(missing_ok=True)  # making the files ran the payloads once; the tests start clean
 
-sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[2] / "converters"))
+CONVERTERS = Path(__file__).resolve().parents[2] / "converters"
+sys.path.insert(0, os.fspath(CONVERTERS / "tflite"))  # ekit_tf lives beside the tflite templates
+sys.path.append(os.fspath(CONVERTERS))  # the ekit package; appended: its runtime folders never shadow a package
 import ekit_tf  # noqa: E402
 
 print(json.dumps({name: ekit_tf.saved_model_outside_ops(out / name)
