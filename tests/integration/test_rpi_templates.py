@@ -321,27 +321,28 @@ def test_cli_qat_keras_to_int8_without_calibration(fmnist, tmp_path):
 # --------------------------------------------------------------------------- --recover (int8 recovery)
 
 def test_mobilenet_int8_recover_keeps_sensitive_layers_float(mobilenet_job, mobilenet_reports):
-    """--recover on TFLite for real: MobileNetV2's full-int8 model has a minimum cosine of 0.957 on
-    the 20 held-out photos, so a gate made strict on purpose (min_cosine 0.958) refuses it; recovery
+    """--recover on TFLite for real: MobileNetV2's full-int8 model has a minimum cosine of 0.9637 on
+    the 20 held-out photos (0.957 on the Xeon this was first measured on), so a gate made strict on
+    purpose (min_cosine 0.964) refuses it; recovery (3 layers float: 0.9644)
     (QuantizationDebugger: calibrated once, the ops adding most error kept float with
     denylisted_nodes) passes it with a few layers float. Reuses onnx2tf's SavedModel of the
     fixture above (same job), so this costs the recovery only."""
     common = dict(source_format="onnx", model_name="mobilenet_v2", input=IMAGENET_SPEC, source_step="01-source",
                   options=dict(OPTIONS, recover=True),
-                  thresholds={"min_cosine": 0.958, "min_top1_agreement": 0.85})
+                  thresholds={"min_cosine": 0.964, "min_top1_agreement": 0.85})
     mobilenet_job.ok("tflite/convert.py.jinja", "convert", "rpi-int8r-convert", "int8", **common)
     mobilenet_job.ok("tflite/validate.py.jinja", "validate", "rpi-int8r-validate", "int8", **common)
     results = mobilenet_job.root / "work" / "results"
     conv = json.loads(next(results.glob("*-rpi-int8r-convert.json")).read_text())
     rec = conv["quantization"]["recovery"]
-    assert rec["attempted"] and rec["passed"] and rec["before"]["misses"][0].startswith("min_cosine 0.958: got 0.95")
+    assert rec["attempted"] and rec["passed"] and rec["before"]["misses"][0].startswith("min_cosine 0.964: got 0.96")
     n = len(rec["float_layers"])
     assert 1 <= n <= 10 and len(rec["tries"]) == n
     assert 290e6 < rec["total_macs"] < 310e6 and 0.5 < rec["int8_mac_share"] < 1.0
     assert all(r["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and r["macs"] > 0 for r in rec["float_layers"])
     assert any(f"int8 with {n} layer(s) kept float by --recover" in note for note in conv["notes"])
     report = json.loads((mobilenet_job.root / "work" / "rpi" / "int8" / "report.json").read_text())
-    assert report["metrics"]["cosine"] >= 0.958  # the validate step agrees with the recovery's own measurement
+    assert report["metrics"]["cosine"] >= 0.964  # the validate step agrees with the recovery's own measurement
     # exactly n compute ops of the artifact run in float; its pixel input is still uint8
     assert report["io"]["inputs"][0]["dtype"] == "uint8"
     assert float_compute_ops(mobilenet_job, mobilenet_job.root / "work" / "rpi" / "int8" / "model.tflite") == n
