@@ -191,6 +191,28 @@ def write_task(p: dict, ref_outputs, names, spec: dict, metadata: dict | None = 
     return task
 
 
+def enough_units(task: dict, data: dict, ref_outputs, run, spec: dict, fixed_batch=None):
+    """Source step, after ``write_task``: too few source boxes (regions) on the validation images
+    -> deterministic variants added (ekit.augment) and work/source/task.json updated (their
+    ground truth None, ``augmented`` says what was added). -> (data, ref_outputs): what
+    ``write_reference`` must write."""
+    import ekit
+
+    from . import augment
+
+    data, ref_outputs, info = augment.enough(task, data, ref_outputs, run, spec, fixed_batch)
+    path = task_file()
+    saved = json.loads(path.read_text()) if path.is_file() else dict(task)
+    if info:
+        if saved.get("gt") is not None:
+            saved["gt"] = list(saved["gt"]) + [None] * info["images"]
+        ekit.log(f"augmented: {info['why']}")
+    saved["augmented"] = info or {"images": 0}
+    task["augmented"] = saved["augmented"]
+    ekit.write_json(path, saved)
+    return data, ref_outputs
+
+
 def evaluate(ref: dict, outputs, names=None) -> dict:
     """Validate steps: THE one call. Task metrics of the artifact's ``outputs`` against the
     reference file's ``ref["y"]`` (task from work/source/task.json, else from the shapes), plus
@@ -206,6 +228,9 @@ def evaluate(ref: dict, outputs, names=None) -> dict:
         task["reason"] += " (decided from the reference shapes: the source step wrote no task.json)"
         task["params"]["input_hw"] = list(hw)
     res = metrics(task, ref["y"], outputs, task.get("gt"))
+    aug = task.get("augmented") or {}
+    res["augmented"] = int(aug.get("images") or 0)
+    res["augmentation"] = aug.get("why")
     res["nonfinite_where"] = nonfinite_where(outputs, names, ref.get("files"))
     return res
 
