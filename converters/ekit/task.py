@@ -242,8 +242,9 @@ def summary(m: dict) -> str:
                      for k in keys + (("map50", "source_map50") if m.get("map50") is not None else ()))
     text = f"task {m.get('task')}" + (f"/{m['head']}" if m.get("head") else "")
     if m.get("task") == "detect" and m.get("det_boxes_source") is not None:
+        band = m.get("det_band") or ["?", "?"]
         vals += (f", boxes {m.get('det_boxes_artifact')} (source {m['det_boxes_source']}, "
-                 f"{m.get('det_band_ignored')} in the band {m.get('det_band')})")
+                 f"{m.get('det_band_ignored')} in the band [{band[0]}, {band[1]}))")
     if m.get("augmented"):
         vals += f"; {m['augmented']} augmented image(s) added ({m.get('augmentation')})"
     if m.get("task") == "raw":
