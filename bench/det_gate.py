@@ -80,6 +80,20 @@ def models(work: Path) -> dict[str, Path]:
     return out
 
 
+def step_seconds(job: Path) -> dict[str, float]:
+    """Seconds per step of a kept job, log to log (a step's log is last written when it ends):
+    the validate steps' cost of the images (native, and the declared CPU class under QEMU)."""
+    logs = sorted((job / "logs").glob("*.log"))
+    start = (job / "steps").stat().st_mtime if (job / "steps").exists() else None  # rendered first
+    out = {}
+    for log in logs:
+        end = log.stat().st_mtime
+        if start is not None:
+            out[log.stem] = round(end - start, 1)
+        start = end
+    return out
+
+
 def verdicts(metrics: dict, limits: dict) -> tuple[str, list[str]]:
     vs = [v for v in evaluate_thresholds(metrics, limits) if v["passed"] is not None]
     missed = [f"{v['threshold']} {fmt(v['value'], '.3f')}" for v in vs if v["passed"] is False]
@@ -97,7 +111,7 @@ def main():
         photos = photo_folders() if name == "MobileNetV2" else task_photo_folders()
         job, secs, code = cli_build("onnx", "int8", [model], photos, work / "out" / name.replace(" ", "_"))
         report = json.loads((job / "work" / "onnx" / "int8" / "report.json").read_text())
-        builds[name] = {"seconds": secs, "exit": code, "metrics": report["metrics"]}
+        builds[name] = {"seconds": secs, "exit": code, "metrics": report["metrics"], "steps": step_seconds(job)}
         full = dict(s, layout="nchw", scale=255)
         spec["models"].append({"name": name, "kind": kind, "fp32": str(job / "work" / "source" / "model.onnx"),
                                "int8": {"bare ORT defaults": "bare",
@@ -111,6 +125,7 @@ def main():
     old = inside["old_limits"]
     for m in inside["models"]:
         m["build"] = {k: v for k, v in builds[m["name"]].items() if k != "metrics"}
+        m["images_validated"] = builds[m["name"]]["metrics"].get("n")
         m["build"]["augmented"] = builds[m["name"]]["metrics"].get("augmentation")
         for row in m["variants"].values():
             for key in ("plain", "augmented"):
@@ -139,7 +154,9 @@ def markdown(r: dict) -> str:
         aug = m.get("augmented")
         lines += [f"## {m['name']} ({m['kind']}, {m['images']} images)", "",
                   f"Augmentation: {aug['why'] if aug else 'none needed/possible'}. "
-                  f"edgekiln build: {m['build']['seconds']} s, exit {m['build']['exit']}.", "",
+                  f"edgekiln build: {m['build']['seconds']} s, exit {m['build']['exit']}; its steps on "
+                  f"{m.get('images_validated')} images, seconds log to log: "
+                  + ", ".join(f"{k} {v}" for k, v in (m["build"].get("steps") or {}).items()) + ".", "",
                   "| int8 | set | " + " | ".join(keys) + " | old gate | new gate | int8 run s |",
                   "|" + "---|" * (len(keys) + 5)]
         for variant, row in m["variants"].items():
