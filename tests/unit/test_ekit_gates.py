@@ -267,3 +267,31 @@ def test_variants_are_deterministic_and_keep_the_size(yolo_outputs):
     counts = np.array([0, 3, 1, 0])
     assert A.candidates(counts, 5) == [(1, A.VARIANTS[0][0]), (2, A.VARIANTS[0][0]),
                                        (1, A.VARIANTS[1][0]), (2, A.VARIANTS[1][0]), (1, A.VARIANTS[2][0])]
+
+
+def test_enough_units_updates_task_json_and_the_gate_reads_it(yolo_outputs, tmp_path, monkeypatch):
+    """The source step's call: the augmented set is what evaluate() judges, and it says so. ``run``
+    replays the real model's outputs of the same variants (computed in the onnx env above)."""
+    import json
+
+    y, ya, task = yolo_outputs["fp32"], yolo_outputs["aug_fp32"], dict(yolo_outputs["task"])
+    n = len(y)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work" / "source").mkdir(parents=True)
+    gt = [None] * n
+    gt[0] = {"boxes": [[0, 0, 10, 10]], "classes": [0]}
+    (tmp_path / "work" / "source" / "task.json").write_text(json.dumps(dict(task, gt=gt)))
+    spec = {"shape": [1, 3, 320, 320], "layout": "nchw", "resize": "letterbox", "pad": 114, "scale": 255}
+    data = {"x": ekit.preprocess(yolo_outputs["pixels"], spec), "pixels": yolo_outputs["pixels"],
+            "labels": np.full(n, -1), "files": yolo_outputs["aug_files"][:n]}
+    data2, ref2 = T.enough_units(task, data, [y], lambda x: [ya[n:n + len(x)]], spec)
+    saved = json.loads((tmp_path / "work" / "source" / "task.json").read_text())
+    k = saved["augmented"]["images"]
+    assert k == len(ya) - n and len(saved["gt"]) == n + k and saved["gt"][n:] == [None] * k
+    assert data2["files"] == yolo_outputs["aug_files"] and len(data2["x"]) == len(ref2[0]) == n + k
+    m = T.evaluate({"y": ref2, "x": data2["x"], "files": data2["files"]}, [ref2[0].copy()])
+    assert m["augmented"] == k and "deterministic variant" in m["augmentation"] and m["det_images"] == n + k
+    # enough boxes already, or a classifier: nothing added, and the task says so
+    cls = {"task": "classify", "head": None, "params": {}}
+    same, _ = T.enough_units(cls, data, [np.zeros((n, 5))], None, spec)
+    assert same is data and cls["augmented"] == {"images": 0}
