@@ -264,6 +264,20 @@ def head_outputs(model, limit: int = 200) -> set[str]:
     return {o for n in head(model, limit) for o in n.output}
 
 
+def task_kind() -> str | None:
+    """The source step's task (work/source/task.json: "detect", "classify", "map", ...), None when it
+    wrote none: what the int8 recipes decide the head convs by."""
+    import json
+
+    from ekit import task as ekit_task
+
+    path = ekit_task.task_file()
+    try:
+        return json.loads(path.read_text()).get("task") if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _fixed_input(model, input_shape):
     """A copy of ``model`` with its first input's dims set to ``input_shape`` (symbolic dims: a
     batch of 1 when not given)."""

@@ -334,7 +334,7 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
     from ekit import recover as ekit_recover
 
     def run(path):
-        return ekit_onnx.ort_run(ekit_onnx.ort_session(path), ref["x"].astype(np.float32))
+        return ekit_onnx.ort_run(ekit_onnx.ort_session(path, optimization="none"), ref["x"].astype(np.float32))
 
     before = ekit_recover.measure(ref, run(qdq_path))
     missed = ekit_recover.misses(before, thresholds)
