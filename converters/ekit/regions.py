@@ -188,7 +188,7 @@ def task_proxy(task: dict | None, ref, out, window: float = 0.1) -> float:
 
 
 def search(int8_model, float_model, calib, ref: dict, thresholds: dict, *, save, run, max_seconds: float,
-           names=None, candidates: int = 12, verify: int = 3, images: int = 8, min_int8_macs: float = 0.85,
+           names=None, candidates: int = 8, verify: int = 3, images: int = 6, min_int8_macs: float = 0.85,
            input_shape=None) -> dict:
     """The region search (module doc). ``save(model, k) -> artifact path``, ``run(path) -> outputs`` on
     the reference images (the runtime's own execution). No step starts past ``max_seconds``.
@@ -288,9 +288,10 @@ def record(found: dict, before: dict, thresholds: dict, seconds: float, int8_mod
                           "compute_float": by.get(t, {}).get("compute", [])} for t in regions],
         "int8_mac_share": found.get("int8_mac_share") if regions else 1.0,
         "before": {"misses": R.misses(before, thresholds), "summary": R.text(before),
-                   "top1_agreement": before.get("top1_agreement")},
+                   "top1_agreement": before.get("top1_agreement"), "metrics": R.key_metrics(before)},
         "after": {"misses": found.get("misses") or [], "summary": R.text(found.get("metrics") or {}),
-                  "top1_agreement": (found.get("metrics") or {}).get("top1_agreement")},
+                  "top1_agreement": (found.get("metrics") or {}).get("top1_agreement"),
+                  "metrics": R.key_metrics(found.get("metrics") or {})},
         "tries": found.get("tries", []),
         "seconds": round(seconds, 2),
         "sensitivity_seconds": found.get("ranking_seconds"),
