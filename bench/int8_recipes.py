@@ -97,7 +97,7 @@ def edgekiln_rows(job: Path, target: str) -> list[dict]:
             ("not needed" if not rec.get("attempted") else "best kept" if rec.get("float_layers") else "plain kept")}
     before = (rec.get("before") or {}).get("metrics") if rec.get("attempted") else None
     plain = {"variant": "edgekiln defaults (plain int8)", **({k: v for k, v in (before or final).items() if k in COLS}),
-             "int8_macs": macs if not rec.get("float_layers") else None, "plain_s": plain_s}
+             "int8_macs": macs if not rec.get("float_layers") else rec.get("plain_int8_mac_fraction"), "plain_s": plain_s}
     return [plain, kept]
 
 
