@@ -373,7 +373,8 @@ def recovery_sentence(job: Job, artifact: Artifact) -> list[str]:
     budget = ("time budget spent: the options recover_max_seconds / recover_time_factor" if rec.get("budget_spent")
               else "budget: the options recover_max_float_layers / recover_max_seconds")
     return [f"--recover did not reach the thresholds in {tries} tries ({budget}); best: "
-            f"{len(rec.get('float_layers') or [])} layer(s) float, {(rec.get('after') or {}).get('summary')}"]
+            f"{len(rec.get('float_layers') or [])} {rec.get('unit') or 'layer'}(s) float, "
+            f"{(rec.get('after') or {}).get('summary')}"]
 
 
 def build_error(crashed: dict, failures: dict, passing: list, job: Job, all_or_nothing: bool) -> EdgekilnError:

@@ -196,10 +196,12 @@ def summary_notes(result) -> list[str]:
 def precision_text(precision: str, manifest: dict, short: bool = False) -> str:
     """"int8", or "int8 (3 layers float)" for a model --recover left mixed — never plain "int8"
     (``short``: "int8 (3 float)", the table's cell)."""
-    n = len((manifest.get("recovery") or {}).get("float_layers") or [])
+    rec = manifest.get("recovery") or {}
+    n = len(rec.get("float_layers") or [])
     if not n:
         return precision
-    return f"{precision} ({n} float)" if short else f"{precision} ({n} layer{'s' if n != 1 else ''} float)"
+    unit = "region" if rec.get("unit") == "region" else "layer"  # --recover's unit (docs/recover.md)
+    return f"{precision} ({n} float)" if short else f"{precision} ({n} {unit}{'s' if n != 1 else ''} float)"
 
 
 def task_lines(result) -> list[str]:

@@ -282,6 +282,15 @@ def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: i
                        for r in tries])
 
 
+GATE_KEYS = ("det_map50", "det_map50_low", "det_band_f1", "det_band_f1_low", "det_f1", "top1_agreement",
+             "top1_agreement_low", "prob_tv", "region_f1", "region_f1_low", "map_iou", "cosine")
+
+
+def key_metrics(m: dict) -> dict:
+    """The gate metrics of a measurement (what a recovery record keeps of plain int8 and of its best try)."""
+    return {k: m.get(k) for k in GATE_KEYS if m.get(k) is not None}
+
+
 def record(result: dict, ranked: list[dict], mac_table: dict, before: dict, thresholds: dict,
            seconds: float, sensitivity_seconds: float, method: str | None = None) -> dict:
     """The ``recovery`` entry of the convert step's result (the manifest carries it)."""
@@ -297,9 +306,10 @@ def record(result: dict, ranked: list[dict], mac_table: dict, before: dict, thre
         "int8_mac_share": round(int8_share(mac_table, layers), 4),
         "total_macs": int(sum(mac_table.values())),
         "before": {"misses": misses(before, thresholds), "summary": text(before),
-                   "top1_agreement": before.get("top1_agreement")},
+                   "top1_agreement": before.get("top1_agreement"), "metrics": key_metrics(before)},
         "after": {"misses": result.get("misses") or [], "summary": text(result.get("metrics") or {}),
-                  "top1_agreement": (result.get("metrics") or {}).get("top1_agreement")},
+                  "top1_agreement": (result.get("metrics") or {}).get("top1_agreement"),
+                  "metrics": key_metrics(result.get("metrics") or {})},
         "tries": result.get("tries", []),
         "seconds": round(seconds, 2),
         "sensitivity_seconds": round(sensitivity_seconds, 2),

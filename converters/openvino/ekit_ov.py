@@ -79,6 +79,53 @@ def head_names(model, onnx_path) -> list[str]:
             if any(set(op.output(i).get_names()) & wanted for i in range(op.get_output_size()))]
 
 
+def head_conv_ops(model, onnx_path) -> list[str]:
+    """Friendly names of the OpenVINO Convolution/MatMul ops that compute the ONNX model's head
+    convs (``ekit_onnx.head_convs``: the last learned layer of each head branch), found by their
+    output tensor's name; a bias Add that carries the name leads back to its convolution."""
+    import onnx
+
+    import ekit_onnx
+
+    wanted = {n.output[0] for n in ekit_onnx.head_convs(onnx.load(str(onnx_path)))}
+    compute = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+    found = []
+    for op in model.get_ordered_ops():
+        if not any(set(op.output(i).get_names()) & wanted for i in range(op.get_output_size())):
+            continue
+        node = op
+        for _ in range(3):  # Add(bias) <- Convolution
+            if node.get_type_name() in compute:
+                break
+            node = node.input_value(0).get_node()
+        if node.get_type_name() in compute and node.get_friendly_name() not in found:
+            found.append(node.get_friendly_name())
+    return found
+
+
+def int8_mac_fraction(model) -> tuple[float, list[str]]:
+    """(the fraction of the compute ops' MACs that run int8, the compute ops that do not) of an
+    NNCF-quantized model: int8 = its weights come from an int8 constant (or a FakeQuantize).
+    NNCF places activation FakeQuantizes before Concat/MaxPool, so the data input is not the test."""
+    import ekit_ov_recover
+
+    def int8_weights(node, hops=4) -> bool:  # NNCF stores int8 weights: i8/u8 Constant -> Convert -> ...
+        kind = node.get_type_name()
+        if kind == "Constant":
+            return str(node.get_element_type()) in ("<Type: 'int8_t'>", "<Type: 'uint8_t'>") or \
+                node.get_element_type().get_type_name() in ("i8", "u8")
+        if kind == "FakeQuantize":
+            return True
+        return hops > 0 and any(int8_weights(node.input_value(i).get_node(), hops - 1)
+                                for i in range(node.get_input_size()))
+
+    table = ekit_ov_recover.macs(model)
+    floats = [name for name, op in ekit_ov_recover.compute_ops(model).items()
+              if not int8_weights(op.input_value(1).get_node())]
+    total = sum(table.values())
+    return ((total - sum(table.get(n, 0) for n in floats)) / total if total else 1.0), floats
+
+
 def nncf_kwargs(nncf, options: dict) -> dict:
     """Keyword arguments shared by nncf.quantize and nncf.quantize_with_accuracy_control."""
     kw: dict = {}

@@ -316,15 +316,16 @@ PROXY = ("recovery measured with ONNX Runtime CPU on the Q/DQ model; the engine'
 
 
 def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: dict, opts, excluded=(),
-            plain_seconds: float | None = None) -> dict:
+            plain_seconds: float | None = None, calib=None) -> dict:
     """--recover for a Q/DQ ONNX (``quantize(dest, layers) -> dest`` re-quantizes with ``layers``
     kept float: modelopt / ORT ``nodes_to_exclude``): measure ``qdq_path`` in ONNX Runtime on the
     reference images (the proxy the validate step gates), and when it misses ``thresholds`` keep
     its most sensitive Conv/Gemm/MatMul layers float (``qdq_path`` is replaced by the best try that
     does better than plain int8). Every try re-calibrates (the quantizers keep no calibration to
     reuse), so k doubles (1, 2, 4, ...) and no try starts that would end past ``recover_time_factor``
-    x ``plain_seconds`` (the plain int8 quantization). -> the ``recovery`` record (ekit_recover.record
-    + the proxy sentence)."""
+    x ``plain_seconds`` (the plain int8 quantization). ``recover_unit`` "region" (the default) instead
+    drops quantization regions from the Q/DQ model (ekit/regions.py, ranked on ``calib``). -> the
+    ``recovery`` record (ekit_recover.record + the proxy sentence)."""
     import time
 
     import onnx
@@ -334,7 +335,7 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
     from ekit import recover as ekit_recover
 
     def run(path):
-        return ekit_onnx.ort_run(ekit_onnx.ort_session(path), ref["x"].astype(np.float32))
+        return ekit_onnx.ort_run(ekit_onnx.ort_session(path, optimization="none"), ref["x"].astype(np.float32))
 
     before = ekit_recover.measure(ref, run(qdq_path))
     missed = ekit_recover.misses(before, thresholds)
@@ -342,9 +343,35 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
         ekit.log("recover: the plain int8 Q/DQ model meets its thresholds; nothing kept float")
         return {"attempted": False, "passed": True, "float_layers": [], "int8_mac_share": None,
                 "reason": "the plain int8 model meets its thresholds", "proxy": PROXY}
-    ekit.log(f"recover: plain int8 misses {'; '.join(missed)} (ONNX Runtime proxy); ranking layers")
+    unit = str(opts["recover_unit"])
+    if unit not in ("region", "layer"):
+        ekit.fail("usage", f"option recover_unit={unit!r} is not one of region, layer")
+    ekit.log(f"recover: plain int8 misses {'; '.join(missed)} (ONNX Runtime proxy); ranking {unit}s")
     t0 = time.perf_counter()
     fmodel = onnx.load(os.fspath(float_path))
+    if unit == "region":  # an activation's Q/DQ dropped from the Q/DQ model: no re-calibration (ekit/regions.py)
+        from ekit import regions as ekit_regions
+
+        def save(model, k):
+            dest = Path(qdq_path).with_suffix(f".recover.{k}.onnx")
+            onnx.save(model, os.fspath(dest))
+            return dest
+
+        found = ekit_regions.search(onnx.load(os.fspath(qdq_path)), fmodel, calib, ref, thresholds, save=save, run=run,
+                                    max_seconds=ekit_recover.time_budget(opts, plain_seconds, 0.0))
+        record = ekit_regions.record(found, before, thresholds, time.perf_counter() - t0)
+        record["proxy"] = PROXY
+        if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
+            os.replace(found["artifact"], qdq_path)
+        else:
+            record["float_layers"], record["int8_mac_share"] = [], 1.0
+            record["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
+        for f in Path(qdq_path).parent.glob(Path(qdq_path).stem + ".recover.*"):
+            f.unlink()
+        ekit.log(f"recover: {'passes' if record['passed'] else 'still misses'} (ONNX Runtime proxy) with "
+                 f"{len(record['float_layers'])} region(s) without Q/DQ, {record['int8_mac_share']:.1%} of MACs int8, "
+                 f"{record['seconds']} s")
+        return record
     ranked = [r for r in ekit_recover.onnx_sensitivity(fmodel, onnx.load(os.fspath(qdq_path)), ref["x"])
               if r["layer"] not in set(excluded)]
     t_sens = time.perf_counter() - t0

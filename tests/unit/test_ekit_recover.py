@@ -89,3 +89,47 @@ def test_time_budget_is_the_smaller_of_seconds_and_the_plain_time_multiple():
     assert R.time_budget(opts, 1000.0, 0.0) == 600.0  # the seconds cap wins
     assert R.time_budget(opts, 10.0, 30.0) == 0.0  # spent: no try at all
     assert R.time_budget(opts, None, 5.0) == 600.0  # plain time unknown: the seconds cap only
+
+
+def _qdq_graph():
+    """x -> Q/DQ -> Conv(int8 weights) -> y, the activation region on x feeding the Conv."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), "wq"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array(np.array(0, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["wq", "s", "wz"], ["wd"], name="wdq"),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_regions_are_activation_qdq_and_dropping_one_leaves_the_tensor_float():
+    pytest.importorskip("onnx")
+    from ekit import regions
+
+    m = _qdq_graph()
+    found = regions.qdq_regions(m)
+    assert [(r["tensor"], r["consumers"], r["compute"]) for r in found] == [("x", ["Conv"], ["conv"])]
+    dropped = regions.drop_regions(m, ["x"])
+    assert [n.op_type for n in dropped.graph.node] == ["DequantizeLinear", "Conv"]  # the weight DQ stays
+    assert list(dropped.graph.node[1].input[:1]) == ["x"]
+    assert len(m.graph.node) == 4  # the original is untouched
+
+
+def test_task_proxy_counts_what_the_task_metric_sees():
+    import numpy as np
+
+    from ekit import regions
+
+    ref = [np.array([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]])]
+    assert regions.task_proxy({"task": "classify"}, ref, ref) == 0.0
+    flipped = [np.array([[0.0, 4.0, 0.0], [0.0, 3.0, 0.0]])]
+    assert 1.0 < regions.task_proxy({"task": "classify"}, ref, flipped) < 2.0  # one flip + the TV change
+    assert regions.task_proxy(None, ref, [ref[0] * 2]) == pytest.approx(0.0, abs=1e-12)  # cosine: scale-free
+    assert regions.task_proxy({"task": "classify"}, ref, [np.full((2, 3), np.nan)]) == float("inf")
