@@ -321,17 +321,45 @@ GATES = {
     "min_miou": ("miou", "min", "not a segmentation model"),
     "min_map_iou": ("map_iou", "min", "not a probability-map model"),
     "min_region_f1": ("region_f1", "min", "not a probability-map model"),
+    # the gates that can tell (docs/gates.md): against the source's own boxes/maps/classes, with
+    # lower bounds (image bootstrap and Wilson, converters/ekit/stats.py)
+    "min_det_map50": ("det_map50", "min", "not a detector"),
+    "min_det_map50_low": ("det_map50_low", "min", "not a detector"),
+    "min_det_map": ("det_map", "min", "not a detector"),
+    "min_det_band_f1": ("det_band_f1", "min", "not a detector"),
+    "min_det_band_f1_low": ("det_band_f1_low", "min", "not a detector"),
+    "min_miou_low": ("miou_low", "min", "not a segmentation model"),
+    "min_map_iou_low": ("map_iou_low", "min", "not a probability-map model"),
+    "min_region_f1_low": ("region_f1_low", "min", "not a probability-map model"),
+    "min_top1_agreement_low": ("top1_agreement_low", "min", "the outputs are not [N, classes] scores"),
+    "max_prob_tv": ("prob_tv", "max", "the outputs are not [N, classes] scores"),
+    # the raw-tensor cosine only where no task metric can judge (int8 rows: a classifier, detector
+    # or map is judged by what its task needs, not by a cosine floor set on one model)
+    "min_raw_cosine": ("raw_cosine", "min", "the model has a task: its task gates judge it"),
 }
+
+
+def derived_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics the gates read that the validate step does not write: ``accuracy_drop``
+    (percentage points) and ``raw_cosine`` (the cosine of a model whose task is raw/unknown)."""
+    metrics = dict(metrics or {})
+    acc, src = metrics.get("accuracy"), metrics.get("source_accuracy")
+    if acc is not None and src is not None:
+        metrics["accuracy_drop"] = (src - acc) * 100.0  # percentage points
+    if metrics.get("task") in (None, "raw"):
+        metrics["raw_cosine"] = metrics.get("cosine")
+    else:
+        metrics.setdefault("not_applicable", {})
+        metrics["not_applicable"] = dict(metrics["not_applicable"], raw_cosine=(
+            f"the model's task is {metrics['task']}: its task gates judge it, not a raw cosine"))
+    return metrics
 
 
 def evaluate_thresholds(metrics: Mapping[str, Any], limits: Mapping[str, float]) -> list[dict[str, Any]]:
     """Every threshold with its verdict: ``{"threshold", "limit", "metric", "value", "passed",
     "reason"}``; ``passed`` is None when the metric cannot be computed for this model (then
     ``reason`` says why) — never silently dropped."""
-    metrics = dict(metrics or {})
-    acc, src = metrics.get("accuracy"), metrics.get("source_accuracy")
-    if acc is not None and src is not None:
-        metrics["accuracy_drop"] = (src - acc) * 100.0  # percentage points
+    metrics = derived_metrics(metrics)
     verdicts, why_not = [], metrics.get("not_applicable") or {}
     if metrics.get("nonfinite"):  # always a failure, whatever the thresholds
         where = metrics.get("nonfinite_where") or f"{metrics['nonfinite']} values"

@@ -37,13 +37,14 @@ def print_release(console, result: ReleaseResult, rows: list[FileCheck] | None, 
     else:
         if result.entries:
             table = Table(title=f"{result.path.name} ({result.seconds:.1f}s)")
-            for col in ("entry", "status", "size", "agreement", "accuracy"):
+            for col in ("entry", "status", "size", "agreement", "accuracy", "task"):
                 table.add_column(col, no_wrap=True)
             for key, art in result.entries.items():
                 val = art.manifest.get("validation", {})
                 metrics = val.get("metrics") or {}
                 table.add_row(key, art.status, fmt_size(val.get("size_bytes")),
-                              fmt(metrics.get("top1_agreement"), ".1%"), fmt(metrics.get("accuracy"), ".1%"))
+                              fmt(metrics.get("top1_agreement"), ".1%"), fmt(metrics.get("accuracy"), ".1%"),
+                              headline(metrics))
             console.print(table)
         for archive in result.archives():
             console.print(f"  {archive['path']}  {fmt_size(archive['size'])}", markup=False)
@@ -60,6 +61,15 @@ def print_release(console, result: ReleaseResult, rows: list[FileCheck] | None, 
                       f" ({counts['excluded']} excluded by the rule, see release.json rules)", markup=False)
     if error is not None:
         raise error
+
+
+def headline(metrics: dict) -> str:
+    """The task number the gates read first (docs/gates.md): ``mAP50 0.971`` for a detector,
+    ``region F1 0.950`` for a map, ``mIoU 0.990`` for segmentation; "-" otherwise."""
+    for label, key in (("mAP50", "det_map50"), ("region F1", "region_f1"), ("mIoU", "miou")):
+        if metrics.get(key) is not None:
+            return f"{label} {metrics[key]:.3f}"
+    return "-"
 
 
 def print_verify(console, path: Path, as_json: bool) -> None:

@@ -22,7 +22,13 @@ from .errors import UsageError
 
 # what ekit.compare gives every artifact; anything else in validation.metrics is a task metric (mAP, …)
 STANDARD = ("n", "max_abs", "mean_abs", "cosine", "cosine_mean", "top1_agreement", "accuracy", "source_accuracy",
-            "labelled", "nonfinite")
+            "labelled", "nonfinite", "cosine_blank", "top1_agreement_low", "prob_tv", "prob_tv_max", "augmented")
+# the task cell: what the gates read (docs/gates.md), each value with its 95 % lower bound when it has
+# one, then what the judgement rests on; an older manifest without them shows every task number
+SHOWN = {"detect": (("mAP50", "det_map50", "det_map50_low"), ("mAP50-95", "det_map", None),
+                    ("band F1", "det_band_f1", "det_band_f1_low"), ("F1", "det_f1", None)),
+         "map": (("pixel IoU", "map_iou", "map_iou_low"), ("region F1", "region_f1", "region_f1_low")),
+         "segment": (("mIoU", "miou", "miou_low"),)}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -45,7 +51,8 @@ def row_of(manifest: dict) -> dict[str, Any]:
                else "pass" if val.get("passed") else "fail")
     return {"model": (manifest.get("model") or {}).get("name") or "?", "target": manifest.get("target"),
             "precision": manifest.get("precision"), "size": size, "cosine": metrics.get("cosine"),
-            "agreement": metrics.get("top1_agreement"), "accuracy": metrics.get("accuracy"),
+            "agreement": metrics.get("top1_agreement"), "agreement_low": metrics.get("top1_agreement_low"),
+            "prob_tv": metrics.get("prob_tv"), "metrics": metrics, "accuracy": metrics.get("accuracy"),
             "source_accuracy": metrics.get("source_accuracy"), "task": task, "latency": latency,
             "thresholds": val.get("thresholds") or {}, "gates": val.get("gates") or [], "verdict": verdict,
             "notes": refused or not_executed}
@@ -100,11 +107,33 @@ def not_applicable(rows: list[dict]) -> str | None:
     return f"Not applicable here: {', '.join(names)} ({'; '.join(reasons)})."
 
 
+def task_text(row: dict) -> str:
+    """The task cell: ``mAP50 0.97 (≥ 0.93), …, on 54 source boxes / 64 images (35 augmented)``."""
+    m = row.get("metrics") or {}
+    shown = [(label, m.get(key), m.get(low) if low else None) for label, key, low in SHOWN.get(m.get("task"), ())]
+    shown = [s for s in shown if s[1] is not None]
+    if not shown:
+        return ", ".join(f"{k} {v:.4g}" for k, v in sorted(row["task"].items())) or "–"
+    text = ", ".join(f"{label} {v:.3f}" + (f" (≥ {lo:.3f})" if lo is not None else "") for label, v, lo in shown)
+    if m.get("task") == "detect" and m.get("det_boxes") is not None:
+        text += f"; on {m['det_boxes']} source boxes / {m.get('det_images')} images"
+    elif m.get("task") == "map" and m.get("regions_source") is not None:
+        text += f"; on {m['regions_source']} source regions / {m.get('n')} images"
+    if m.get("augmented"):
+        text += f" ({m['augmented']} augmented)"
+    return text
+
+
 def cells(row: dict) -> list[str]:
     acc = _pct(row["accuracy"])
     if row["accuracy"] is not None and row["source_accuracy"] is not None:
         acc += f" (source {_pct(row['source_accuracy'])})"
-    task = ", ".join(f"{k} {v:.4g}" for k, v in sorted(row["task"].items())) or "–"
+    agree = _pct(row["agreement"])
+    if row.get("agreement_low") is not None:
+        agree += f" (≥ {_pct(row['agreement_low'])})"
+    if row.get("prob_tv") is not None:
+        agree += f", TV {row['prob_tv']:.3f}"
+    task = task_text(row)
     gates = [g for g in row["gates"] if _applicable(g)]
     skipped = len(row["gates"]) - len(gates)
     limits = ", ".join(_gate(g) for g in gates) if row["gates"] else \
@@ -113,7 +142,7 @@ def cells(row: dict) -> list[str]:
         limits += f" (+{skipped} not applicable)"
     verdict = row["verdict"] + (f": {'; '.join(map(str, row['notes']))}" if row["notes"] else "")
     return [_text(row["target"]), _text(row["precision"]), _num(row["size"] and row["size"] / 1e6, "{:.2f} MB"),
-            _pct(row["agreement"]), _num(row["cosine"]), acc, task, _num(row["latency"], "{:.2f} ms"), limits, verdict]
+            agree, _num(row["cosine"]), acc, task, _num(row["latency"], "{:.2f} ms"), limits, verdict]
 
 
 HEADER = ["target", "precision", "size", "top-1 agreement", "cosine", "accuracy", "task metrics",

@@ -21,7 +21,11 @@ from .resources import data_dir
 
 METRICS = ("min_cosine", "max_abs", "mean_abs", "min_top1_agreement", "max_accuracy_drop",
            # task metrics of the artifact against the source (converters/ekit/task.py)
-           "min_det_f1", "min_det_recall", "min_miou", "min_map_iou", "min_region_f1")
+           "min_det_f1", "min_det_recall", "min_miou", "min_map_iou", "min_region_f1",
+           # the gates that can tell (docs/gates.md; edgekiln/plan.py GATES)
+           "min_det_map50", "min_det_map50_low", "min_det_map", "min_det_band_f1", "min_det_band_f1_low",
+           "min_miou_low", "min_map_iou_low", "min_region_f1_low", "min_top1_agreement_low",
+           "max_prob_tv", "min_raw_cosine")
 
 
 @dataclass(frozen=True)

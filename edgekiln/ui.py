@@ -114,8 +114,12 @@ def fmt(value, spec: str = ".4f", suffix: str = "") -> str:
 
 
 SUMMARY_METRICS = (("agree", "top1_agreement", ".1%"), ("cosine", "cosine", ".5f"), ("accuracy", "accuracy", ".1%"))
-TASK_COLUMNS = {"detect": (("F1", "det_f1"), ("recall", "det_recall")),
-                "map": (("IoU", "map_iou"), ("region F1", "region_f1")), "segment": (("mIoU", "miou"),)}
+# the gates that can tell (docs/gates.md): the value, then its lower bound; det_f1/det_recall stay
+# in the report (informational), the table shows what the int8 gates read
+# (the note under the table says what they rest on: "F1" is the ambiguity-band F1, "low" its bound)
+TASK_COLUMNS = {"detect": (("mAP50", "det_map50"), ("F1", "det_band_f1"), ("low", "det_band_f1_low")),
+                "map": (("IoU", "map_iou"), ("region F1", "region_f1"), ("low", "region_f1_low")),
+                "segment": (("mIoU", "miou"),)}
 STATUS_CELL = {"deferred: bundle ready": "deferred"}  # the reason and the next command go below the table
 
 
@@ -137,6 +141,8 @@ def summary_table(result) -> Table:
     columns = [(label, key, spec) for label, key, spec in SUMMARY_METRICS]
     columns += [(label, key, ".3f") for task in tasks for label, key in TASK_COLUMNS[task]]
     columns = [c for c in columns if any(m.get(c[1]) is not None for m in metrics)]
+    if all(m.get("task") in TASK_COLUMNS for m in metrics):  # a detector's cosine says little: its task columns do
+        columns = [c for c in columns if c[1] != "cosine"]
     for col in ("target", "precision", "status", "size", *(c[0] for c in columns), "latency"):
         table.add_column(col, no_wrap=col not in ("precision", "status"))  # those two wrap at a word
     for art, val, m in zip(result.artifacts, vals, metrics):
@@ -148,9 +154,34 @@ def summary_table(result) -> Table:
     return table
 
 
+def rests_on(metrics: dict) -> str | None:
+    """What a task judgement rests on: ``54 source boxes (24 in the band [0.2, 0.3)) on 64 images,
+    35 of them augmented`` / ``20 images, top-1 agreement >= 83.9 % (95 % bound), probabilities
+    moved 0.041``; None when the metrics say nothing of it."""
+    m = metrics or {}
+    aug = f", {m['augmented']} of them augmented variants" if m.get("augmented") else ""
+    if m.get("task") == "detect" and m.get("det_boxes") is not None:
+        band = m.get("det_band") or ["?", "?"]
+        return (f"{m['det_boxes']} source boxes ({m.get('det_band_ignored')} in the band "
+                f"[{band[0]:g}, {band[1]:g}) count neither way in F1; low: its 95 % bound) on "
+                f"{m.get('det_images')} images{aug}")
+    if m.get("task") == "map" and m.get("regions_source") is not None:
+        return f"{m['regions_source']} source regions on {m.get('n')} images{aug}"
+    if m.get("top1_agreement_low") is not None:
+        return (f"{m.get('n')} images, top-1 agreement >= {m['top1_agreement_low']:.1%} (95 % bound), "
+                f"probabilities moved {fmt(m.get('prob_tv'), '.3f')} (mean total variation)")
+    return None
+
+
 def summary_notes(result) -> list[str]:
-    """What the table's short cells leave out: noisy latencies, recovered layers."""
-    lines = []
+    """What the table's short cells leave out: what the gates rest on, noisy latencies, recovered
+    layers."""
+    lines, said = [], {}
+    for a in result.artifacts:
+        text = rests_on(a.manifest.get("validation", {}).get("metrics") or {})
+        if text:
+            said.setdefault(text, []).append(f"{a.target}/{a.precision}")
+    lines += [f"{', '.join(keys)}: judged on {text}" for text, keys in said.items()]
     noisy = [f"{a.target}/{a.precision}" for a in result.artifacts
              if (a.manifest.get("validation", {}).get("latency_ms") or {}).get("noisy")]
     if noisy:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import wilson_low
 from .steps import jsonable, warn
 
 # --------------------------------------------------------------------------- validation
@@ -40,10 +41,12 @@ def compare(ref_outputs, outputs, labels=None) -> dict:
 
     * ``max_abs`` / ``mean_abs``: over every element of every output;
     * ``cosine``: per sample, over all outputs flattened together; ``cosine`` is the MINIMUM
-      over samples (one bad sample must show), ``cosine_mean`` the mean; a sample whose source
-      and artifact outputs are both "empty" (norms <= EMPTY_NORM x the set's largest) counts 1;
+      over samples (one bad sample must show), ``cosine_mean`` the mean; a sample whose SOURCE
+      output is blank (norm <= EMPTY_NORM x the largest source norm) counts 1 (``cosine_blank``);
     * ``top1_agreement``: argmax of the first output equal, only when it is classification-like
-      ([N, C], C >= 2, size-1 dims ignored), else None;
+      ([N, C], C >= 2, size-1 dims ignored), else None; ``top1_agreement_low`` its Wilson 95 %
+      lower bound (20/20: 0.839, 19/20: 0.764); ``prob_tv`` / ``prob_tv_max``: the mean / largest
+      total-variation distance of the class probabilities (``prob_tv``);
     * ``accuracy`` / ``source_accuracy``: of ``outputs`` / ``ref_outputs`` on samples with a label
       >= 0 (None without labels or a classification-like first output);
     * ``nonfinite``: NaN/inf values in ``outputs`` (those make max/mean None, cosine 0).
@@ -72,26 +75,34 @@ def compare(ref_outputs, outputs, labels=None) -> dict:
         nr, no = np.linalg.norm(R, axis=1), np.linalg.norm(O, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = num / (nr * no)
-        # A sample whose outputs are empty next to the others (a probability map of a photo with
-        # nothing in it: 1e-7 noise or exact zeros) has no direction to compare: when source and
-        # artifact are both below EMPTY_NORM x the set's largest norm they agree (1); otherwise
-        # the cosine as usual (0 when exactly one of them is all zeros).
-        tiny = EMPTY_NORM * max(float(nr.max(initial=0.0)), float(no.max(initial=0.0)))
-        empty = np.maximum(nr, no) <= tiny
-        cos = np.where(empty, 1.0, np.where((nr == 0) | (no == 0), 0.0, cos))
+        # A sample whose SOURCE output is blank next to the others (a probability map of a photo
+        # with nothing in it: 1e-7 noise or exact zeros) has no direction to compare: decided by
+        # the source alone (norm <= EMPTY_NORM x the set's largest source norm), its cosine is not
+        # meaningful and counts 1 (``cosine_blank`` says how many); what the artifact adds there is
+        # judged by the task metrics (map/region F1 precision, max_abs). Otherwise the cosine as
+        # usual (0 when the artifact is all zeros).
+        tiny = EMPTY_NORM * float(nr.max(initial=0.0))
+        empty = nr <= tiny
+        cos = np.where(empty, 1.0, np.where(no == 0, 0.0, cos))
         cos = np.clip(cos, -1.0, 1.0)
         res["cosine"] = float(cos.min())
         res["cosine_mean"] = float(cos.mean())
+        res["cosine_blank"] = int(empty.sum())
     else:
         res["cosine"] = 0.0
         res["cosine_mean"] = 0.0
+        res["cosine_blank"] = 0
     rc, oc = _classes(refs[0]), _classes(outs[0])
+    res.update(top1_agreement=None, top1_agreement_low=None, prob_tv=None, prob_tv_max=None)
     if rc is not None and oc is not None:
         rt, ot = rc.argmax(axis=1), oc.argmax(axis=1)
-        res["top1_agreement"] = float((rt == ot).mean()) if finite else 0.0
+        agree = int((rt == ot).sum()) if finite else 0
+        res["top1_agreement"] = agree / n
+        res["top1_agreement_low"] = wilson_low(agree, n)
+        tv = prob_tv(rc, oc) if finite else np.ones(n)
+        res["prob_tv"], res["prob_tv_max"] = float(tv.mean()), float(tv.max())
     else:
         rt = ot = None
-        res["top1_agreement"] = None
     res["accuracy"] = res["source_accuracy"] = None
     res["labelled"] = 0
     if labels is not None and rt is not None:
@@ -105,6 +116,26 @@ def compare(ref_outputs, outputs, labels=None) -> dict:
             res["source_accuracy"] = float((rt[m] == lab[m]).mean())
     res["nonfinite"] = nonfinite
     return res
+
+
+def probabilities(scores: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+    """[N, C] class scores -> probabilities: kept when the source's (``like``, default the scores
+    themselves) rows already are (values in [0, 1] summing to 1 within 1e-3: a softmax inside the
+    model), else a softmax of the scores (logits)."""
+    a = np.asarray(scores, dtype=np.float64)
+    ref = a if like is None else np.asarray(like, dtype=np.float64)
+    if ref.min() >= 0 and ref.max() <= 1 and np.allclose(ref.sum(axis=1), 1.0, atol=1e-3):
+        return np.clip(a, 0, None) / np.maximum(np.clip(a, 0, None).sum(axis=1, keepdims=True), 1e-12)
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def prob_tv(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per sample total-variation distance of the class probabilities, 0.5 * sum |p - q| in
+    [0, 1]: how much probability mass int8 moved (scale-free, unlike a raw-logit cosine; a shifted
+    logit vector or a temperature change the cosine, not the decision; docs/gates.md)."""
+    p, q = probabilities(ref), probabilities(out, like=ref)
+    return 0.5 * np.abs(p - q).sum(axis=1)
 
 
 NOISY_SPREAD = 0.5  # (p90 - p10) / median above this: a busy machine, say so

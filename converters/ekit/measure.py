@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import stats
+
 STRIDES = (8, 16, 32)
 
 
@@ -154,7 +156,7 @@ def match(ref: list[dict], out: list[dict], iou: float = 0.5) -> dict:
         if recall is not None else None
     return {"det_precision": precision, "det_recall": recall, "det_f1": f1,
             "det_mean_iou": float(np.mean(ious)) if ious else None, "det_matched": tp,
-            "det_boxes_source": total_ref, "det_boxes": total_out,
+            "det_boxes_source": total_ref, "det_boxes_artifact": total_out,
             "det_boxes_per_image_source": n_ref, "det_boxes_per_image": n_out}
 
 
@@ -266,18 +268,29 @@ def _coco(root: Path):
 
 # --------------------------------------------------------------------------- dense outputs
 
-def miou(ref, out) -> float:
+def miou(ref, out, with_low: bool = False):
     """Mean IoU of the argmax masks of segmentation logits ``[N, C, H, W]`` (classes present in
-    either mask; intersections and unions summed over the images)."""
+    either mask; intersections and unions summed over the images). ``with_low``: ->
+    ``{"miou", "miou_low"}`` with the image-bootstrap 2.5th percentile (ekit.stats)."""
     r = np.asarray(ref).argmax(axis=1)
     o = np.asarray(out).argmax(axis=1)
-    ious = []
-    for c in np.union1d(np.unique(r), np.unique(o)):
-        inter = np.logical_and(r == c, o == c).sum()
-        union = np.logical_or(r == c, o == c).sum()
-        if union:
-            ious.append(inter / union)
-    return float(np.mean(ious)) if ious else 1.0
+    classes = np.union1d(np.unique(r), np.unique(o))
+    inter = np.asarray([[np.logical_and(a == c, b == c).sum() for c in classes] for a, b in zip(r, o)],
+                       dtype=np.float64).reshape(len(r), -1)
+    union = np.asarray([[np.logical_or(a == c, b == c).sum() for c in classes] for a, b in zip(r, o)],
+                       dtype=np.float64).reshape(len(r), -1)
+
+    def value(w):
+        i, u = w @ inter, w @ union
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = np.where(u > 0, i / np.where(u > 0, u, 1), np.nan)
+        cnt = (u > 0).sum(axis=1)
+        return np.where(cnt > 0, np.nansum(per, axis=1) / np.maximum(cnt, 1), 1.0)
+
+    v = float(value(np.ones((1, len(r))))[0])
+    if not with_low:
+        return v
+    return {"miou": v, "miou_low": stats.percentile_low(value(stats.boot_weights(len(r))))}
 
 
 def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -339,32 +352,40 @@ def map_metrics(ref, out, threshold: float = 0.3, min_pixels: int = 10, iou: flo
     r = r.reshape(r.shape[0], r.shape[-2], r.shape[-1])
     o = o.reshape(r.shape)
     rm, om = r > threshold, o > threshold
-    inter, union = np.logical_and(rm, om).sum(), np.logical_or(rm, om).sum()
-    res = {"map_iou": float(inter / union) if union else None,
+    inter = np.logical_and(rm, om).reshape(len(rm), -1).sum(axis=1).astype(np.float64)
+    union = np.logical_or(rm, om).reshape(len(rm), -1).sum(axis=1).astype(np.float64)
+    res = {"map_iou": float(inter.sum() / union.sum()) if union.sum() else None,
            "map_pixels_source": int(rm.sum()), "map_pixels": int(om.sum())}
-    tp = n_ref = n_out = 0
+    w = stats.boot_weights(len(rm))
+    res["map_iou_low"] = (stats.percentile_low(stats.ratio_boot(inter, union, w))
+                          if res["map_iou"] is not None else None)
+    tps, n_refs, n_outs = [], [], []
     for a, b in zip(rm, om):
         ra, rb = _regions(a, min_pixels), _regions(b, min_pixels)
-        n_ref += len(ra)
-        n_out += len(rb)
+        n_refs.append(len(ra))
+        n_outs.append(len(rb))
+        tps.append(0)
         if not ra or not rb:
             continue
         m = np.zeros((len(ra), len(rb)))
         for i, x in enumerate(ra):
             for j, y in enumerate(rb):
-                inter = np.logical_and(x, y).sum()
-                if inter:
-                    m[i, j] = inter / np.logical_or(x, y).sum()
+                both = np.logical_and(x, y).sum()
+                if both:
+                    m[i, j] = both / np.logical_or(x, y).sum()
         pairs = sorted(((m[i, j], i, j) for i, j in np.argwhere(m >= iou)), reverse=True)
         used_i, used_j = set(), set()
         for _, i, j in pairs:
             if i not in used_i and j not in used_j:
                 used_i.add(i)
                 used_j.add(j)
-        tp += len(used_i)
+        tps[-1] = len(used_i)
+    tp, n_ref, n_out = sum(tps), sum(n_refs), sum(n_outs)
     precision = tp / n_out if n_out else (1.0 if not n_ref else 0.0)
     recall = tp / n_ref if n_ref else None
     res.update(regions_source=n_ref, regions=n_out,
                region_f1=(2 * precision * recall / (precision + recall) if precision + recall
                           else 0.0) if recall is not None else None)
+    t, fp, fn = np.asarray(tps, float), np.asarray(n_outs, float) - tps, np.asarray(n_refs, float) - tps
+    res["region_f1_low"] = stats.f1_low(t, fp, fn, w) if n_ref else None
     return res

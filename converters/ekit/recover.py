@@ -34,8 +34,9 @@ COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 def gate(name: str) -> tuple[str, str]:
     """Threshold name -> (metric, "min"|"max"), as edgekiln/plan.py GATES reads them."""
-    if name == "max_accuracy_drop":
-        return "accuracy_drop", "max"
+    special = {"max_accuracy_drop": "accuracy_drop", "max_prob_tv": "prob_tv"}
+    if name in special:
+        return special[name], "max"
     if name.startswith("min_"):
         return name[4:], "min"
     return name, "max"
@@ -47,6 +48,8 @@ def misses(metrics: dict, thresholds: dict) -> list[str]:
     m = dict(metrics)
     if m.get("accuracy") is not None and m.get("source_accuracy") is not None:
         m["accuracy_drop"] = (m["source_accuracy"] - m["accuracy"]) * 100.0
+    if m.get("task") in (None, "raw"):  # min_raw_cosine: only where no task metric judges
+        m["raw_cosine"] = m.get("cosine")
     out = ["finite_outputs"] if m.get("nonfinite") else []
     for name, limit in (thresholds or {}).items():
         metric, kind = gate(name)

@@ -70,3 +70,19 @@ def test_with_matplotlib_the_charts_are_drawn(tmp_path):
     pytest.importorskip("matplotlib")
     html_path, _ = report.write_reports(tmp_path, "t 1", [FULL, {}])
     assert html_path.read_text().count("<svg") == 2
+
+
+def test_a_detector_row_shows_the_gates_that_can_tell_and_what_they_rest_on():
+    from edgekiln.release_view import headline
+    from edgekiln.report import cells, row_of
+
+    metrics = {"task": "detect", "cosine": 0.99, "det_map50": 0.971, "det_map50_low": 0.93, "det_map": 0.8,
+               "det_band_f1": 0.96, "det_band_f1_low": 0.91, "det_f1": 0.9, "det_boxes": 54, "det_images": 64,
+               "augmented": 35, "top1_agreement": None}
+    row = row_of({"target": "onnx", "precision": "int8", "validation": {"metrics": metrics}})
+    task = cells(row)[6]
+    assert task == ("mAP50 0.971 (≥ 0.930), mAP50-95 0.800, band F1 0.960 (≥ 0.910), F1 0.900; "
+                    "on 54 source boxes / 64 images (35 augmented)")
+    assert headline(metrics) == "mAP50 0.971" and headline({}) == "-"
+    cls = row_of({"validation": {"metrics": {"top1_agreement": 1.0, "top1_agreement_low": 0.839, "prob_tv": 0.0412}}})
+    assert cells(cls)[3] == "100.0% (≥ 83.9%), TV 0.041"

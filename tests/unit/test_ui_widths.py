@@ -25,7 +25,8 @@ def rendered(renderable, width: int) -> str:
 
 
 WIDE = BuildResult("mobilenet_v2", "1a2b3c4d5e6f", [
-    art("executorch", "int8x16", "cached", {"top1_agreement": 0.95, "cosine": 0.99998, "accuracy": 0.714},
+    art("executorch", "int8x16", "cached", {"top1_agreement": 0.95, "cosine": 0.99998, "accuracy": 0.714,
+                                            "prob_tv": 0.0412, "top1_agreement_low": 0.764, "n": 20},
         {"median": 12.345, "noisy": True}),
     art("jetson", "fp16", "deferred: bundle ready", {"top1_agreement": 1.0, "cosine": 0.99999, "accuracy": 0.75}),
     art("rpi", "int8", "built", {"top1_agreement": 0.9, "cosine": 0.987, "accuracy": 0.7},
@@ -34,8 +35,11 @@ WIDE = BuildResult("mobilenet_v2", "1a2b3c4d5e6f", [
 
 DETECT = BuildResult("yolov5s", "0123456789ab", [
     art("x86-gpu", "int8", "deferred: bundle ready",
-        {"task": "detect", "cosine": 0.99, "det_f1": 0.857, "det_recall": 0.75}, {"median": 41.5}),
-    art("executorch", "fp32", "built", {"task": "detect", "cosine": 1.0, "det_f1": 1.0, "det_recall": 1.0},
+        {"task": "detect", "cosine": 0.99, "det_f1": 0.857, "det_recall": 0.75, "det_map50": 0.857,
+         "det_band_f1": 0.912, "det_band_f1_low": 0.834, "det_boxes": 54, "det_band_ignored": 24,
+         "det_band": [0.2, 0.3], "det_images": 64, "augmented": 35}, {"median": 41.5}),
+    art("executorch", "fp32", "built", {"task": "detect", "cosine": 1.0, "det_f1": 1.0, "det_recall": 1.0,
+                                        "det_map50": 1.0, "det_band_f1": 1.0, "det_band_f1_low": 0.921},
         {"median": 90.12}),
 ], 300.0, "local")
 
@@ -49,13 +53,19 @@ def test_summary_fits_the_terminal(result, width):
     for a in result.artifacts:
         assert a.target in text
     if result is DETECT:  # the task's metrics have a column each; no empty agreement/accuracy columns
-        assert "F1" in text and "recall" in text and "0.857" in text and "agree" not in text
+        assert "mAP50" in text and "F1" in text and "low" in text and "0.834" in text
+        assert "agree" not in text and "recall" not in text
     else:
         assert "deferred" in text and "12.35 ms*" in text and "int8 (3" in text
 
 
 def test_summary_notes_say_what_the_cells_leave_out():
+    det = "\n".join(summary_notes(DETECT))
+    assert "x86-gpu/int8: judged on 54 source boxes (24 in the band [0.2, 0.3) count neither way in F1; " \
+           "low: its 95 % bound) on 64 images, 35 of them augmented variants" in det
     notes = "\n".join(summary_notes(WIDE))
+    assert "executorch/int8x16: judged on 20 images, top-1 agreement >= 76.4% (95 % bound), probabilities " \
+           "moved 0.041 (mean total variation)" in notes
     assert "noisy" in notes and "executorch/int8x16" in notes
     assert "rpi/int8: int8 (3 layers float)" in notes
 

