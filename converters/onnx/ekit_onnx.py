@@ -156,39 +156,208 @@ def save_onnx(model, path) -> Path:
 
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+SHAPE_ONLY = ("Shape", "Size")  # read a tensor's shape, not its values: the walk stops there
 
 
-def head(model, limit: int = 80) -> list:
-    """The nodes between the last compute layers (Conv/Gemm/MatMul) and the graph outputs: a
-    detector's decode tail (sigmoid, box arithmetic, the Concat of boxes and scores).
-    Quantizing that tail makes box coordinates (0..640) and class scores (0..1) share one int8
-    scale, which crushes the scores; a classifier's tail (Gemm -> output) is empty. More than
-    ``limit`` nodes: [] (not a small tail). -> NodeProtos."""
+def _initializers(model) -> dict:
+    import onnx.numpy_helper as nh
+
+    out = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:  # Constant nodes hold weights in some exports
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = a.t
+    return out, nh
+
+
+def is_dfl(node, model, producer=None, inits=None) -> bool:
+    """Is ``node`` a fixed expectation over a softmax (Ultralytics' DFL: ``dfl.conv``, a bias-free
+    1x1 Conv with ONE output channel whose weights are 0, 1, ..., C-1, fed through Softmax), i.e.
+    decode arithmetic that happens to be a Conv, not a learned layer? Recognised by structure:
+    weights exactly ``arange(C)``, or one output channel, no bias and a Softmax within three
+    Reshape/Transpose hops upstream."""
+    if node.op_type != "Conv":
+        return False
+    inits, nh = _initializers(model) if inits is None else inits
+    w = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None or len(w.dims) != 4 or w.dims[0] != 1:
+        return False
+    arr = np.asarray(nh.to_array(w), np.float64).ravel()
+    if arr.size > 1 and np.array_equal(arr, np.arange(arr.size, dtype=np.float64)):
+        return True
+    if len(node.input) > 2 and node.input[2]:
+        return False
+    producer = producer or {o: n for n in model.graph.node for o in n.output}
+    name = node.input[0]
+    for _ in range(4):
+        p = producer.get(name)
+        if p is None:
+            return False
+        if p.op_type == "Softmax":
+            return True
+        if p.op_type not in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
+            return False
+        name = p.input[0]
+    return False
+
+
+def _walk_tail(model, limit: int):
+    """(tail nodes, boundary compute nodes, too_big): a walk back from the graph outputs through
+    every non-compute node (and through a DFL Conv, ``is_dfl``), stopping at Conv/Gemm/MatMul and
+    at Shape/Size (they read a shape, not data)."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    found, todo, seen = [], [o.name for o in model.graph.output], set()
+    inits = _initializers(model)
+    found, bounds, todo, seen = [], [], [o.name for o in model.graph.output], set()
     while todo:
         name = todo.pop()
         n = producer.get(name)
         if n is None or id(n) in seen:
             continue
         seen.add(id(n))
-        if n.op_type in COMPUTE_OPS:
+        if n.op_type in COMPUTE_OPS and not is_dfl(n, model, producer, inits):
+            bounds.append(n)
             continue
         found.append(n)
-        todo.extend(i for i in n.input if i)
         if len(found) > limit:
-            return []
-    return found
+            return [], [], True
+        if n.op_type not in SHAPE_ONLY:
+            todo.extend(i for i in n.input if i)
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    return (sorted(found, key=lambda n: order[id(n)]), sorted(bounds, key=lambda n: order[id(n)]), False)
 
 
-def head_nodes(model, limit: int = 80) -> list[str]:
+def head(model, limit: int = 200) -> list:
+    """The nodes between the last compute layers (Conv/Gemm/MatMul) and the graph outputs: a
+    detector's decode tail (DFL softmax and its fixed-weight Conv, sigmoid, box arithmetic, the
+    Concat of boxes and scores, the shape arithmetic of the anchors). Quantizing that tail makes
+    box coordinates (0..640) and class scores (0..1) share one int8 scale, which crushes the
+    scores; a classifier's tail (Gemm -> output) is empty. More than ``limit`` nodes: [] (not a
+    small tail). -> NodeProtos, in graph order."""
+    return _walk_tail(model, limit)[0]
+
+
+def head_convs(model, limit: int = 200) -> list:
+    """The last learned compute layer of each output branch: the Conv/Gemm/MatMul nodes that feed
+    the ``head`` tail (or a graph output) directly. Found by structure, not by name: Ultralytics
+    YOLOv8n gives its six 1x1 head convs ``cv2.{0,1,2}.2`` (box DFL logits) and ``cv3.{0,1,2}.2``
+    (class logits) -- the DFL Conv (``is_dfl``) is decode, part of the tail; PP-OCR det its last
+    ConvTranspose; a classifier its final Gemm (or Conv). The caller decides by task what to do
+    with them (the int8 recipes keep them at higher precision for detectors only: a classifier's
+    Gemm holds a third of MobileNetV2's weights). A tail of more than ``limit`` nodes: [].
+    -> NodeProtos, in graph order."""
+    return _walk_tail(model, limit)[1]
+
+
+def head_nodes(model, limit: int = 200) -> list[str]:
     """Names of the ``head`` nodes (for ORT's nodes_to_exclude; unnamed nodes are skipped)."""
     return [n.name for n in head(model, limit) if n.name]
 
 
-def head_outputs(model, limit: int = 80) -> set[str]:
+def head_conv_names(model, limit: int = 200) -> list[str]:
+    """Names of the ``head_convs`` (for nodes_to_exclude / ignored scopes)."""
+    return [n.name for n in head_convs(model, limit) if n.name]
+
+
+def head_outputs(model, limit: int = 200) -> set[str]:
     """The tensors the ``head`` nodes produce (to find them again after another converter)."""
     return {o for n in head(model, limit) for o in n.output}
+
+
+def _fixed_input(model, input_shape):
+    """A copy of ``model`` with its first input's dims set to ``input_shape`` (symbolic dims: a
+    batch of 1 when not given)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name for i in m.graph.initializer}
+    first = True
+    for v in m.graph.input:
+        if v.name in inits:
+            continue
+        dims = v.type.tensor_type.shape.dim
+        for k, d in enumerate(dims):
+            if first and input_shape is not None and k < len(input_shape):
+                d.Clear()
+                d.dim_value = int(input_shape[k])
+            elif not d.HasField("dim_value") and k == 0:
+                d.Clear()
+                d.dim_value = 1
+        first = False
+    del m.graph.value_info[:]
+    return m
+
+
+def macs(model, input_shape=None) -> dict:
+    """Multiply-accumulates per image of every Conv/ConvTranspose/Gemm/MatMul (by node name, else
+    its first output), from inferred shapes; ``input_shape`` fixes the first input's dims (a model
+    with symbolic H/W needs it for true counts: an unknown dim counts 1)."""
+    import onnx
+
+    m = _fixed_input(model, input_shape)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        pass
+    shapes = {}
+    for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        shapes[v.name] = [d.dim_value if d.dim_value > 0 else 1 for d in v.type.tensor_type.shape.dim]
+    for i in m.graph.initializer:
+        shapes[i.name] = list(i.dims)
+    dq_src = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    res = {}
+    for n in m.graph.node:
+        if n.op_type not in COMPUTE_OPS:
+            continue
+        out, a = shapes.get(n.output[0]), shapes.get(n.input[0])
+        w = None
+        if len(n.input) > 1:
+            w = shapes.get(n.input[1]) or shapes.get(dq_src.get(n.input[1], ""))
+        count = 0
+        if out and w:
+            if n.op_type == "Conv":
+                count = int(np.prod(out[1:])) * int(np.prod(w[1:]))
+            elif n.op_type == "ConvTranspose":
+                count = int(np.prod(a[1:])) * int(np.prod(w[1:])) if a else 0
+            elif n.op_type == "Gemm":
+                trans_b = any(at.name == "transB" and at.i for at in n.attribute)
+                count = int(np.prod(out[1:])) * int(w[1] if trans_b else w[0])
+            else:  # MatMul: output elements x K
+                count = int(np.prod(out[1:])) * int(a[-1] if a else 0)
+        res[n.name or n.output[0]] = count
+    return res
+
+
+def int8_compute_nodes(qdq_model) -> set[str]:
+    """The compute nodes of a QDQ model that run int8: their data input AND their weight come out
+    of a DequantizeLinear (what ORT / TensorRT fuse into an integer kernel)."""
+    dq = {n.output[0] for n in qdq_model.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name or n.output[0] for n in qdq_model.graph.node
+            if n.op_type in COMPUTE_OPS and len(n.input) > 1 and n.input[0] in dq and n.input[1] in dq}
+
+
+def float_compute_nodes(qdq_model) -> list[str]:
+    """The compute nodes of a QDQ model that do NOT run int8 (``int8_compute_nodes``' complement)."""
+    q = int8_compute_nodes(qdq_model)
+    return [n.name or n.output[0] for n in qdq_model.graph.node
+            if n.op_type in COMPUTE_OPS and (n.name or n.output[0]) not in q]
+
+
+def int8_mac_fraction(model, float_node_names=None, input_shape=None) -> float:
+    """The fraction of the Conv/Gemm/MatMul multiply-accumulates that run int8 (the issue's goal:
+    >= 0.85). ``float_node_names`` None: ``model`` is the QDQ model and it is read off it
+    (``int8_compute_nodes``); given: ``model`` is the float source and every compute node but those
+    is taken as int8. A model without compute nodes: 1.0."""
+    table = macs(model, input_shape)
+    total = sum(table.values())
+    if not total:
+        return 1.0
+    if float_node_names is None:
+        q = int8_compute_nodes(model)
+        return sum(v for k, v in table.items() if k in q) / total
+    floats = set(float_node_names)
+    return (total - sum(v for k, v in table.items() if k in floats)) / total
 
 
 def ensure_opset(model, minimum: int = 13):
