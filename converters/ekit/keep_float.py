@@ -46,11 +46,12 @@ def float_region(nodes, outputs, compute_ops, detector: bool, limit: int = 120) 
     head = []
     if detector and tail:
         head = [n[0] for n in nodes if n[0] in set(border)]
-        todo = [n for n in nodes if n[0] in set(head)]
+        todo, done = [n for n in nodes if n[0] in set(head) | keep], set()
         while todo:  # everything downstream of the head (the DFL between the head convs and the tail)
             n = todo.pop()
-            if n[0] in keep:
+            if n[0] in done:
                 continue
+            done.add(n[0])
             keep.add(n[0])
             for o in n[3]:
                 todo.extend(consumers.get(o, []))
