@@ -107,15 +107,11 @@ def run(runtimes, wanted, work: Path) -> dict:
         photos = task_photo_folders() if name == "yolo" else photo_folders()
         res[name] = {}
         for rt in runtimes:
-            variants = {"edgekiln": [], "keep_float=none": ["keep_float=none"], "bare defaults": BARE[rt]}
-            if rt == "rpi":
+            variants = {"edgekiln": [], "bare defaults": BARE[rt]}
+            if rt == "rpi" and name == "yolo":
                 variants["edgekiln --recover"] = ["recover=true"]
-            if rt == "mnn":
-                variants["edgekiln, KL"] = ["feature_quantize_method=KL"]
             rows = {}
             for label, opts in variants.items():
-                if rt == "rpi" and label == "keep_float=none":
-                    continue  # the same build as its bare defaults
                 out = work / "out" / f"{name}-{rt}-{len(rows)}"
                 extra = [a for o in opts for a in ("--option", o)]
                 t0 = time.perf_counter()
@@ -169,9 +165,16 @@ def main() -> int:
     ap.add_argument("--runtimes", default="mnn,executorch,rpi,rknn")
     ap.add_argument("--models", default="yolo,mobilenet,ppocr_cls")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--merge", action="store_true", help="keep the other models' rows of the stored results")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="int8-edge-") as tmp:
         results = run(a.runtimes.split(","), a.models.split(","), Path(tmp))
+    old = Path(a.out) / "int8_recipes_edge.json"
+    if a.merge and old.is_file():
+        kept = json.loads(old.read_text())["results"]
+        for name, per in results.items():
+            kept.setdefault(name, {}).update(per)
+        results = kept
     r = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
          "machine": f"{platform.machine()}, {platform.processor() or platform.platform()}", "results": results}
     out = Path(a.out)

@@ -204,7 +204,7 @@ def keep_float(conv, artifact: Path, mode: str, task: str | None, batch: int, in
 
 
 def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, fold: bool, batch: int, int8_io: str,
-            thresholds: dict, opts, notes: list) -> dict:
+            thresholds: dict, opts, notes: list, base=()) -> dict:
     """--recover for a built int8 .tflite (``make_converter()``: a fresh TFLiteConverter set up like the
     one that built it, for the debugger to calibrate; ``built``: ekit_tf.build_and_describe's answer, updated
     in place): measure it, and when it misses ``thresholds`` keep its most sensitive compute layers
@@ -231,13 +231,15 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     rec = Recovery(make_converter(), samples, batch, int8_io)
     # a detector's / map's decode tail is tried first: measured on YOLOv8n (bench/results/
     # recover_rpi_jetson.md) its final Concat, one uint8 scale for boxes and scores, is what breaks it
-    ranked = rec.sensitivity(tail_first=before.get("task") in ("detect", "segment", "map"))
+    base = list(base)  # already float in the artifact (keep_float): every try keeps them float too
+    ranked = [r for r in rec.sensitivity(tail_first=before.get("task") in ("detect", "segment", "map") and not base)
+              if r["layer"] not in set(base)]
     t_sens = time.perf_counter() - t0
     ekit.log("recover: most sensitive: " + ", ".join(f"{r['op']} {r['layer'][:60]} {r['sensitivity']:.3g}"
                                                    for r in ranked[:5]) + f" ({t_sens:.1f} s)")
     table = macs(rec.debugger.calibrated_model)  # the calibrated float model: the names the ranking uses
     trial = artifact.with_name(artifact.name + ".recover")
-    found = ekit_recover.search(ranked, lambda layers: rec.build(layers, trial.with_suffix(f".{len(layers)}.tflite")),
+    found = ekit_recover.search(ranked, lambda layers: rec.build(base + list(layers), trial.with_suffix(f".{len(layers)}.tflite")),
                                 run, ref, thresholds, int(opts["recover_max_float_layers"]),
                                 ekit_recover.time_budget(opts, t0 - ekit.STARTED, time.perf_counter() - t0),
                                 names)
