@@ -16,13 +16,17 @@ A classifier's tail (Gemm -> output) is empty: nothing stays float there.
 from __future__ import annotations
 
 
+SHAPE_OPS = ("Shape", "Size", "Rank", "SHAPE", "RANK", "sym_size", "sym_numel")
+
+
 def float_region(nodes, outputs, compute_ops, detector: bool, limit: int = 120) -> dict:
     """``nodes``: ``[(name, op_type, [input names], [output names])]`` of one graph (names of ops
     and tensors may coincide, as in MNN); ``outputs``: the graph's output tensor names;
     ``compute_ops``: the op types that are compute layers. -> ``{"tail": [op names], "head": [op
     names], "float": [op names, graph order]}``: ``head`` (detectors only) the compute ops at the
     tail's border, ``float`` the tail plus (detectors) the head and everything downstream of it.
-    A "tail" of more than ``limit`` ops is no tail: all empty."""
+    A "tail" of more than ``limit`` ops is no tail: all empty. The walk does not go through ops
+    that read only a shape (``SHAPE_OPS``: a Flatten's shape arithmetic is not the data path)."""
     nodes = list(nodes)
     producer = {o: n for n in nodes for o in n[3]}
     consumers: dict[str, list] = {}
@@ -39,7 +43,8 @@ def float_region(nodes, outputs, compute_ops, detector: bool, limit: int = 120) 
             border.append(n[0])
             continue
         tail.append(n[0])
-        todo.extend(n[2])
+        if n[1] not in SHAPE_OPS:
+            todo.extend(n[2])
         if len(tail) > limit:
             return {"tail": [], "head": [], "float": []}
     keep = set(tail)

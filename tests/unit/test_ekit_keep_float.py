@@ -43,6 +43,14 @@ def test_without_detector_only_the_tail_and_a_classifier_has_none():
     assert float_region(clf, ["logits"], CONV, detector=True) == {"tail": [], "head": [], "float": []}
 
 
+def test_shape_arithmetic_does_not_pull_the_data_path_into_the_tail():
+    # MNN's Gemm: pool -> flatten (reshape to a computed shape) -> 1x1 conv -> reshape(shape of the pool)
+    g = [("last", "Conv", ["x"], ["a"]), ("pool", "Pooling", ["a"], ["p"]), ("shape", "Shape", ["p"], ["s"]),
+         ("fc", "Conv", ["p"], ["f"]), ("logits", "Reshape", ["f", "s"], ["y"])]
+    r = float_region(g, ["y"], CONV, detector=False)
+    assert set(r["float"]) == {"logits", "shape"} and "pool" not in r["float"]
+
+
 def test_a_tail_too_long_is_no_tail():
     chain = [("c", "Conv", ["x"], ["t0"])] + [(f"r{i}", "Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(10)]
     assert float_region(chain, ["t10"], CONV, detector=True, limit=5)["float"] == []
