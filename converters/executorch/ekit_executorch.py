@@ -99,22 +99,67 @@ def static_shapes(gm, example):
     return gm
 
 
-def quantize_pt2e(module, example, calib: np.ndarray, per_channel: bool):
+COMPUTE = ("conv2d", "conv_transpose2d", "linear", "matmul", "mm", "bmm", "addmm")
+
+
+def _kind(node) -> str:
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+
+def _where(node) -> str:
+    """The source module a node of an exported graph came from (onnx2torch names them after the
+    ONNX nodes), else the node's own name."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return (list(stack.values())[-1][0] if stack else "") or node.name
+
+
+def keep_float_region(graph, mode: str, task: str | None) -> dict:
+    """The nodes of an exported graph that stay float: ``ekit.keep_float.float_region`` (mode
+    "auto": a detector's decode tail + head convs and what follows them, else the decode tail;
+    "tail"; "none")."""
+    from ekit.keep_float import float_region
+
+    if mode == "none":
+        return {"tail": [], "head": [], "float": []}
+    nodes = [(n.name, _kind(n), [a.name for a in n.all_input_nodes], [n.name]) for n in graph.nodes
+             if n.op == "call_function"]
+    outs = [a.name for n in graph.nodes if n.op == "output" for a in n.all_input_nodes]
+    return float_region(nodes, outs, COMPUTE, mode == "auto" and task == "detect")
+
+
+def quantize_pt2e(module, example, calib: np.ndarray, per_channel: bool, keep_float: str = "auto",
+                  task: str | None = None):
     """int8 (PT2E, XNNPACK quantizer: int8 symmetric weights, int8 activations) calibrated on
-    ``calib`` (float32, model layout, one sample a row)."""
+    ``calib`` (float32, model layout, one sample a row). The nodes of ``keep_float_region`` get no
+    quantization annotation (they run float in the .pte; XNNPACK's ``cat`` annotator would give
+    the box/score Concat ONE shared scale, and XNNPACKQuantizer 1.5's set_module_name(.., None)
+    asserts). -> (converted module, the region with module names)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
     graph = torch.export.export(module, (example,)).module()
+    region = keep_float_region(graph.graph, keep_float, task)
+    floats = set(region["float"])
+
+    class KeepFloat(XNNPACKQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            for n in model.graph.nodes:
+                if n.name in floats:
+                    n.meta.pop("quantization_annotation", None)
+            return model
+
+    quantizer = KeepFloat()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    where = {n.name: _where(n) for n in graph.graph.nodes}
+    named = {k: [where.get(v, v) for v in vals] for k, vals in region.items()}
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for i in range(calib.shape[0]):
             prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 1])))
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared), named
 
 
 def lower(module, example):

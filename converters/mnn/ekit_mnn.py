@@ -132,6 +132,52 @@ def calibration_images(calib: np.ndarray, spec: dict, folder, limit: int) -> tup
     return n, worst
 
 
+MNN_COMPUTE = ("Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise",
+               "MatMul", "InnerProduct")
+
+
+def mnn_nodes(path) -> list[tuple]:
+    """The ops of a .mnn as ``(name, type, [input names], [name])`` (MNN names each op after its
+    output var, which is the ONNX output tensor's name; the name ``skip_quant_op_names`` takes)."""
+    import MNN.expr as F
+
+    d = F.load_as_dict(str(path))
+    return [(k, v.op_type, [i.name for i in v.inputs], [k]) for k, v in d.items()
+            if v.op_type not in ("Const", "Input")]
+
+
+def keep_float(path, outputs, mode: str, task: str | None) -> dict:
+    """The ops of the fp32 .mnn that stay float in the int8 model (``skip_quant_op_names``):
+    ``mode`` "auto" (a detector: decode tail + head convs and what follows them; anything else:
+    the decode tail only), "tail", "none". -> ``ekit.keep_float.float_region``'s dict."""
+    from ekit.keep_float import float_region
+
+    if mode == "none":
+        return {"tail": [], "head": [], "float": []}
+    detector = mode == "auto" and task == "detect"
+    return float_region(mnn_nodes(path), list(outputs), MNN_COMPUTE, detector)
+
+
+def run_model(path, x: np.ndarray, io: dict, threads: int = 0) -> list[np.ndarray]:
+    """Run a .mnn on ``x`` ([N, ...] float32) one sample at a time with MNN's CPU runtime
+    (precision "high"), as the validate step does. -> outputs stacked on axis 0."""
+    import os
+
+    import MNN
+    import MNN.expr as F
+
+    rt = MNN.nn.create_runtime_manager(({"backend": "CPU", "numThread": threads or os.cpu_count() or 1,
+                                         "precision": "high"},))
+    ins, outs = [t["name"] for t in io["inputs"]], [t["name"] for t in io["outputs"]]
+    net = MNN.nn.load_module_from_file(str(path), ins, outs, runtime_manager=rt)
+    per = []
+    for i in range(len(x)):
+        s = np.ascontiguousarray(x[i:i + 1].astype(np.float32))
+        var = F.const(s, list(s.shape), F.NCHW)
+        per.append([np.array(F.convert(o, F.NCHW).read(), dtype=np.float32) for o in net.forward([var])])
+    return [np.concatenate([p[k] for p in per], axis=0) for k in range(len(outs))]
+
+
 def quant_config(spec: dict, folder, count: int, feature_method: str, weight_method: str) -> dict:
     """mnnquant's JSON: the spec's mean/std as mean/normal on 0-255 pixels, the model's size."""
     shape = list(spec["shape"])

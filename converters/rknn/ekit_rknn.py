@@ -80,18 +80,25 @@ def call(what: str, code) -> None:
                                  "the step log above")
 
 
-def head_pairs(onnx_path) -> list[list[str]]:
+def head_pairs(onnx_path, with_head_convs: bool = False) -> tuple[list[list[str]], list[str]]:
     """rknn's custom_hybrid pairs [[start, output], ...] that keep a detector's decode tail (the
-    nodes after the last Conv/Gemm/MatMul: ``ekit_onnx.head``) in fp16; [] when there is none
-    (a classifier). int8 there makes box coordinates and class scores share one scale."""
+    nodes after the last Conv/Gemm/MatMul: ``ekit_onnx.head``) in fp16 -- with ``with_head_convs``
+    also the last conv of each head branch (``ekit_onnx.head_convs``: YOLOv8n's cv2/cv3.*.2) --,
+    and the names of the head convs kept; ([], []) when there is no tail (a classifier). int8 there
+    makes box coordinates and class scores share one scale."""
     import onnx
 
     import ekit_onnx
 
     model = onnx.load(str(onnx_path))
     tail = ekit_onnx.head(model)
-    made = {o for n in tail for o in n.output}
-    consts = {t.name for t in model.graph.initializer} | {o for n in tail if n.op_type == "Constant"
+    if not tail:
+        return [], []
+    convs = ekit_onnx.head_convs(model) if with_head_convs else []
+    region = tail + convs
+    made = {o for n in region for o in n.output}
+    consts = {t.name for t in model.graph.initializer} | {o for n in region if n.op_type == "Constant"
                                                           for o in n.output}
-    starts = sorted({i for n in tail for i in n.input if i and i not in made and i not in consts})
-    return [[s, o.name] for s in starts for o in model.graph.output if o.name in made]
+    starts = sorted({i for n in region for i in n.input if i and i not in made and i not in consts})
+    pairs = [[s, o.name] for s in starts for o in model.graph.output if o.name in made]
+    return pairs, [n.name or n.output[0] for n in convs]

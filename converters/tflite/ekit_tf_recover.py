@@ -98,6 +98,31 @@ def tail(model: bytes) -> list[str]:
     return out
 
 
+def graph_nodes(model: bytes) -> tuple[list[tuple], list[str]]:
+    """A TFLite model's ops as ``(output tensor name, op, [input tensor names], [output tensor
+    names])`` (the op's name is its first output's: the name ``denylisted_nodes`` takes) and its
+    output tensor names."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=bytes(model))
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    nodes = [(names[op["outputs"][0]], op["op_name"], [names[i] for i in op["inputs"] if i >= 0],
+              [names[o] for o in op["outputs"]]) for op in it._get_ops_details() if len(op["outputs"])]
+    return nodes, [names[d["index"]] for d in it.get_output_details()]
+
+
+def keep_float_region(model: bytes, mode: str, task: str | None) -> dict:
+    """The ops of a (calibrated) TFLite model that stay float in the int8 model: ``ekit.keep_float``'s
+    region (mode "auto": a detector's decode tail + head convs and what follows them, else the tail;
+    "tail"; "none"), by output tensor name."""
+    from ekit.keep_float import float_region
+
+    if mode == "none":
+        return {"tail": [], "head": [], "float": []}
+    nodes, outputs = graph_nodes(model)
+    return float_region(nodes, outputs, COMPUTE_OPS, mode == "auto" and task == "detect")
+
+
 class Recovery:
     """One calibration (the debugger's), then any number of re-quantizations with layers float."""
 
@@ -155,8 +180,31 @@ class Recovery:
         return dest
 
 
+def keep_float(conv, artifact: Path, mode: str, task: str | None, batch: int, int8_io: str,
+               notes: list) -> dict | None:
+    """Build the int8 ``artifact`` with ``keep_float_region`` float (the debugger calibrates ``conv``
+    once, ``denylisted_nodes`` re-quantizes). -> the ``quantization`` record, or None when nothing
+    stays float (the caller then builds plain full integer)."""
+    t = time.perf_counter()
+    rec = Recovery(conv, np.zeros((0,), np.float32), batch, int8_io)
+    region = keep_float_region(rec.debugger.calibrated_model, mode, task)
+    if not region["float"]:
+        return None
+    rec.build(region["float"], artifact)
+    table = macs(rec.debugger.calibrated_model)
+    share = sum(v for k, v in table.items() if k not in set(region["float"])) / max(sum(table.values()), 1)
+    seconds = round(time.perf_counter() - t, 1)
+    notes.append(f"int8 with {len(region['float'])} op(s) kept float (denylisted_nodes, --option "
+                 f"keep_float={mode}; {share:.1%} of MACs int8; not full integer): the decode tail"
+                 + (f" and the head's last convs {', '.join(region['head'])}" if region["head"] else ""))
+    ekit.log(f"int8: {len(region['float'])} op(s) float ({len(region['head'])} head conv(s)), "
+             f"{share:.1%} of MACs int8, {seconds} s")
+    return {"keep_float": mode, "float_ops": region["float"], "float_head": region["head"],
+            "float_tail": region["tail"], "int8_mac_share": round(share, 4), "seconds": seconds}
+
+
 def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, fold: bool, batch: int, int8_io: str,
-            thresholds: dict, opts, notes: list) -> dict:
+            thresholds: dict, opts, notes: list, base=()) -> dict:
     """--recover for a built int8 .tflite (``make_converter()``: a fresh TFLiteConverter set up like the
     one that built it, for the debugger to calibrate; ``built``: ekit_tf.build_and_describe's answer, updated
     in place): measure it, and when it misses ``thresholds`` keep its most sensitive compute layers
@@ -183,13 +231,15 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     rec = Recovery(make_converter(), samples, batch, int8_io)
     # a detector's / map's decode tail is tried first: measured on YOLOv8n (bench/results/
     # recover_rpi_jetson.md) its final Concat, one uint8 scale for boxes and scores, is what breaks it
-    ranked = rec.sensitivity(tail_first=before.get("task") in ("detect", "segment", "map"))
+    base = list(base)  # already float in the artifact (keep_float): every try keeps them float too
+    ranked = [r for r in rec.sensitivity(tail_first=before.get("task") in ("detect", "segment", "map") and not base)
+              if r["layer"] not in set(base)]
     t_sens = time.perf_counter() - t0
     ekit.log("recover: most sensitive: " + ", ".join(f"{r['op']} {r['layer'][:60]} {r['sensitivity']:.3g}"
                                                    for r in ranked[:5]) + f" ({t_sens:.1f} s)")
     table = macs(rec.debugger.calibrated_model)  # the calibrated float model: the names the ranking uses
     trial = artifact.with_name(artifact.name + ".recover")
-    found = ekit_recover.search(ranked, lambda layers: rec.build(layers, trial.with_suffix(f".{len(layers)}.tflite")),
+    found = ekit_recover.search(ranked, lambda layers: rec.build(base + list(layers), trial.with_suffix(f".{len(layers)}.tflite")),
                                 run, ref, thresholds, int(opts["recover_max_float_layers"]),
                                 ekit_recover.time_budget(opts, t0 - ekit.STARTED, time.perf_counter() - t0),
                                 names)

@@ -1,0 +1,189 @@
+"""int8 recipes of the edge runtimes (issue 19): mnn, executorch, rpi (TFLite/LiteRT) and rknn, side
+by side in one run on a detector (YOLOv8n, 320x320 letterbox, the task photos judged on their
+mirrored variants plus the gate's deterministic augmentations) and two classifiers (MobileNetV2 and
+rapidocr's ch_ppocr_mobile_v2.0_cls, MobileNetV3-style HardSwish/SE; the ImageNet photos).
+
+Rows per runtime and model, each a real ``edgekiln build --precision int8`` through the CLI:
+
+* ``edgekiln``: the target's defaults (``keep_float=auto``: a detector's decode tail, its head's
+  last convs and what follows them stay float/fp16; MNN's EMA activations);
+* ``keep_float=none``: the same with every op int8 (what each target built before issue 19);
+* ``bare defaults``: the tool's own defaults (MNN mnnquant KL, ExecuTorch's snippet with per-tensor
+  weights, RKNN ``normal`` without hybrid quantization, TFLiteConverter full integer) on the same
+  calibration tensors, expressed as target options (the step runs the tool with exactly them);
+* ``--recover`` where the runtime has it (rpi).
+
+Metrics are the validate step's (docs/gates.md): det mAP@0.5 vs the source's boxes and its lower
+bound, ambiguity-band F1 and its bound; classifiers: top-1 agreement, its Wilson bound, prob TV;
+the exit code says whether the gate published it.
+
+    invoke bench --only int8_recipes_edge [--args "--runtimes mnn,rknn --models yolo"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import RESULTS, ROOT, cli_build, env_python  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+MNV2 = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from zoo.mobilenet_v2 import mobilenet_v2; "
+        "m = mobilenet_v2(); m.load_state_dict(torch.load(sys.argv[2], map_location='cpu')); m.eval(); "
+        "torch.onnx.export(m, torch.zeros(1, 3, 224, 224), sys.argv[3], dynamo=False, opset_version=17, "
+        "input_names=['input'], output_names=['logits'])")
+SPECS = {
+    "yolo": {"shape": [1, 3, 320, 320], "resize": "letterbox", "pad": 114},
+    "mobilenet": {"shape": [1, 3, 224, 224], "resize": "crop", "mean": [0.485, 0.456, 0.406],
+                  "std": [0.229, 0.224, 0.225]},
+    "ppocr_cls": {"shape": [1, 3, 48, 192], "resize": "stretch", "color": "bgr", "mean": [0.5] * 3,
+                  "std": [0.5] * 3},
+}
+BARE = {"mnn": ["feature_quantize_method=KL", "keep_float=none"],
+        "executorch": ["per_channel=false", "keep_float=none"],
+        "rknn": ["quantized_algorithm=normal", "keep_float=none"],
+        "rpi": ["keep_float=none"]}
+KEYS = ("det_map50", "det_map50_low", "det_band_f1", "det_band_f1_low", "det_map", "det_boxes", "det_f1",
+        "top1_agreement", "top1_agreement_low", "prob_tv", "n", "cosine")
+
+
+def models(work: Path, wanted) -> dict[str, Path]:
+    from edgekiln.demo import mobilenet_weights, wheel, yolov8n_onnx
+
+    paths = {}
+    if "yolo" in wanted:
+        paths["yolo"] = yolov8n_onnx()
+    if "mobilenet" in wanted:
+        paths["mobilenet"] = work / "mnv2-src.onnx"
+        subprocess.run([env_python("torch"), "-c", MNV2, ROOT / "converters", mobilenet_weights(), paths["mobilenet"]],
+                       check=True, capture_output=True, timeout=900)
+    if "ppocr_cls" in wanted:
+        zipfile.ZipFile(wheel("rapidocr-onnxruntime")).extract(CLS, work)
+        paths["ppocr_cls"] = work / CLS
+    out = {}
+    for name, src in paths.items():
+        dest = work / f"{name}.onnx"
+        shutil.copy(src, dest)
+        dest.with_name(dest.name + ".edgekiln.toml").write_text(
+            "".join(f"{k} = {json.dumps(v)}\n" for k, v in SPECS[name].items()))
+        out[name] = dest
+    return out
+
+
+def rows_of(job: Path, target: str, code: int, seconds: float) -> dict:
+    rep = next((job / "work" / target).glob("int8/report.json"), None)
+    conv = next((job / "work" / "results").glob(f"*-{target}-int8-convert.json"), None)
+    if rep is None:
+        err = ""
+        for log in sorted((job / "logs").glob("*")) if (job / "logs").is_dir() else []:
+            err = (log.read_text(errors="replace").strip().splitlines() or [""])[-1]
+        return {"failed": True, "exit": code, "error": err[:300], "seconds": round(seconds, 1)}
+    m = json.loads(rep.read_text())["metrics"]
+    q = (json.loads(conv.read_text()).get("quantization") or {}) if conv else {}
+    q = q or {}
+    return {"published": code == 0, "exit": code, "seconds": round(seconds, 1),
+            "metrics": {k: m.get(k) for k in KEYS if m.get(k) is not None},
+            "float_ops": len(q.get("float_ops") or q.get("float_starts") or []),
+            "float_head": q.get("float_head") or [],
+            "int8_mac_share": q.get("int8_mac_share") or (q.get("recovery") or {}).get("int8_mac_share")}
+
+
+def run(runtimes, wanted, work: Path) -> dict:
+    from edgekiln.demo import photo_folders, task_photo_folders
+
+    res = {}
+    for name, model in models(work, wanted).items():
+        photos = task_photo_folders() if name == "yolo" else photo_folders()
+        res[name] = {}
+        for rt in runtimes:
+            variants = {"edgekiln": [], "bare defaults": BARE[rt]}
+            if rt == "rpi" and name == "yolo":
+                variants["edgekiln --recover"] = ["recover=true"]
+            rows = {}
+            for label, opts in variants.items():
+                out = work / "out" / f"{name}-{rt}-{len(rows)}"
+                extra = [a for o in opts for a in ("--option", o)]
+                t0 = time.perf_counter()
+                job, _, code = cli_build(rt, "int8", [model], photos, out, extra)
+                rows[label] = rows_of(job, rt, code, time.perf_counter() - t0)
+                print(name, rt, label, json.dumps(rows[label]), flush=True)
+            res[name][rt] = rows
+    return res
+
+
+def fmt(v):
+    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def markdown(r: dict) -> str:
+    lines = ["# int8 recipes on the edge runtimes (bench/int8_recipes_edge.py)", "",
+             f"{r['when']}, {r['machine']}. Every row a real `edgekiln build --precision int8` (local runner). "
+             "Detector: YOLOv8n 320 letterbox, 29 task photos calibrating, judged on their mirrored variants plus "
+             "the gate's deterministic augmentations, against the fp32 source's own boxes. Classifiers: the 20 "
+             "ImageNet photos calibrating, their mirrors judging. pub: the gate published it (exit 0) or refused "
+             "it (10). float ops: ops left at higher precision (head: the head convs among them).", ""]
+    for name, per in r["results"].items():
+        det = name == "yolo"
+        lines += [f"## {name}", "",
+                  ("| runtime | variant | pub | mAP50 | mAP50 low | band F1 | band F1 low | mAP | F1@0.25 | "
+                   "float ops (head) | MACs int8 | s |" if det else
+                   "| runtime | variant | pub | top-1 agr. | agr. low | prob TV | cosine | float ops | s |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|" if det else "|---|---|---|---|---|---|---|---|---|"]
+        for rt, rows in per.items():
+            for label, row in rows.items():
+                if row.get("failed"):
+                    lines.append(f"| {rt} | {label} | failed (exit {row['exit']}): {row['error']} |")
+                    continue
+                m = row["metrics"]
+                pub = "yes" if row["published"] else "refused"
+                if det:
+                    lines.append(f"| {rt} | {label} | {pub} | {fmt(m.get('det_map50'))} | {fmt(m.get('det_map50_low'))} | "
+                                 f"{fmt(m.get('det_band_f1'))} | {fmt(m.get('det_band_f1_low'))} | {fmt(m.get('det_map'))} | "
+                                 f"{fmt(m.get('det_f1'))} | {row['float_ops']} ({len(row['float_head'])}) | "
+                                 f"{fmt(row.get('int8_mac_share'))} | {row['seconds']} |")
+                else:
+                    lines.append(f"| {rt} | {label} | {pub} | {fmt(m.get('top1_agreement'))} | "
+                                 f"{fmt(m.get('top1_agreement_low'))} | {fmt(m.get('prob_tv'))} | {fmt(m.get('cosine'))} | "
+                                 f"{row['float_ops']} | {row['seconds']} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runtimes", default="mnn,executorch,rpi,rknn")
+    ap.add_argument("--models", default="yolo,mobilenet,ppocr_cls")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--merge", action="store_true", help="keep the other models' rows of the stored results")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="int8-edge-") as tmp:
+        results = run(a.runtimes.split(","), a.models.split(","), Path(tmp))
+    old = Path(a.out) / "int8_recipes_edge.json"
+    if a.merge and old.is_file():
+        kept = json.loads(old.read_text())["results"]
+        for name, per in results.items():
+            kept.setdefault(name, {}).update(per)
+        results = kept
+    r = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+         "machine": f"{platform.machine()}, {platform.processor() or platform.platform()}", "results": results}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "int8_recipes_edge.json").write_text(json.dumps(r, indent=1) + "\n")
+    (out / "int8_recipes_edge.md").write_text(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Issue 19's int8 recipes on the edge runtimes, for real: YOLOv8n int8 on mnn, rpi (TFLite), rknn
+(simulator) and executorch keeps its decode tail and the last conv of each head branch at higher
+precision (``keep_float=auto``), and the convert result and the manifest say which; published or
+refused by the detection gate (docs/gates.md), never silently. A classifier keeps nothing float.
+Numbers: bench/results/int8_recipes_edge.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+FAST = ["--option", "latency_runs=3", "--option", "latency_warmup=1"]
+HEAD = {f"cv{b}.{i}" for b in (2, 3) for i in range(3)}
+
+
+def int8(target, model, photos, out, *extra):
+    calib, val = photos
+    proc = run_cli("build", "--target", target, "--model", model, "--precision", "int8", "--calib", calib,
+                   "--val", val, "--out", out, "--runner", "local", "--keep-job", "--json", *FAST, *extra)
+    assert proc.returncode in (0, 10), proc.stderr[-3000:]
+    job = max((Path(out) / ".edgekiln" / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
+    conv = json.loads(next((job / "work" / "results").glob(f"*-{target}-int8-convert.json")).read_text())
+    report = json.loads((job / "work" / target / "int8" / "report.json").read_text())
+    return proc, conv, report
+
+
+@pytest.mark.parametrize("target", ["mnn", "rpi", "rknn", "executorch"])
+def test_yolov8n_int8_keeps_tail_and_head_convs_at_higher_precision(target, yolo, tmp_path):
+    model, photos = yolo
+    proc, conv, report = int8(target, model, photos, tmp_path)
+    q = conv["quantization"]
+    assert q["keep_float"] == "auto"
+    # the six head convs are named by their ONNX/module names on mnn/rknn/executorch; TFLite renames
+    # ops (model_5/tf.nn.convolution_61/...): there count them (six + the DFL conv)
+    heads = " ".join(q["float_head"])
+    if target == "rpi":
+        assert len(q["float_head"]) == 7 and q["int8_mac_share"] >= 0.85
+    else:
+        assert all(h in heads for h in HEAD), q["float_head"]
+    if target == "rknn":
+        assert q["int8_mac_share"] >= 0.85 and q["float_starts"]
+    else:
+        assert len(q["float_ops"]) > len(q["float_head"])  # the tail too
+    assert any("kept float" in n or "left float" in n or "fp16" in n for n in conv.get("notes", []) + [
+        q.get("float_tail_note") or ""])
+    m = report["metrics"]
+    assert m["det_map50"] is not None and m["det_band_f1"] is not None
+    if proc.returncode == 0:
+        man = json.loads(Path(json.loads(proc.stdout)["artifacts"][0]["manifest"]).read_text())
+        assert any("float" in n or "fp16" in n for n in man["notes"])
+        assert m["det_map50"] >= 0.95 and m["det_band_f1_low"] >= 0.90
+    else:  # refused: the message names the detection gate
+        assert "min det" in json.loads(proc.stdout)["error"]["message"]
+
+
+def test_a_classifier_keeps_nothing_float_and_mnn_chooses_its_calibrator(mobilenet_onnx, photos, tmp_path):
+    proc, conv, report = int8("mnn", mobilenet_onnx, photos, tmp_path, "--input-shape", "1,3,224,224",
+                              "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")
+    q = conv["quantization"]
+    # MNN turns the Gemm into a 1x1 conv + reshape: only that reshape and its shape arithmetic follow it
+    assert q["float_head"] == [] and not any("Pool" in n or "Flatten" in n for n in q["float_ops"])
+    assert q["calibrator_choice"] == "auto" and set(q["calibrators_tried"]) == {"KL", "EMA"}
+    scores = {k: v["score"] for k, v in q["calibrators_tried"].items()}
+    assert scores[q["feature_quantize_method"]] == max(scores.values())
+    assert report["metrics"]["top1_agreement"] >= 0.85
