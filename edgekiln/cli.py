@@ -116,6 +116,10 @@ BUILD_HELP = {
     "device": "jetson/x86-gpu: then finish the engine on this device: ssh://user@host[:port] (its python3; "
               "?python=PATH, or ?docker for the device image), or its Docker engine docker+ssh://user@host "
               "(docker+tcp://, docker+unix://); see docs/tensorrt.md",
+    "broker": "build on edgekiln workers through this broker, e.g. redis://:PASSWORD@box:6379/0 (default: "
+              "EDGEKILN_BROKER; none: here); see docs/workers.md",
+    "store": "with --broker: the shared store, a folder every worker reaches or s3://bucket/prefix (default: EDGEKILN_STORE)",
+    "queue_wait": "with --broker: seconds to wait for a worker on a queue before failing (default: EDGEKILN_QUEUE_WAIT or 60)",
     "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
     "json": "print the result as JSON on stdout",
     "keep_job": "keep the job folder after a successful build",
@@ -167,7 +171,8 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
           version=None, name=None, out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
-          all_or_nothing=False, recover=False, emulate_cpu=None, device=None):
+          all_or_nothing=False, recover=False, emulate_cpu=None, device=None, broker=None, store=None,
+          queue_wait=None):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
     from .build import dry_run as plan_only, run_build
     from .request import make_request
@@ -187,10 +192,18 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
                                                     config=config, on_note=ui.warn), ui.stage)
     if dry_run:
         return _print_dry_run(plan_only(request, runner_for), json)
+    from .dist_driver import remote_for
+
+    remote = remote_for(broker, store, queue_wait)
     ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}")
     try:
-        result = run_build(request, ui, runner_for, jobs=jobs, keep_job=keep_job,
-                           all_or_nothing=all_or_nothing)
+        if remote is not None:  # the workers build; planning and publishing stay here
+            result = remote.build_many([request], ui)[0]
+            if isinstance(result, Exception) or (all_or_nothing and result.error is not None):
+                raise result if isinstance(result, Exception) else result.error
+        else:
+            result = run_build(request, ui, runner_for, jobs=jobs, keep_job=keep_job,
+                               all_or_nothing=all_or_nothing)
     finally:
         ui.close()
     if device:  # the deferred TensorRT bundles, finished on the device (edgekiln.device)
@@ -448,6 +461,9 @@ RELEASE_HELP = {
     "jobs": "build this many precisions of a model × target in parallel",
     "runner": "auto (Docker when an engine answers, else local), docker or local",
     "docker_host": "Docker host for the conversions, e.g. ssh://user@jetson",
+    "broker": BUILD_HELP["broker"],
+    "store": BUILD_HELP["store"],
+    "queue_wait": BUILD_HELP["queue_wait"],
     "json": "print the result as JSON on stdout",
     "debug": "show tracebacks",
 }
@@ -456,7 +472,7 @@ RELEASE_HELP = {
 @task(klass=_BuildTask, auto_shortflags=False, help=RELEASE_HELP)
 @guarded
 def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="auto", docker_host=None,
-            json=False, debug=False):
+            json=False, debug=False, broker=None, store=None, queue_wait=None):
     """Build every entry of a release file (cached), package it reproducibly into <out>/<name>-<version>."""
     from .matrix import load_matrix
     from .release import release as make_release
@@ -467,13 +483,16 @@ def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="a
 
     matrix = load_matrix(file)
     out, dist, jobs = check_out(out), check_out(dist, "--dist"), _jobs(jobs)
+    from .dist_driver import remote_for
+
+    remote = remote_for(broker, store, queue_wait)
     ui = make_ui(json)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, on_note=ui.warn), ui.stage)
     try:
-        if check:
-            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, jobs)
+        if check:  # with --broker: released through the workers, rebuilt here
+            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, jobs, remote)
         else:
-            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, jobs), None
+            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, jobs, remote), None
     finally:
         ui.close()
     from .release_view import print_release
@@ -503,8 +522,43 @@ def report(c, path, out=None, debug=False):
     console.print(f"wrote {html_path} and {md_path}", markup=False)
 
 
+@task(help={
+    "broker": "the broker to serve, e.g. redis://:PASSWORD@box:6379/0 (default: EDGEKILN_BROKER)",
+    "store": "the shared store: a folder the driver and every worker reach, or s3://bucket/prefix "
+             "(default: EDGEKILN_STORE)",
+    "queues": "queues to serve, comma-separated: amd64, arm64, gpu, ... (default: this machine's architecture, "
+              "and arm64 where the Docker runner can emulate it)",
+    "concurrency": "chains built at once on this machine (default 1)",
+    "name": "this worker's name (default edgekiln-<pid>@<hostname>)",
+    "work": "folder for the worker's input cache and build store (default ~/.cache/edgekiln/worker/<name>)",
+    "runner": "auto (Docker when an engine answers, else local), docker or local",
+    "docker_host": "the Docker engine this worker drives (default DOCKER_HOST)",
+    "base_image": BUILD_HELP["base_image"], "debug": "show tracebacks"})
+@guarded
+def worker(c, broker=None, store=None, queues=None, concurrency=1, name=None, work=None, runner="auto",
+           docker_host=None, base_image=None, debug=False):
+    """Serve build chains sent through a broker (`build`/`release --broker`); see docs/workers.md."""
+    from .dist import broker_url, serve
+    from .errors import UsageError
+
+    url = broker_url(broker)
+    if not url:
+        raise UsageError("edgekiln worker needs a broker", "pass --broker redis://HOST:6379/0 or set EDGEKILN_BROKER")
+    serve(url, store or os.environ.get("EDGEKILN_STORE"), queues=queues, runner=runner, docker_host=docker_host,
+          base_image=base_image, concurrency=_concurrency(concurrency), name=name, work=work,
+          on_line=lambda line: err.print(line, markup=False))
+
+
+def _concurrency(value) -> int:
+    from .errors import UsageError
+
+    if not str(value).isdigit() or int(value) < 1:
+        raise UsageError(f"--concurrency {value!r} is not a whole number >= 1", "e.g. --concurrency 2")
+    return int(value)
+
+
 ns = Collection()
-for _t in (build, targets, images, demo, clean, finish, release, verify, report):
+for _t in (build, targets, images, demo, clean, finish, release, verify, report, worker):
     ns.add_task(_t)
 
 

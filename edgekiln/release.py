@@ -176,8 +176,10 @@ def _short(value: Any) -> str:
 # ---------------------------------------------------------------- release
 
 
-def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, jobs: int = 1) -> ReleaseResult:
-    """Build every entry (cached), package, publish ``<out>/<name>-<version>`` atomically."""
+def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, jobs: int = 1,
+            remote=None) -> ReleaseResult:
+    """Build every entry (cached), package, publish ``<out>/<name>-<version>`` atomically.
+    ``remote`` (edgekiln.dist_driver.Remote): the entries are built by workers through a broker."""
     start = time.monotonic()
     out = Path(out).expanduser().resolve()
     dest = out / matrix.folder
@@ -185,7 +187,7 @@ def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, job
     ident = identity(matrix, prepared)
     if dest.exists():
         return _existing(dest, matrix, ident, ui)
-    results = build_entries(matrix, prepared, ui, runner_for, jobs)
+    results = build_entries(matrix, prepared, ui, runner_for, jobs, remote)
     out.mkdir(parents=True, exist_ok=True)
     stage = out / f".stage-{matrix.folder}-{uuid.uuid4().hex[:8]}"
     try:
@@ -216,18 +218,23 @@ def _existing(dest: Path, matrix: Matrix, ident: dict, ui) -> ReleaseResult:
     return ReleaseResult(dest, "exists")
 
 
-def build_entries(matrix: Matrix, prepared: list[Planned], ui, runner_for, jobs: int) -> dict[str, ArtifactResult]:
+def build_entries(matrix: Matrix, prepared: list[Planned], ui, runner_for, jobs: int,
+                  remote=None) -> dict[str, ArtifactResult]:
     """Build every request (its artifacts in parallel with ``jobs``); all must pass. A release is
     all or nothing: an entry refused (below a threshold) or failed stops it, named with its model,
     target, precision and why, with the exit code of its kind (a refusal: ValidationFailed). The
     other entries stay in the build store, cached for the next run."""
     results: dict[str, ArtifactResult] = {}
     failures: list[tuple[str, EdgekilnError]] = []
-    for p in prepared:
+    # through a broker: every entry's chains are sent at once, the workers build them in parallel
+    built = remote.build_many([p.request for p in prepared], ui) if remote is not None else None
+    for i, p in enumerate(prepared):
         ui.stage(f"build {p.request.model_name} → {', '.join(p.request.targets)} "
                  f"({', '.join(p.request.precisions)})")
         try:
-            result = run_build(p.request, ui, runner_for, jobs=jobs)
+            result = built[i] if built is not None else run_build(p.request, ui, runner_for, jobs=jobs)
+            if isinstance(result, EdgekilnError):
+                raise result
         except EdgekilnError as exc:
             failures.append((f"{p.request.model_name} → {', '.join(p.request.targets)}: {exc.message}", exc))
             continue  # go on: name every failing entry (the others are cached next time)
