@@ -111,7 +111,6 @@ BUILD_HELP = {
                 ".ci/arm64-up.sh; conversion stays here); another platform: run the Docker steps there",
     "emulate_cpu": "the Arm core QEMU emulates for --platform linux/arm64 (default: the target's board, "
                    "rpi: cortex-a72; e.g. cortex-a76 for a Pi 5)",
-    "config": "project config with a [docker.hosts] map target -> host (default: edgekiln.toml, pyproject.toml)",
     "docker_host": "Docker host for the conversion, e.g. ssh://user@jetson or tcp://gpu-box:2376",
     "device": "jetson/x86-gpu: then finish the engine on this device: ssh://user@host[:port] (its python3; "
               "?python=PATH, or ?docker for the device image), or its Docker engine docker+ssh://user@host "
@@ -120,6 +119,8 @@ BUILD_HELP = {
               "EDGEKILN_BROKER; none: here); see docs/workers.md",
     "store": "with --broker: the shared store, a folder every worker reaches or s3://bucket/prefix (default: EDGEKILN_STORE)",
     "queue_wait": "with --broker: seconds to wait for a worker on a queue before failing (default: EDGEKILN_QUEUE_WAIT or 60)",
+    "config": "removed (it read a per-target [docker.hosts] map): --docker-host for one remote engine, "
+              "edgekiln worker and --broker for several machines (docs/workers.md)",
     "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
     "json": "print the result as JSON on stdout",
     "keep_job": "keep the job folder after a successful build",
@@ -180,6 +181,11 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     from .ui import feed_lines, make_ui, result_json, summary_notes, summary_table, task_lines, where_lines
 
     values = dict(locals())
+    if config is not None:
+        from .errors import UsageError
+
+        raise UsageError("--config (a per-target [docker.hosts] map) is gone: edgekiln has no scheduler of its own",
+                         "--docker-host for one remote engine; edgekiln worker and --broker for several (docs/workers.md)")
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
     if device:
         from .device import device_for
@@ -189,7 +195,7 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     jobs = _jobs(jobs)
     ui = make_ui(json or dry_run)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, base_image=base_image, platform=platform,
-                                                    config=config, on_note=ui.warn), ui.stage)
+                                                    on_note=ui.warn), ui.stage)
     if dry_run:
         return _print_dry_run(plan_only(request, runner_for), json)
     from .dist_driver import remote_for

@@ -63,6 +63,7 @@ def check_broker(url: str, timeout: float = 5.0) -> None:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise UsageError(f"--broker {masked(url)!r}: edgekiln's workers use Redis",
                          "e.g. --broker redis://:PASSWORD@build-box:6379/0 (rediss:// with TLS)")
+    need_celery()
     import redis
 
     try:
@@ -70,6 +71,15 @@ def check_broker(url: str, timeout: float = 5.0) -> None:
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnreachable(f"the broker {masked(url)} does not answer: {exc}",
                                 "start Redis there (redis-server), or fix --broker / EDGEKILN_BROKER") from None
+
+
+def need_celery() -> None:
+    try:
+        import celery  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        raise UsageError("builds through a broker need Celery and redis-py, which are not installed",
+                         "pip install 'edgekiln[dist]'") from None
 
 
 def make_app(url: str):
@@ -82,7 +92,10 @@ def make_app(url: str):
         task_serializer="json", result_serializer="json", accept_content=["json"], result_accept_content=["json"],
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         task_track_started=True, result_expires=7 * 86400, result_extended=False,
-        broker_transport_options={"visibility_timeout": vt}, broker_connection_retry_on_startup=True,
+        # a live worker sweeps for the tasks of a dead one every min(10 s, vt/10) once they are vt old
+        broker_transport_options={"visibility_timeout": vt, "unacked_restore_interval": max(1, min(10, int(vt // 10))),
+                                  "unacked_restore_throttle": 1},
+        broker_connection_retry_on_startup=True,
         broker_connection_max_retries=3, worker_hijack_root_logger=True,
         worker_send_task_events=False, task_default_queue="amd64",
     )

@@ -191,7 +191,7 @@ class Remote:
                 time.sleep(self.poll)
         except BaseException:
             if pending:  # Ctrl-C, a kill, no worker left: the workers drop what this run sent
-                self.app.control.revoke(list(pending), terminate=True)
+                self.app.control.revoke(list(pending))  # a running chain ends into the store
                 ui.stage(f"revoked {len(pending)} task(s)")
             raise
 

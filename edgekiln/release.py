@@ -18,7 +18,8 @@ error that says what changed.
 The rule of what is reproducible (``release --check`` compares every file but these):
 * VOLATILE manifest fields — when and how fast a build ran, commands that name its job folder
   (Docker mounts, container names), and where the inputs and environments were on the build
-  machine (paths; their sha256 and lock hashes stay) — move from each build manifest into
+  machine (paths and Docker engines: a release built by workers through a broker equals one
+  built here; their sha256 and lock hashes stay) — move from each build manifest into
   ``measured.json``; the build logs (timings) stay in the build store. The artifact folders keep
   the rest, which names no path of the build machine.
 * MEASURED_FILES (``measured.json`` and the reports that show latency) are measurements.
@@ -49,7 +50,7 @@ SUMS = "SHA256SUMS"
 MANIFEST = "release.json"
 MEASURED = "measured.json"
 VOLATILE = ("created", "validation.latency_ms", "steps[].seconds", "steps[].command", "model.file",
-            "data.*.path", "steps[].environment.ref",
+            "data.*.path", "steps[].environment.ref", "steps[].environment.host",
             "arm_validation.latency_ms", "arm_validation.native_latency_ms",
             "cpu_validation.latency_ms", "cpu_validation.native_latency_ms")
 MEASURED_FILES = {
@@ -104,7 +105,9 @@ def split_manifest(manifest: dict) -> tuple[dict, dict]:
         env = step.get("environment") or {}
         volatile["steps"][step.get("id")] = {"seconds": step.pop("seconds", None),
                                              "command": step.pop("command", None),
-                                             "environment_ref": env.pop("ref", None)}
+                                             "environment_ref": env.pop("ref", None),
+                                             # the Docker engine it ran on (a worker's, with --broker)
+                                             "environment_host": env.pop("host", None)}
     return stable, volatile
 
 
