@@ -470,6 +470,9 @@ RELEASE_HELP = {
     "broker": BUILD_HELP["broker"],
     "store": BUILD_HELP["store"],
     "queue_wait": BUILD_HELP["queue_wait"],
+    "shard": "I/N: build only every N-th entry (from the I-th, in the file's order) into --store; no release "
+             "(a CI matrix job; then --assemble)",
+    "assemble": "package the release from the entries in --store (after every --shard ran); builds nothing",
     "json": "print the result as JSON on stdout",
     "debug": "show tracebacks",
 }
@@ -478,7 +481,7 @@ RELEASE_HELP = {
 @task(klass=_BuildTask, auto_shortflags=False, help=RELEASE_HELP)
 @guarded
 def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="auto", docker_host=None,
-            json=False, debug=False, broker=None, store=None, queue_wait=None):
+            json=False, debug=False, broker=None, store=None, queue_wait=None, shard=None, assemble=False):
     """Build every entry of a release file (cached), package it reproducibly into <out>/<name>-<version>."""
     from .matrix import load_matrix
     from .release import release as make_release
@@ -489,11 +492,26 @@ def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="a
 
     matrix = load_matrix(file)
     out, dist, jobs = check_out(out), check_out(dist, "--dist"), _jobs(jobs)
-    from .dist_driver import remote_for
+    from .dist_driver import Remote, remote_for
+    from .dist_shard import build_shard, parse_shard, print_shard
 
-    remote = remote_for(broker, store, queue_wait)
+    if shard or assemble:  # a CI matrix: shards build into the shared store, --assemble packages
+        from .errors import UsageError
+
+        store = store or os.environ.get("EDGEKILN_STORE")
+        if (shard and assemble) or broker or check or not store:
+            raise UsageError("--shard I/N or --assemble, each with --store (and without --broker or --check)",
+                             "e.g. release R --shard 1/4 --store /shared/ek in each CI job, then --assemble")
+    part = parse_shard(shard) if shard else None
+    remote = None if shard else Remote(None, store, None) if assemble else remote_for(broker, store, queue_wait)
     ui = make_ui(json)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, on_note=ui.warn), ui.stage)
+    if part:
+        try:
+            done = build_shard(matrix, Path(dist), store, part, ui, runner_for, jobs)
+        finally:
+            ui.close()
+        return print_shard(console, done, json)
     try:
         if check:  # with --broker: released through the workers, rebuilt here
             result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, jobs, remote)

@@ -48,14 +48,16 @@ class Chain:
 class Remote:
     """One driver session: the broker, the store, and what this run sent."""
 
-    def __init__(self, broker: str, store_url: str, wait: float | None = None, poll: float = 0.5):
+    def __init__(self, broker: str | None, store_url: str, wait: float | None = None, poll: float = 0.5):
+        """``broker`` None: the store only (``release --assemble``): what is not in it is an error."""
         from .dist import check_broker, make_app
         from .dist_store import open_store
 
-        check_broker(broker)
+        if broker:
+            check_broker(broker)
         self.store = open_store(store_url)
         self.store.check()
-        self.app = make_app(broker)
+        self.app = make_app(broker) if broker else None
         self.wait, self.poll = queue_wait(wait), poll
         self.submitted: list[str] = []
         self.served: dict[str, str] = {}  # build key -> worker
@@ -69,7 +71,7 @@ class Remote:
         from .dist import queue_for
 
         start = time.monotonic()
-        preps, found, chains = [], [], []
+        preps, found, chains, stored = [], [], [], []
         for i, request in enumerate(requests):
             prep = prepare(request)
             request = dataclasses.replace(request, version=prep.loc.version)
@@ -85,10 +87,17 @@ class Remote:
                 from .dist_store import has_build
 
                 if has_build(self.store, key):  # built before by some worker: no task
-                    found[i][a.key] = self._publish(prep, a, key, "cached", ui)
+                    stored.append((i, prep, a, key))
                     continue
                 queue = queue_for(prep.plan.steps_for(a))
                 chains.append(Chain(i, prep, a, key, queue, self._message(request, prep, a, key)))
+        if chains and self.app is None:
+            missing = [f"{requests[c.index].model_name}/{c.artifact.key}" for c in chains]
+            raise UsageError(f"{len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} not in the store "
+                             f"{self.store.url}: {', '.join(missing)}",
+                             "run every shard first (release --shard I/N --store ...), then --assemble")
+        for i, prep, a, key in stored:
+            found[i][a.key] = self._publish(prep, a, key, "cached", ui)
         if chains:
             self._run(chains, found, ui)
         out: list[BuildResult | EdgekilnError] = []
