@@ -282,6 +282,7 @@ def serve(broker: str, store_url: str, *, queues: str | None, runner: str, docke
     folder.mkdir(parents=True, exist_ok=True)
     SETTINGS = WorkerSettings(name, store, folder, runner_for, fleet_hash())
     app = make_app(broker)
+    app.conf.broker_connection_max_retries = None  # a worker waits out a broker restart, however long
     _register_control()
     on_line(f"edgekiln worker {name}: queues {','.join(chosen)}; broker {masked(broker)}; store {store.url}; "
             f"work {folder}; edgekiln {__version__}, recipes {SETTINGS.recipes[:12]}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .build import ArtifactResult, BuildResult, Prepared, prepare
-from .errors import BY_KIND, EdgekilnError, NoWorker, StepFailed, UsageError
+from .errors import BY_KIND, BrokerUnreachable, EdgekilnError, NoWorker, StepFailed, UsageError
 from .store import cache_state, publish
 
 QUEUE_WAIT = 60.0  # seconds to wait for a worker on a queue before saying none serves it
@@ -99,7 +99,7 @@ class Remote:
         for i, prep, a, key in stored:
             found[i][a.key] = self._publish(prep, a, key, "cached", ui)
         if chains:
-            self._run(chains, found, ui)
+            self._lost_broker(self._run, chains, found, ui)
         out: list[BuildResult | EdgekilnError] = []
         for i, prep in enumerate(preps):
             arts = [found[i][a.key] for a in prep.plan.artifacts]
@@ -117,6 +117,20 @@ class Remote:
             out.append(BuildResult(requests[i].model_name, prep.loc.version, arts, time.monotonic() - start,
                                    "broker", None, error))
         return out
+
+    def _lost_broker(self, fn, *args):
+        """The broker going away mid-run is one line (BrokerUnreachable), not a traceback."""
+        import redis
+        from kombu.exceptions import OperationalError
+
+        try:
+            return fn(*args)
+        except (redis.RedisError, OperationalError, ConnectionError) as exc:
+            from .dist import masked
+
+            raise BrokerUnreachable(f"the broker {masked(self.app.conf.broker_url)} stopped answering: {exc}",
+                                    "the tasks sent stay queued there: run the same command again when it is back "
+                                    "(finished chains are in the store)") from None
 
     # ------------------------------------------------------------ messages
 
@@ -142,8 +156,14 @@ class Remote:
 
     # ------------------------------------------------------------ send, wait, publish
 
+    def _broker_answers(self) -> None:
+        from .dist import check_broker
+
+        check_broker(self.app.conf.broker_url, timeout=3.0)
+
     def _workers(self) -> dict[str, set[str]]:
         """queue -> the workers that serve it now."""
+        self._broker_answers()
         replies = self.app.control.inspect(timeout=1.0).active_queues() or {}
         served: dict[str, set[str]] = {}
         for worker, queues in replies.items():
@@ -174,6 +194,7 @@ class Remote:
         keys = [c.key for c in chains]
         for key in keys:  # a result from an earlier run (revoked, failed) is not this one's
             AsyncResult(key, app=self.app).forget()
+        self._broker_answers()
         self.app.control.broadcast("edgekiln_unrevoke", arguments={"ids": keys})
         pending = {}
         try:
@@ -200,8 +221,12 @@ class Remote:
                 time.sleep(self.poll)
         except BaseException:
             if pending:  # Ctrl-C, a kill, no worker left: the workers drop what this run sent
-                self.app.control.revoke(list(pending))  # a running chain ends into the store
-                ui.stage(f"revoked {len(pending)} task(s)")
+                try:
+                    self._broker_answers()  # kombu would retry a broadcast to a dead broker forever
+                    self.app.control.revoke(list(pending))  # a running chain ends into the store
+                    ui.stage(f"revoked {len(pending)} task(s)")
+                except Exception as exc:  # the broker is gone too
+                    ui.warn(f"could not revoke {len(pending)} task(s): {exc}")
             raise
 
     def _done(self, c: Chain, res, ui) -> ArtifactResult:

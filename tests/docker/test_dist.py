@@ -351,6 +351,28 @@ def test_faults_and_bad_input_are_one_line_each(redis_url, fleet, release_dir, t
                              "--store", store, env={"EDGEKILN_QUEUE_WAIT": "2"}, check=None),
                     errors.NoWorker.exit_code)
     assert "no worker serves queue amd64" in line
+    # the broker goes away while the driver waits for a worker: one line, not a hang
+    folder = tmp_path / "redis2"
+    folder.mkdir()
+    port = _free_port()
+    redis2 = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    _wait(lambda: _answers(port), 30, "the second redis-server did not start")
+    driver = subprocess.Popen([sys.executable, "-m", "edgekiln", "release", str(rel), "--out", str(tmp_path / "o"),
+                               "--dist", str(tmp_path / "d"), "--broker", f"redis://127.0.0.1:{port}/0", "--store",
+                               str(store)], cwd=ROOT, env=dict(os.environ, EDGEKILN_QUEUE_WAIT="60"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        redis2.terminate()
+        redis2.wait(timeout=10)
+        out, err = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+        redis2.kill()
+    assert "waiting for a worker" in err
+    assert driver.returncode == errors.BrokerUnreachable.exit_code and "Traceback" not in err, err
+    assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, err
     one_line(_release(rel, "--out", tmp_path / "o", "--broker", url, check=None), errors.UsageError.exit_code)
     one_line(_release(rel, "--out", tmp_path / "o", "--store", store, check=None), errors.UsageError.exit_code)
     one_line(run_cli("worker", "--store", store, check=None, env={"EDGEKILN_BROKER": ""}), errors.UsageError.exit_code)
