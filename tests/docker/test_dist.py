@@ -32,7 +32,7 @@ from .test_arm64 import ARM_BASE
 from .test_parity import _tiny_onnx
 
 REQUIRED = os.environ.get("EDGEKILN_REQUIRE_BROKER") == "1"
-VT = 45  # the tests' visibility timeout: above their longest chain, and what a kill -9 costs
+VT = 60  # the tests' visibility timeout: above their longest chain (38 s), and what a kill -9 costs
 
 
 def _unavailable(why: str):
@@ -208,7 +208,8 @@ def test_release_through_the_broker_equals_the_local_one(fleet, local_and_broker
     # both workers served, at the same time
     a, b = workers["a"].chains(), workers["b"].chains()
     assert a and b, (workers["a"].text()[-2000:], workers["b"].text()[-2000:])
-    assert len(a) + len(b) == 3 and all("done" in c for c in a + b)
+    # three chains (a chain that outlived the visibility timeout would run again: a cache hit, same key)
+    assert len({c["key"] for c in a + b}) == 3 and all("done" in c for c in a + b)
     assert any(x["start"] < y["done"] and y["start"] < x["done"] for x in a for y in b), (a, b)
     # the store holds each build once, committed by its manifest
     keys = {c["key"] for c in a + b}
