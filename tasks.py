@@ -53,10 +53,12 @@ def ast_doc(script):
 
 @task(help=dict(RELEASE_HELP, file="the release matrix file (default examples/release.toml)"))
 def release(c, file="examples/release.toml", out="releases", dist="dist", check=False, jobs=1, runner="auto",
-            docker_host=None, json=False, debug=False):
+            docker_host=None, json=False, debug=False, broker=None, store=None, queue_wait=None, shard=None,
+            assemble=False):
     """`edgekiln release` with the example as its default file: `invoke release [--check]`."""
     return _release.body(c, file, out=out, dist=dist, check=check, jobs=jobs, runner=runner,
-                         docker_host=docker_host, json=json, debug=debug)
+                         docker_host=docker_host, json=json, debug=debug, broker=broker, store=store,
+                         queue_wait=queue_wait, shard=shard, assemble=assemble)
 
 
 ns.add_task(bench)

@@ -181,14 +181,18 @@ def dry_run(request: BuildRequest, runner_for: Callable[[Step | None], Runner]) 
 
 
 def run_build(request: BuildRequest, ui, runner_for: Callable[[Step | None], Runner],
-              jobs: int = 1, keep_job: bool = False, all_or_nothing: bool = False) -> BuildResult:
+              jobs: int = 1, keep_job: bool = False, all_or_nothing: bool = False,
+              only: set[str] | None = None) -> BuildResult:
     """Build every artifact of ``request`` that is not published yet. An artifact whose steps fail
     or that misses a threshold is not published; the ones that passed are, and ``result.error``
     says what failed (its exit code is the build's). ``all_or_nothing``: any failure publishes
-    nothing (raised). Nothing passed: raised, nothing published."""
+    nothing (raised). Nothing passed: raised, nothing published. ``only``: just these artifacts
+    ("target/precision"; a worker's chain, edgekiln.dist), with the steps and ids of the whole plan."""
     start = time.monotonic()
     prep = prepare(request)
     plan, arch_file, hashes, loc, keys = prep.plan, prep.arch_file, prep.hashes, prep.loc, prep.keys
+    if only is not None:
+        plan = Plan(plan.steps, tuple(a for a in plan.artifacts if a.key in only))
     results: dict[str, ArtifactResult] = {}
     todo: list[Artifact] = []
     for artifact in plan.artifacts:

@@ -111,11 +111,16 @@ BUILD_HELP = {
                 ".ci/arm64-up.sh; conversion stays here); another platform: run the Docker steps there",
     "emulate_cpu": "the Arm core QEMU emulates for --platform linux/arm64 (default: the target's board, "
                    "rpi: cortex-a72; e.g. cortex-a76 for a Pi 5)",
-    "config": "project config with a [docker.hosts] map target -> host (default: edgekiln.toml, pyproject.toml)",
     "docker_host": "Docker host for the conversion, e.g. ssh://user@jetson or tcp://gpu-box:2376",
     "device": "jetson/x86-gpu: then finish the engine on this device: ssh://user@host[:port] (its python3; "
               "?python=PATH, or ?docker for the device image), or its Docker engine docker+ssh://user@host "
               "(docker+tcp://, docker+unix://); see docs/tensorrt.md",
+    "broker": "build on edgekiln workers through this broker, e.g. redis://:PASSWORD@box:6379/0 (default: "
+              "EDGEKILN_BROKER; none: here); see docs/workers.md",
+    "store": "with --broker: the shared store, a folder every worker reaches or s3://bucket/prefix (default: EDGEKILN_STORE)",
+    "queue_wait": "with --broker: seconds to wait for a worker on a queue before failing (default: EDGEKILN_QUEUE_WAIT or 60)",
+    "config": "removed (it read a per-target [docker.hosts] map): --docker-host for one remote engine, "
+              "edgekiln worker and --broker for several machines (docs/workers.md)",
     "dry_run": "print the plan and the exact commands (as commands.sh will hold them); run nothing",
     "json": "print the result as JSON on stdout",
     "keep_job": "keep the job folder after a successful build",
@@ -167,7 +172,8 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
           version=None, name=None, out="dist",
           runner="auto", docker_host=None, base_image=None, platform=None, config=None, dry_run=False,
           json=False, keep_job=False, debug=False, task=None, head=None, task_param=None, pad=None,
-          all_or_nothing=False, recover=False, emulate_cpu=None, device=None):
+          all_or_nothing=False, recover=False, emulate_cpu=None, device=None, broker=None, store=None,
+          queue_wait=None):
     """Convert a model for one or more targets, validate every artifact, publish it under --out."""
     from .build import dry_run as plan_only, run_build
     from .request import make_request
@@ -175,6 +181,11 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     from .ui import feed_lines, make_ui, result_json, summary_notes, summary_table, task_lines, where_lines
 
     values = dict(locals())
+    if config is not None:
+        from .errors import UsageError
+
+        raise UsageError("--config (a per-target [docker.hosts] map) is gone: edgekiln has no scheduler of its own",
+                         "--docker-host for one remote engine; edgekiln worker and --broker for several (docs/workers.md)")
     request = make_request(**{k: values[k] for k in REQUEST_KEYS})
     if device:
         from .device import device_for
@@ -184,13 +195,21 @@ def build(c, model=None, target="onnx", precision="", jobs=1, calib=None, val=No
     jobs = _jobs(jobs)
     ui = make_ui(json or dry_run)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, base_image=base_image, platform=platform,
-                                                    config=config, on_note=ui.warn), ui.stage)
+                                                    on_note=ui.warn), ui.stage)
     if dry_run:
         return _print_dry_run(plan_only(request, runner_for), json)
+    from .dist_driver import remote_for
+
+    remote = remote_for(broker, store, queue_wait)
     ui.stage(f"{request.model_name} ({request.source_format}) → {', '.join(request.targets)}")
     try:
-        result = run_build(request, ui, runner_for, jobs=jobs, keep_job=keep_job,
-                           all_or_nothing=all_or_nothing)
+        if remote is not None:  # the workers build; planning and publishing stay here
+            result = remote.build_many([request], ui)[0]
+            if isinstance(result, Exception) or (all_or_nothing and result.error is not None):
+                raise result if isinstance(result, Exception) else result.error
+        else:
+            result = run_build(request, ui, runner_for, jobs=jobs, keep_job=keep_job,
+                               all_or_nothing=all_or_nothing)
     finally:
         ui.close()
     if device:  # the deferred TensorRT bundles, finished on the device (edgekiln.device)
@@ -448,6 +467,12 @@ RELEASE_HELP = {
     "jobs": "build this many precisions of a model × target in parallel",
     "runner": "auto (Docker when an engine answers, else local), docker or local",
     "docker_host": "Docker host for the conversions, e.g. ssh://user@jetson",
+    "broker": BUILD_HELP["broker"],
+    "store": BUILD_HELP["store"],
+    "queue_wait": BUILD_HELP["queue_wait"],
+    "shard": "I/N: build only every N-th entry (from the I-th, in the file's order) into --store; no release "
+             "(a CI matrix job; then --assemble)",
+    "assemble": "package the release from the entries in --store (after every --shard ran); builds nothing",
     "json": "print the result as JSON on stdout",
     "debug": "show tracebacks",
 }
@@ -456,7 +481,7 @@ RELEASE_HELP = {
 @task(klass=_BuildTask, auto_shortflags=False, help=RELEASE_HELP)
 @guarded
 def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="auto", docker_host=None,
-            json=False, debug=False):
+            json=False, debug=False, broker=None, store=None, queue_wait=None, shard=None, assemble=False):
     """Build every entry of a release file (cached), package it reproducibly into <out>/<name>-<version>."""
     from .matrix import load_matrix
     from .release import release as make_release
@@ -467,13 +492,31 @@ def release(c, file, out="releases", dist="dist", check=False, jobs=1, runner="a
 
     matrix = load_matrix(file)
     out, dist, jobs = check_out(out), check_out(dist, "--dist"), _jobs(jobs)
+    from .dist_driver import Remote, remote_for
+    from .dist_shard import build_shard, parse_shard, print_shard
+
+    if shard or assemble:  # a CI matrix: shards build into the shared store, --assemble packages
+        from .errors import UsageError
+
+        store = store or os.environ.get("EDGEKILN_STORE")
+        if (shard and assemble) or broker or check or not store:
+            raise UsageError("--shard I/N or --assemble, each with --store (and without --broker or --check)",
+                             "e.g. release R --shard 1/4 --store /shared/ek in each CI job, then --assemble")
+    part = parse_shard(shard) if shard else None
+    remote = None if shard else Remote(None, store, None) if assemble else remote_for(broker, store, queue_wait)
     ui = make_ui(json)
     runner_for = LazyRunners(lambda: runner_factory(runner, docker_host, on_note=ui.warn), ui.stage)
+    if part:
+        try:
+            done = build_shard(matrix, Path(dist), store, part, ui, runner_for, jobs)
+        finally:
+            ui.close()
+        return print_shard(console, done, json)
     try:
-        if check:
-            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, jobs)
+        if check:  # with --broker: released through the workers, rebuilt here
+            result, rows = check_release(matrix, Path(out), Path(dist), ui, runner_for, jobs, remote)
         else:
-            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, jobs), None
+            result, rows = make_release(matrix, Path(out), Path(dist), ui, runner_for, jobs, remote), None
     finally:
         ui.close()
     from .release_view import print_release
@@ -503,8 +546,43 @@ def report(c, path, out=None, debug=False):
     console.print(f"wrote {html_path} and {md_path}", markup=False)
 
 
+@task(help={
+    "broker": "the broker to serve, e.g. redis://:PASSWORD@box:6379/0 (default: EDGEKILN_BROKER)",
+    "store": "the shared store: a folder the driver and every worker reach, or s3://bucket/prefix "
+             "(default: EDGEKILN_STORE)",
+    "queues": "queues to serve, comma-separated: amd64, arm64, gpu, ... (default: this machine's architecture, "
+              "and arm64 where the Docker runner can emulate it)",
+    "concurrency": "chains built at once on this machine (default 1)",
+    "name": "this worker's name (default edgekiln-<pid>@<hostname>)",
+    "work": "folder for the worker's input cache and build store (default ~/.cache/edgekiln/worker/<name>)",
+    "runner": "auto (Docker when an engine answers, else local), docker or local",
+    "docker_host": "the Docker engine this worker drives (default DOCKER_HOST)",
+    "base_image": BUILD_HELP["base_image"], "debug": "show tracebacks"})
+@guarded
+def worker(c, broker=None, store=None, queues=None, concurrency=1, name=None, work=None, runner="auto",
+           docker_host=None, base_image=None, debug=False):
+    """Serve build chains sent through a broker (`build`/`release --broker`); see docs/workers.md."""
+    from .dist import broker_url, serve
+    from .errors import UsageError
+
+    url = broker_url(broker)
+    if not url:
+        raise UsageError("edgekiln worker needs a broker", "pass --broker redis://HOST:6379/0 or set EDGEKILN_BROKER")
+    serve(url, store or os.environ.get("EDGEKILN_STORE"), queues=queues, runner=runner, docker_host=docker_host,
+          base_image=base_image, concurrency=_concurrency(concurrency), name=name, work=work,
+          on_line=lambda line: err.print(line, markup=False))
+
+
+def _concurrency(value) -> int:
+    from .errors import UsageError
+
+    if not str(value).isdigit() or int(value) < 1:
+        raise UsageError(f"--concurrency {value!r} is not a whole number >= 1", "e.g. --concurrency 2")
+    return int(value)
+
+
 ns = Collection()
-for _t in (build, targets, images, demo, clean, finish, release, verify, report):
+for _t in (build, targets, images, demo, clean, finish, release, verify, report, worker):
     ns.add_task(_t)
 
 

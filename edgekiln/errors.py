@@ -121,6 +121,27 @@ class DeviceRefused(EdgekilnError):
     kind = "device_refused"
 
 
+class BrokerUnreachable(EdgekilnError):
+    """``--broker``/``edgekiln worker``: the message broker (Redis) does not answer."""
+
+    exit_code = 20
+    kind = "broker_unreachable"
+
+
+class NoWorker(EdgekilnError):
+    """Work waits on a queue that no worker serves (after the bounded wait)."""
+
+    exit_code = 21
+    kind = "no_worker"
+
+
+class WorkerMismatch(EdgekilnError):
+    """A worker refused a task: another edgekiln version or another set of recipes/locks."""
+
+    exit_code = 22
+    kind = "worker_mismatch"
+
+
 class Interrupted(EdgekilnError):
     exit_code = 130
     kind = "interrupted"
@@ -132,5 +153,6 @@ BY_KIND = {
     for cls in (
         UsageError, ModelNotFound, InvalidModel, TargetError, DataError, ShapeError,
         UnsupportedModel, StepFailed, ValidationFailed, EnvironmentFailed, PublishConflict, DeviceRefused,
+        IntegrityError, BrokerUnreachable, NoWorker, WorkerMismatch,
     )
 }

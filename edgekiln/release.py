@@ -18,7 +18,8 @@ error that says what changed.
 The rule of what is reproducible (``release --check`` compares every file but these):
 * VOLATILE manifest fields — when and how fast a build ran, commands that name its job folder
   (Docker mounts, container names), and where the inputs and environments were on the build
-  machine (paths; their sha256 and lock hashes stay) — move from each build manifest into
+  machine (paths and Docker engines: a release built by workers through a broker equals one
+  built here; their sha256 and lock hashes stay) — move from each build manifest into
   ``measured.json``; the build logs (timings) stay in the build store. The artifact folders keep
   the rest, which names no path of the build machine.
 * MEASURED_FILES (``measured.json`` and the reports that show latency) are measurements.
@@ -49,7 +50,7 @@ SUMS = "SHA256SUMS"
 MANIFEST = "release.json"
 MEASURED = "measured.json"
 VOLATILE = ("created", "validation.latency_ms", "steps[].seconds", "steps[].command", "model.file",
-            "data.*.path", "steps[].environment.ref",
+            "data.*.path", "steps[].environment.ref", "steps[].environment.host",
             "arm_validation.latency_ms", "arm_validation.native_latency_ms",
             "cpu_validation.latency_ms", "cpu_validation.native_latency_ms")
 MEASURED_FILES = {
@@ -104,7 +105,9 @@ def split_manifest(manifest: dict) -> tuple[dict, dict]:
         env = step.get("environment") or {}
         volatile["steps"][step.get("id")] = {"seconds": step.pop("seconds", None),
                                              "command": step.pop("command", None),
-                                             "environment_ref": env.pop("ref", None)}
+                                             "environment_ref": env.pop("ref", None),
+                                             # the Docker engine it ran on (a worker's, with --broker)
+                                             "environment_host": env.pop("host", None)}
     return stable, volatile
 
 
@@ -176,8 +179,10 @@ def _short(value: Any) -> str:
 # ---------------------------------------------------------------- release
 
 
-def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, jobs: int = 1) -> ReleaseResult:
-    """Build every entry (cached), package, publish ``<out>/<name>-<version>`` atomically."""
+def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, jobs: int = 1,
+            remote=None) -> ReleaseResult:
+    """Build every entry (cached), package, publish ``<out>/<name>-<version>`` atomically.
+    ``remote`` (edgekiln.dist_driver.Remote): the entries are built by workers through a broker."""
     start = time.monotonic()
     out = Path(out).expanduser().resolve()
     dest = out / matrix.folder
@@ -185,7 +190,7 @@ def release(matrix: Matrix, out: Path, dist: Path, ui, runner_for: Callable, job
     ident = identity(matrix, prepared)
     if dest.exists():
         return _existing(dest, matrix, ident, ui)
-    results = build_entries(matrix, prepared, ui, runner_for, jobs)
+    results = build_entries(matrix, prepared, ui, runner_for, jobs, remote)
     out.mkdir(parents=True, exist_ok=True)
     stage = out / f".stage-{matrix.folder}-{uuid.uuid4().hex[:8]}"
     try:
@@ -216,18 +221,23 @@ def _existing(dest: Path, matrix: Matrix, ident: dict, ui) -> ReleaseResult:
     return ReleaseResult(dest, "exists")
 
 
-def build_entries(matrix: Matrix, prepared: list[Planned], ui, runner_for, jobs: int) -> dict[str, ArtifactResult]:
+def build_entries(matrix: Matrix, prepared: list[Planned], ui, runner_for, jobs: int,
+                  remote=None) -> dict[str, ArtifactResult]:
     """Build every request (its artifacts in parallel with ``jobs``); all must pass. A release is
     all or nothing: an entry refused (below a threshold) or failed stops it, named with its model,
     target, precision and why, with the exit code of its kind (a refusal: ValidationFailed). The
     other entries stay in the build store, cached for the next run."""
     results: dict[str, ArtifactResult] = {}
     failures: list[tuple[str, EdgekilnError]] = []
-    for p in prepared:
+    # through a broker: every entry's chains are sent at once, the workers build them in parallel
+    built = remote.build_many([p.request for p in prepared], ui) if remote is not None else None
+    for i, p in enumerate(prepared):
         ui.stage(f"build {p.request.model_name} → {', '.join(p.request.targets)} "
                  f"({', '.join(p.request.precisions)})")
         try:
-            result = run_build(p.request, ui, runner_for, jobs=jobs)
+            result = built[i] if built is not None else run_build(p.request, ui, runner_for, jobs=jobs)
+            if isinstance(result, EdgekilnError):
+                raise result
         except EdgekilnError as exc:
             failures.append((f"{p.request.model_name} → {', '.join(p.request.targets)}: {exc.message}", exc))
             continue  # go on: name every failing entry (the others are cached next time)

@@ -31,9 +31,11 @@ def excluded(rel: str) -> str | None:
     return next((why for pattern, why in CHECK_EXCLUDE.items() if fnmatch.fnmatch(name, pattern)), None)
 
 
-def check(matrix: Matrix, out: Path, dist: Path, ui, runner_for, jobs: int = 1) -> tuple[ReleaseResult, list[FileCheck]]:
-    """Release (or find) the matrix, rebuild it from scratch in a temporary root, compare files."""
-    published = release(matrix, out, dist, ui, runner_for, jobs)
+def check(matrix: Matrix, out: Path, dist: Path, ui, runner_for, jobs: int = 1,
+          remote=None) -> tuple[ReleaseResult, list[FileCheck]]:
+    """Release (or find) the matrix, rebuild it from scratch in a temporary root, compare files.
+    ``remote``: the release is built through the broker, the rebuild here (local runners)."""
+    published = release(matrix, out, dist, ui, runner_for, jobs, remote)
     with tempfile.TemporaryDirectory(prefix="edgekiln-check-") as tmp:
         ui.stage(f"rebuilding every entry from scratch in {tmp} (no build cache)")
         again = release(matrix, Path(tmp) / "out", Path(tmp) / "dist", ui, runner_for, jobs)

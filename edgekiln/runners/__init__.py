@@ -60,7 +60,6 @@ def choose_runner(kind: str = "auto", host: str | None = None, *,
 
 
 def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
-                        host_map: Mapping[str, str] | None = None,
                         docker_options: Mapping[str, Any] | None = None,
                         local_options: Mapping[str, Any] | None = None,
                         strict_platform: bool = False,
@@ -68,9 +67,9 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
     """``(runner_for(step=None) -> Runner, reason)`` for a multi-target build. ``step`` is a
     plan Step (or anything with ``target``, ``platform`` and ``gpu``); None: the default runner.
 
-    Each target gets the engine of ``--docker-host``, else of the per-target ``host_map``
-    (``edgekiln.docker.load_host_map``: target -> ssh://…/tcp://…/context, ``"*"`` for all), else
-    the default one; one DockerRunner per host, so targets on different hosts run in parallel.
+    Every step runs on one engine: ``--docker-host`` (Docker's own remote engine: ssh://, tcp://,
+    a context), else the default one. More machines: `edgekiln worker` and ``--broker``
+    (edgekiln.dist), never a scheduler of edgekiln's own.
     A step whose platform the engine can build (natively or with buildx + qemu) gets images for
     that platform; otherwise it runs on the engine's own platform (the conversions are
     architecture-independent) and ``on_note`` is told why — unless ``strict_platform``: then
@@ -78,9 +77,6 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
     images that cannot be had to the local runner (see choose_runner); with the local runner
     every step gets it. The step carries everything needed: runners never look targets up.
     """
-    from ..docker import resolve_host
-
-    host_map = dict(host_map or {})
     runner, reason = choose_runner(kind, docker_host, docker_options=docker_options,
                                    local_options=local_options)
     if runner.name != "docker":
@@ -92,17 +88,11 @@ def runners_for_targets(kind: str = "auto", docker_host: str | None = None, *,
                                         "start a Docker engine (.ci/docker-up.sh), or drop --platform")
             return runner
         return local_for, reason
-    runners: dict[str | None, Runner] = {docker_host: runner}  # one per host
-    guard = threading.Lock()
     noted: set = set()
 
     def runner_for(step=None) -> Runner:
         name = getattr(step, "target", None)
-        host = resolve_host(name, docker_host, host_map)
-        with guard:
-            if host not in runners:
-                runners[host], _ = choose_runner("docker", host, docker_options=docker_options)
-            base = runners[host]
+        base = runner
         if step is None or name is None:
             return base
         wants = {}
@@ -169,35 +159,15 @@ def _variant(runner: Runner, **attrs) -> Runner:
 
 
 def runner_factory(kind: str, docker_host: str | None, *, base_image: str | None = None,
-                   platform: str | None = None, config: str | None = None,
-                   on_note: Callable[[str], None] | None = None):
+                   platform: str | None = None, on_note: Callable[[str], None] | None = None):
     """``(runner_for(step) -> Runner, reason)`` for ``--runner``/``--docker-host``/``--base-image``/
-    ``--platform``/``--config``: local, or Docker per target (``--docker-host``, else the project's
-    ``[docker.hosts]`` map in edgekiln.toml / pyproject.toml, else the default engine)."""
-    from pathlib import Path
-
-    from ..docker import load_host_map
-    from ..errors import UsageError
-
-    host_map = {}
-    found_here = [] if kind == "local" else [Path("edgekiln.toml"), Path("pyproject.toml")]  # local reads none
-    for path in ([Path(config)] if config else found_here):
-        host_map = load_host_map(path)
-        if host_map:
-            break
-    if not config and not docker_host:  # a file that happens to be in the current folder
-        remote = {t: h for t, h in host_map.items() if h and not h.startswith("unix://")}
-        if remote:
-            target, host = sorted(remote.items())[0]
-            raise UsageError(f"{path} in the current folder sends target {target!r} to {host}: edgekiln does not send "
-                             "models and data to another engine on the word of a file it found by itself",
-                             f"pass --config {path} to use it (docs/trust.md), --docker-host, or --runner local")
+    ``--platform``: local, or Docker on one engine (``--docker-host``, else the default one)."""
     docker_options = {}
     if base_image:  # one reference for every image, or image=ref pairs, comma-separated
         docker_options["base_image"] = parse_base_images(base_image)
     if platform:
         docker_options["platform"] = platform
-    return runners_for_targets(kind, docker_host, host_map=host_map, docker_options=docker_options,
+    return runners_for_targets(kind, docker_host, docker_options=docker_options,
                                strict_platform=bool(platform), on_note=on_note)
 
 

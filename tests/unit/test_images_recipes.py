@@ -13,8 +13,7 @@ import sys
 
 import pytest
 
-from edgekiln.docker import (DockerEngine, EngineInfo, Mount, RunSpec, _mount_arg, load_host_map,
-                             resolve_host, write_script)
+from edgekiln.docker import DockerEngine, EngineInfo, Mount, RunSpec, _mount_arg, write_script
 from edgekiln.errors import EnvironmentFailed, UsageError
 from edgekiln.images import (check_base, image_facts, local_wheels, lock_hash, pinned, pip_check_failures,
                              pip_check_known, recipes, render, render_context, resolve_build_names)
@@ -229,18 +228,6 @@ def test_local_wheels_match_pins_and_platform(tmp_path):
     assert "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_aarch64.whl" in arm
     lock.write_text("torch==2.13.0+cu130\n")
     assert local_wheels(lock, "linux/amd64", [house]) == []
-
-
-def test_host_resolution_and_host_map(tmp_path):
-    hosts = {"jetson": "ssh://nvidia@orin", "*": "tcp://box:2376"}
-    assert resolve_host("jetson", None, hosts) == "ssh://nvidia@orin"
-    assert resolve_host("onnx", None, hosts) == "tcp://box:2376"
-    assert resolve_host("jetson", "unix:///x.sock", hosts) == "unix:///x.sock"
-    assert resolve_host("onnx", None, {}) is None
-    cfg = tmp_path / "edgekiln.toml"
-    cfg.write_text('[docker.hosts]\njetson = "ssh://nvidia@orin"\n')
-    assert load_host_map(cfg) == {"jetson": "ssh://nvidia@orin"}
-    assert load_host_map(tmp_path / "missing.toml") == {}
 
 
 def test_run_argv_is_locked_down_and_scripts_quote(tmp_path):

@@ -63,7 +63,8 @@ def test_split_manifest_moves_only_volatile_fields():
     assert volatile == {"created": MANIFEST["created"], "latency_ms": {"median": 1.5}, "model_file": None,
                         "data_paths": {"calibration": "/home/u/photos"},
                         "steps": {"01-source": {"seconds": 3.2, "command": MANIFEST["steps"][0]["command"],
-                                                "environment_ref": "/home/u/.cache/edgekiln/envs/onnx-1/bin/python"}}}
+                                                "environment_ref": "/home/u/.cache/edgekiln/envs/onnx-1/bin/python",
+                                                "environment_host": None}}}
 
 
 def test_two_assemblies_compare_identical_except_engines_and_measurements(tmp_path):
