@@ -15,7 +15,6 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from .build import ArtifactResult, BuildResult, Prepared, prepare
 from .errors import BY_KIND, BrokerUnreachable, EdgekilnError, NoWorker, StepFailed, UsageError
