@@ -15,7 +15,6 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from .build import ArtifactResult, BuildResult, Prepared, prepare
 from .errors import BY_KIND, BrokerUnreachable, EdgekilnError, NoWorker, StepFailed, UsageError
@@ -89,13 +88,14 @@ class Remote:
                 if has_build(self.store, key):  # built before by some worker: no task
                     stored.append((i, prep, a, key))
                     continue
-                queue = queue_for(prep.plan.steps_for(a))
-                chains.append(Chain(i, prep, a, key, queue, self._message(request, prep, a, key)))
+                chains.append(Chain(i, prep, a, key, queue_for(prep.plan.steps_for(a)), {"request": request}))
         if chains and self.app is None:
             missing = [f"{requests[c.index].model_name}/{c.artifact.key}" for c in chains]
             raise UsageError(f"{len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} not in the store "
                              f"{self.store.url}: {', '.join(missing)}",
                              "run every shard first (release --shard I/N --store ...), then --assemble")
+        for c in chains:  # the inputs go into the store once (by hash) before any task is sent
+            c.message = self._message(c.message["request"], c.prep, c.artifact, c.key)
         for i, prep, a, key in stored:
             found[i][a.key] = self._publish(prep, a, key, "cached", ui)
         if chains:

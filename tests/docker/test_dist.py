@@ -28,7 +28,7 @@ from edgekiln import errors
 from tests.conftest import ROOT, run_cli
 
 from .conftest import SECOND_HOST, STAND_IN
-from .test_arm64 import ARM_BASE
+from .test_arm64 import ARM_BASE, arm_engine  # noqa: F401 (the fixture: arm64 emulation or skip/fail)
 from .test_parity import _tiny_onnx
 
 REQUIRED = os.environ.get("EDGEKILN_REQUIRE_BROKER") == "1"
@@ -264,7 +264,7 @@ def test_shards_into_a_store_then_assemble(local_and_broker, tmp_path):
     assert all(r.status in ("identical", "excluded") for r in rows), [r for r in rows if r.status != "identical"]
 
 
-def test_an_arm64_step_goes_only_to_the_arm64_worker(fleet, release_dir, photos, tmp_path):
+def test_an_arm64_step_goes_only_to_the_arm64_worker(arm_engine, fleet, release_dir, photos, tmp_path):
     url, store, workers = fleet
     model = tmp_path / "tiny.onnx"
     shutil.copy(Path(release_dir("1.0.0", 0.99)).parent / "tiny.onnx", model)
