@@ -73,7 +73,9 @@ def _check(art: dict, cpu: str, runtime: str) -> dict:
     assert arm["runtime"]["name"] == runtime
     # the same gates passed on arm64 (each computed, none failed)
     gates = {g["threshold"]: g for g in arm["gates"]}
-    assert gates["min_cosine"]["passed"] and gates["min_top1_agreement"]["passed"], gates
+    # fp32 is judged by its cosine, int8 by what the task needs (docs/gates.md)
+    assert gates["min_top1_agreement"]["passed"], gates
+    assert gates["min_cosine" if "min_cosine" in gates else "max_prob_tv"]["passed"], gates
     assert not [g for g in arm["gates"] if g["passed"] is False]
     # emulated latency: labelled, the x86 figure beside it, kept out of the validation (speed) figures
     assert arm["latency_ms"]["label"] == emulation.EMULATED_LATENCY
