@@ -115,8 +115,9 @@ def test_awkward_images_are_converted_or_skipped(onnx_model, photos, tmp_path):
         Image.fromarray(deep).save(odd / "deep16.png")  # 16-bit grayscale PNG
     (odd / "corrupt.jpg").write_bytes(sources[3].read_bytes()[:300])
     (odd / "text.png").write_text("not an image")
+    # judged on the 20 validation photos: three usable images cannot bound int8 agreement (docs/gates.md)
     result = run_cli("build", "--model", onnx_model, "--precision", "fp32,int8", "--calib", odd,
-                     "--out", tmp_path / "d", "--runner", "local", "--json", check=0)
+                     "--val", photos[1], "--out", tmp_path / "d", "--runner", "local", "--json", check=0)
     assert "corrupt.jpg" in result.stderr and "text.png" in result.stderr  # each skipped file is named
     assert result.stderr.count("corrupt.jpg") == 1 and result.stderr.count("text.png") == 1  # once
     built = json.loads(result.stdout)

@@ -25,7 +25,7 @@ def test_8bit_weights_are_refused_on_the_avx2_kernel_path(mobilenet_onnx, photos
     """u8s8 with 8-bit weights: VNNI computes it exactly, AVX2's VPMADDUBSW saturates (min cosine
     0.79 measured). Declared for AVX2, the gate on the AVX2 path refuses it — on any x86 host."""
     proc = _build(mobilenet_onnx, photos, tmp_path, "--option", "reduce_range=false", env=QEMU_ON, check=10)
-    assert "min cosine 0.9 missed" in proc.stderr and "Traceback" not in proc.stderr
+    assert "missed" in proc.stderr and "Traceback" not in proc.stderr
     if host().cpu_class != "x86-64-v3":  # refused by the emulated validation, which the line names
         assert "on x86_64 x86-64-v3 (emulated Haswell-noTSX, QEMU user mode)" in proc.stderr
     assert not list(tmp_path.glob("*/*/onnx/int8/model.onnx")), "a refused int8 was published"
