@@ -47,6 +47,17 @@ PROXY_NOTE = ("validated as an ONNX Runtime CPU run of model.onnx (the ONNX the 
               "the bundle is finished on the device")
 
 
+def device_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:
+    """The gates the device check computes (cosine and top-1 agreement of the engine against the fp32
+    reference). An int8 row has no ``min_cosine`` (its task gates judge the workstation proxy,
+    docs/gates.md): its raw-cosine floor ``min_raw_cosine`` stands in, so the engine is never
+    checked by agreement alone."""
+    out = {k: v for k, v in thresholds.items() if k in ("min_cosine", "min_top1_agreement")}
+    if "min_cosine" not in out and "min_raw_cosine" in thresholds:
+        out["min_cosine"] = thresholds["min_raw_cosine"]
+    return out
+
+
 def stack_of(params: Mapping[str, Any]) -> Stack:
     raw = params["tensorrt"]
     return stacks(raw["kind"])[raw["key"]]
@@ -114,7 +125,7 @@ def device_bundle(folder: Path, params: Mapping[str, Any], work: Path, source: P
               "timing_cache": "timing.cache", "reference": "reference.npz",
               "hardware_compatible": hardware_compatible,
               "version_compatible": bool(options.get("version_compatible", False)),
-              "thresholds": {k: v for k, v in thresholds.items() if k in ("min_cosine", "min_top1_agreement")},
+              "thresholds": device_thresholds(thresholds),
               "latency_runs": int(options["latency_runs"]), "latency_warmup": int(options.get("latency_warmup", 3)),
               "made_for": made, "trtexec": trtexec,
               "api_level": stack.api, "strongly_typed": stack.typed_build(dla_core is not None),

@@ -111,3 +111,12 @@ def test_device_url_settings():
     assert dev.ssh[-1] == "nvidia@orin" and ["-p", "2222"] == dev.ssh[dev.ssh.index("-p"):dev.ssh.index("-p") + 2]
     assert dev.python == "/usr/bin/python3.10" and not dev.docker and dev.where == "device ssh://nvidia@orin:2222"
     assert device_for("ssh://orin?docker").docker and device_for(None) is None
+
+
+def test_an_int8_engine_is_checked_by_its_raw_cosine_floor_on_the_device():
+    from edgekiln.deferred import device_thresholds
+
+    # int8 rows carry task gates (docs/gates.md); the device check still gets a cosine floor
+    got = device_thresholds({"min_raw_cosine": 0.9, "min_top1_agreement": 0.8, "min_det_map50": 0.95})
+    assert got == {"min_cosine": 0.9, "min_top1_agreement": 0.8}
+    assert device_thresholds({"min_cosine": 0.999, "min_raw_cosine": 0.5}) == {"min_cosine": 0.999}
