@@ -190,7 +190,8 @@ def test_an_unknown_recover_rank_is_one_line_naming_the_choices(yolo, tmp_path):
 # --------------------------------------------------------------------------- TensorRT Q/DQ (jetson)
 
 # the plain modelopt int8 (max calibration on 8 photos: cheap tries) reaches a minimum cosine of
-# 0.9712 in the ONNX Runtime proxy (0.9719 with 1 node float, passing with 2), so a gate of 0.973 refuses it
+# 0.9696 in the ONNX Runtime proxy (graph optimizations off: fake quantization; 0.9712 through ORT's fused
+# int8 kernels), so a gate of 0.973 refuses it
 TRT = ["--target", "jetson", "--precision", "int8", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
        "--option", "calibration_method=max", "--option", "calibration_limit=8", "--threshold", "int8.min_cosine=0.973",
        "--runner", "local", "--recover", "--option", "recover_unit=layer"]
@@ -203,7 +204,7 @@ def test_tensorrt_qdq_recover_excludes_nodes_and_the_bundle_says_so(mobilenet_on
     rec = art["recovery"]
     n = len(rec["float_layers"])
     assert art["status"] == "deferred: bundle ready" and rec["passed"] and art["metrics"]["cosine"] >= 0.973
-    assert rec["before"]["misses"][0].startswith("min_cosine 0.973: got 0.97")
+    assert rec["before"]["misses"][0].startswith("min_cosine 0.973: got 0.96")
     assert 1 <= n <= 10 and art["summary"] == f"int8 ({n} layer{'s' if n > 1 else ''} float)"
     assert rec["proxy"].startswith("recovery measured with ONNX Runtime CPU on the Q/DQ model")
     assert 0.5 < rec["int8_mac_share"] < 1.0
