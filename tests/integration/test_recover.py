@@ -98,12 +98,12 @@ def test_recover_flag_on_the_tflite_and_tensorrt_targets(weights, photos, tmp_pa
 
 
 # --------------------------------------------------------------------------- intel (OpenVINO/NNCF)
-# The real YOLOv8n detector on the 29 task photos: NNCF int8 keeps 4 of the source's 8 boxes (det F1
-# 0.67). A gate of F1 0.75 / recall 0.6 refuses it; --recover re-quantizes with the most sensitive
-# Convolutions in NNCF's ignored_scope until it passes. The time budget is lifted
-# (recover_time_factor=100) so the outcome does not depend on this machine's speed.
-
-YOLO_GATE = ["--threshold", "int8.min_det_f1=0.75", "--threshold", "int8.min_det_recall=0.6",
+# The real YOLOv8n detector on the task photos: a gate on det F1 / recall that plain NNCF int8 misses;
+# --recover re-quantizes with the most sensitive Convolutions in NNCF's ignored_scope until it passes.
+# The time budget is lifted (recover_time_factor=100) so the outcome does not depend on this machine's speed.
+# On the source step's 64 reference images (54 boxes; docs/gates.md) with the head convs int8, plain NNCF int8
+# reaches det F1 0.651, recall 0.50; 4 ops float 0.682, 0.537 (16: 0.698).
+YOLO_GATE = ["--threshold", "int8.min_det_f1=0.665", "--threshold", "int8.min_det_recall=0.52",
              # only the F1 gate decides here (the mAP / band gates and their bounds: docs/gates.md)
              "--threshold", "int8.min_det_map50=0", "--threshold", "int8.min_det_map50_low=0",
              "--threshold", "int8.min_det_band_f1=0", "--threshold", "int8.min_det_band_f1_low=0"]
@@ -149,10 +149,10 @@ def test_intel_recover_passes_a_gate_plain_nncf_int8_misses(yolo, tmp_path):
     res = intel_build(yolo, tmp_path, *YOLO_GATE, "--option", "recover_time_factor=100",
                       "--option", "overflow_fix=first_layer_only", "--option", "keep_head_convs_float=false")
     art = res["artifacts"][0]
-    assert art["status"] == "built" and art["metrics"]["det_f1"] >= 0.75
+    assert art["status"] == "built" and art["metrics"]["det_f1"] >= 0.665
     rec = art["recovery"]
     assert rec["attempted"] and rec["passed"] and not rec["budget_spent"]
-    assert any(m.startswith("min_det_f1 0.75: got 0.") for m in rec["before"]["misses"])  # plain NNCF int8
+    assert any(m.startswith("min_det_f1 0.665: got 0.6") for m in rec["before"]["misses"])  # plain NNCF int8
     n = len(rec["float_layers"])
     assert 1 <= n <= 16 and art["summary"] == f"int8 ({n} layer{'s' if n > 1 else ''} float)"
     assert [len(t["float_layers"]) for t in rec["tries"]][:2] == [1, 2]  # k = 1, 2, 4, ...: a try is a full quantization
@@ -167,8 +167,10 @@ def test_intel_recover_passes_a_gate_plain_nncf_int8_misses(yolo, tmp_path):
     kinds = weight_types(Path(art["path"]) / "model.xml")
     floats = {r["layer"] for r in rec["float_layers"]}
     assert floats <= set(kinds)
+    dfl = {n for n in kinds if "/dfl/" in n}  # the DFL Conv is decode: the tail, float (keep_head_float)
+    assert len(dfl) == 1
     for name, types in kinds.items():
-        assert ("i8" in types) != (name in floats), (name, types)
+        assert ("i8" in types) != (name in floats | dfl), (name, types)
 
 
 def test_intel_recover_out_of_time_is_refused_with_the_best_named(yolo, tmp_path):
