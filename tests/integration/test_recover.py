@@ -9,6 +9,7 @@ in the ONNX Runtime proxy) likewise, down to the device bundle; TFLite: test_rpi
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -177,7 +178,8 @@ def test_intel_recover_out_of_time_is_refused_with_the_best_named(yolo, tmp_path
     # the default gate (mAP50 0.95, band F1 0.95), and a cheaper NNCF (fast bias correction, 10 images): only the refusal matters
     proc = intel_build(yolo, tmp_path, "--option", "recover_time_factor=1", "--option", "fast_bias_correction=true",
                        "--option", "subset_size=10", check=10)
-    assert "min det map50 0.95 missed: got 0." in proc.stderr  # the default int8 gate (docs/gates.md)
+    # the default int8 gates (docs/gates.md): with the head convs float mAP50 may pass, the band F1 does not
+    assert re.search(r"min det (map50|band f1)( low)? 0\.9\d* missed: got 0\.", proc.stderr), proc.stderr[-600:]
     assert "--recover did not reach the thresholds in 0 tries (time budget spent" in proc.stderr
     assert "best: 0 layer(s) float" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.glob("*/*/intel/int8/model.xml"))
