@@ -13,7 +13,8 @@
 Calibration: the 29 task photos (the classifier: the 20 ImageNet photos); per-channel int8 weights,
 uint8 activations, QDQ, quant_pre_process first (as converters/onnx/convert.py.jinja).
 
-    invoke bench --only int8_calibrators
+    invoke bench --only int8_calibrators      (MOBILENET_ONNX=<the MobileNetV2 ONNX> adds its rows:
+                                             tests/conftest.py's mobilenet_onnx export)
 
 Writes bench/results/int8_calibrators.{json,md}.
 """

@@ -199,8 +199,36 @@ def markdown(meta: dict, rows: list, out: str) -> str:
             cells = [fmt(r.get(c)) if c != "float" else (", ".join(r.get("float") or [])[:160] or "-") for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += goals(rows)
     Path(out + ".md").write_text("\n".join(lines))
     return "\n".join(lines)
+
+
+def goals(rows: list) -> list[str]:
+    """Issue 19's goals, per model and runtime, for the artifact edgekiln keeps (--recover)."""
+    out = ["## Goals (issue 19), the artifact edgekiln keeps", "",
+           "| model | target | goal | value | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("variant") != "edgekiln --recover" or "error" in r:
+            continue
+        bare = next((b for b in rows if b["model"] == r["model"] and b["target"] == r["target"]
+                     and b["variant"].startswith("bare")), {})
+        checks = []
+        if r.get("det_map50") is not None:
+            checks += [("mAP@0.5 vs source >= 0.95", r["det_map50"], r["det_map50"] >= 0.95),
+                       ("band F1 >= 0.95", r.get("det_band_f1"), (r.get("det_band_f1") or 0) >= 0.95),
+                       ("band F1 lower bound >= 0.90", r.get("det_band_f1_low"), (r.get("det_band_f1_low") or 0) >= 0.90),
+                       ("int8 MACs >= 0.85", r.get("int8_macs"), (r.get("int8_macs") or 0) >= 0.85),
+                       ("mAP >= bare tool's", f"{r['det_map50']:.3f} vs {bare.get('det_map50') or 0:.3f}",
+                        r["det_map50"] >= (bare.get("det_map50") or 0))]
+        if r.get("top1_agreement") is not None:
+            checks += [("top-1 agreement >= 19/20", r["top1_agreement"], r["top1_agreement"] >= 0.95)]
+        if r.get("plain_s") and r.get("convert_s"):
+            ratio = r["convert_s"] / r["plain_s"]
+            checks += [("int8 convert <= 3x plain int8", f"{ratio:.2f}x", ratio <= 3.0)]
+        for goal, value, ok in checks:
+            out.append(f"| {r['model']} | {r['target']} | {goal} | {fmt(value)} | {'yes' if ok else 'NO'} |")
+    return out + [""]
 
 
 if __name__ == "__main__":

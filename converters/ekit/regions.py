@@ -11,7 +11,8 @@ classifier got worse with every float Conv).
 The search (``search``) looks at what the task metric sees, cheaply, then verifies a few:
 1. local noise of every region, one run of the int8 model on a few calibration images (the relative
    error its own Q/DQ adds: ||DQ(Q(x)) - x||^2 / ||x||^2);
-2. the top ``candidates`` by noise, each dropped alone, scored by ``task_proxy`` against the float
+2. the top ``candidates`` by noise and the regions feeding the head convs (``ekit_onnx.head_convs``),
+   each dropped alone, scored by ``task_proxy`` against the float
    model's outputs on those images: a detector counts the anchors whose score crosses the deployment
    threshold int8 vs float (plus the score change weighted by closeness to it), a classifier its top-1
    flips and probability change, anything else 1 - cosine; one run per candidate;
@@ -75,7 +76,6 @@ def drop_regions(model, tensors):
             for d in dqs:
                 drop.add(id(d))
                 rename[d.output[0]] = q.input[0]
-    graph_outputs = {o.name for o in m.graph.output}
     keep = [n for n in m.graph.node if id(n) not in drop]
     for n in keep:
         for k, i in enumerate(n.input):
@@ -86,7 +86,6 @@ def drop_regions(model, tensors):
             keep.append(onnx.helper.make_node("Identity", [rename[o.name]], [o.name]))
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    del graph_outputs
     return m
 
 

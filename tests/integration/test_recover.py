@@ -9,6 +9,7 @@ in the ONNX Runtime proxy) likewise, down to the device bundle; TFLite: test_rpi
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -98,12 +99,15 @@ def test_recover_flag_on_the_tflite_and_tensorrt_targets(weights, photos, tmp_pa
 
 
 # --------------------------------------------------------------------------- intel (OpenVINO/NNCF)
-# The real YOLOv8n detector on the 29 task photos: NNCF int8 keeps 4 of the source's 8 boxes (det F1
-# 0.67). A gate of F1 0.75 / recall 0.6 refuses it; --recover re-quantizes with the most sensitive
-# Convolutions in NNCF's ignored_scope until it passes. The time budget is lifted
-# (recover_time_factor=100) so the outcome does not depend on this machine's speed.
-
-YOLO_GATE = ["--threshold", "int8.min_det_f1=0.75", "--threshold", "int8.min_det_recall=0.6"]
+# The real YOLOv8n detector on the task photos: a gate on det F1 / recall that plain NNCF int8 misses;
+# --recover re-quantizes with the most sensitive Convolutions in NNCF's ignored_scope until it passes.
+# The time budget is lifted (recover_time_factor=100) so the outcome does not depend on this machine's speed.
+# On the source step's 64 reference images (54 boxes; docs/gates.md) with the head convs int8, plain NNCF int8
+# reaches det F1 0.651, recall 0.50; 4 ops float 0.682, 0.537 (16: 0.698).
+YOLO_GATE = ["--threshold", "int8.min_det_f1=0.665", "--threshold", "int8.min_det_recall=0.52",
+             # only the F1 gate decides here (the mAP / band gates and their bounds: docs/gates.md)
+             "--threshold", "int8.min_det_map50=0", "--threshold", "int8.min_det_map50_low=0",
+             "--threshold", "int8.min_det_band_f1=0", "--threshold", "int8.min_det_band_f1_low=0"]
 
 
 def intel_build(yolo, out, *extra, check=None):
@@ -146,10 +150,10 @@ def test_intel_recover_passes_a_gate_plain_nncf_int8_misses(yolo, tmp_path):
     res = intel_build(yolo, tmp_path, *YOLO_GATE, "--option", "recover_time_factor=100",
                       "--option", "overflow_fix=first_layer_only", "--option", "keep_head_convs_float=false")
     art = res["artifacts"][0]
-    assert art["status"] == "built" and art["metrics"]["det_f1"] >= 0.75
+    assert art["status"] == "built" and art["metrics"]["det_f1"] >= 0.665
     rec = art["recovery"]
     assert rec["attempted"] and rec["passed"] and not rec["budget_spent"]
-    assert any(m.startswith("min_det_f1 0.75: got 0.6") for m in rec["before"]["misses"])  # plain NNCF int8
+    assert any(m.startswith("min_det_f1 0.665: got 0.6") for m in rec["before"]["misses"])  # plain NNCF int8
     n = len(rec["float_layers"])
     assert 1 <= n <= 16 and art["summary"] == f"int8 ({n} layer{'s' if n > 1 else ''} float)"
     assert [len(t["float_layers"]) for t in rec["tries"]][:2] == [1, 2]  # k = 1, 2, 4, ...: a try is a full quantization
@@ -164,15 +168,18 @@ def test_intel_recover_passes_a_gate_plain_nncf_int8_misses(yolo, tmp_path):
     kinds = weight_types(Path(art["path"]) / "model.xml")
     floats = {r["layer"] for r in rec["float_layers"]}
     assert floats <= set(kinds)
+    dfl = {n for n in kinds if "/dfl/" in n}  # the DFL Conv is decode: the tail, float (keep_head_float)
+    assert len(dfl) == 1
     for name, types in kinds.items():
-        assert ("i8" in types) != (name in floats), (name, types)
+        assert ("i8" in types) != (name in floats | dfl), (name, types)
 
 
 def test_intel_recover_out_of_time_is_refused_with_the_best_named(yolo, tmp_path):
     # the default gate (mAP50 0.95, band F1 0.95), and a cheaper NNCF (fast bias correction, 10 images): only the refusal matters
     proc = intel_build(yolo, tmp_path, "--option", "recover_time_factor=1", "--option", "fast_bias_correction=true",
                        "--option", "subset_size=10", check=10)
-    assert "min det map50 0.95 missed: got 0." in proc.stderr  # the default int8 gate (docs/gates.md)
+    # the default int8 gates (docs/gates.md): with the head convs float mAP50 may pass, the band F1 does not
+    assert re.search(r"min det (map50|band f1)( low)? 0\.9\d* missed: got 0\.", proc.stderr), proc.stderr[-600:]
     assert "--recover did not reach the thresholds in 0 tries (time budget spent" in proc.stderr
     assert "best: 0 layer(s) float" in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.glob("*/*/intel/int8/model.xml"))
@@ -190,7 +197,8 @@ def test_an_unknown_recover_rank_is_one_line_naming_the_choices(yolo, tmp_path):
 # --------------------------------------------------------------------------- TensorRT Q/DQ (jetson)
 
 # the plain modelopt int8 (max calibration on 8 photos: cheap tries) reaches a minimum cosine of
-# 0.9712 in the ONNX Runtime proxy (0.9719 with 1 node float, passing with 2), so a gate of 0.973 refuses it
+# 0.9696 in the ONNX Runtime proxy (graph optimizations off: fake quantization; 0.9712 through ORT's fused
+# int8 kernels), so a gate of 0.973 refuses it
 TRT = ["--target", "jetson", "--precision", "int8", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
        "--option", "calibration_method=max", "--option", "calibration_limit=8", "--threshold", "int8.min_cosine=0.973",
        "--runner", "local", "--recover", "--option", "recover_unit=layer"]
@@ -203,7 +211,7 @@ def test_tensorrt_qdq_recover_excludes_nodes_and_the_bundle_says_so(mobilenet_on
     rec = art["recovery"]
     n = len(rec["float_layers"])
     assert art["status"] == "deferred: bundle ready" and rec["passed"] and art["metrics"]["cosine"] >= 0.973
-    assert rec["before"]["misses"][0].startswith("min_cosine 0.973: got 0.97")
+    assert rec["before"]["misses"][0].startswith("min_cosine 0.973: got 0.96")
     assert 1 <= n <= 10 and art["summary"] == f"int8 ({n} layer{'s' if n > 1 else ''} float)"
     assert rec["proxy"].startswith("recovery measured with ONNX Runtime CPU on the Q/DQ model")
     assert 0.5 < rec["int8_mac_share"] < 1.0
