@@ -163,7 +163,8 @@ def test_ctrl_c_mid_step_publishes_nothing_and_next_run_works(built, out, photos
     dist = tmp_path / "dist"
     args = [sys.executable, "-m", "edgekiln", "build", "--target", "onnx", "--model", str(model),
             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
-            "--precision", "fp32,int8", "--calib", str(calib), "--out", str(dist), "--runner", "local"]
+            "--precision", "fp32,int8", "--calib", str(calib), "--val", str(val), "--out", str(dist),
+            "--runner", "local"]
     # SIGINT as a terminal leaves it (a suite started in the background, `cmd &`, inherits it ignored)
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
