@@ -53,7 +53,7 @@ SPECS = {
 BARE = {"mnn": ["feature_quantize_method=KL", "keep_float=none"],
         "executorch": ["per_channel=false", "keep_float=none"],
         "rknn": ["quantized_algorithm=normal", "keep_float=none"],
-        "rpi": ["keep_float=none"]}
+        "rpi": ["keep_float=none", "calib_augment=none"]}
 KEYS = ("det_map50", "det_map50_low", "det_band_f1", "det_band_f1_low", "det_map", "det_boxes", "det_f1",
         "top1_agreement", "top1_agreement_low", "prob_tv", "n", "cosine")
 
@@ -99,7 +99,7 @@ def rows_of(job: Path, target: str, code: int, seconds: float) -> dict:
             "int8_mac_share": q.get("int8_mac_share") or (q.get("recovery") or {}).get("int8_mac_share")}
 
 
-def run(runtimes, wanted, work: Path) -> dict:
+def run(runtimes, wanted, work: Path, only=None) -> dict:
     from edgekiln.demo import photo_folders, task_photo_folders
 
     res = {}
@@ -112,6 +112,8 @@ def run(runtimes, wanted, work: Path) -> dict:
                 variants["edgekiln --recover"] = ["recover=true"]
             rows = {}
             for label, opts in variants.items():
+                if only and label not in only:
+                    continue
                 out = work / "out" / f"{name}-{rt}-{len(rows)}"
                 extra = [a for o in opts for a in ("--option", o)]
                 t0 = time.perf_counter()
@@ -165,15 +167,18 @@ def main() -> int:
     ap.add_argument("--runtimes", default="mnn,executorch,rpi,rknn")
     ap.add_argument("--models", default="yolo,mobilenet,ppocr_cls")
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--merge", action="store_true", help="keep the other models' rows of the stored results")
+    ap.add_argument("--merge", action="store_true", help="keep the other rows of the stored results")
+    ap.add_argument("--variants", default="", help="only these rows (comma-separated labels)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="int8-edge-") as tmp:
-        results = run(a.runtimes.split(","), a.models.split(","), Path(tmp))
+        results = run(a.runtimes.split(","), a.models.split(","), Path(tmp),
+                      [v for v in a.variants.split(",") if v])
     old = Path(a.out) / "int8_recipes_edge.json"
     if a.merge and old.is_file():
         kept = json.loads(old.read_text())["results"]
         for name, per in results.items():
-            kept.setdefault(name, {}).update(per)
+            for rt, rows in per.items():
+                kept.setdefault(name, {}).setdefault(rt, {}).update(rows)
         results = kept
     r = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
          "machine": f"{platform.machine()}, {platform.processor() or platform.platform()}", "results": results}
