@@ -110,6 +110,10 @@ def run(runtimes, wanted, work: Path, only=None) -> dict:
             variants = {"edgekiln": [], "bare defaults": BARE[rt]}
             if rt == "rpi" and name == "yolo":
                 variants["edgekiln --recover"] = ["recover=true"]
+            if name == "yolo":  # ablations: the tail alone at higher precision; another calibrator
+                variants["keep_float=tail"] = ["keep_float=tail"]
+                if rt == "rknn":
+                    variants["edgekiln kl_divergence"] = ["quantized_algorithm=kl_divergence"]
             rows = {}
             for label, opts in variants.items():
                 if only and label not in only:
