@@ -92,11 +92,15 @@ def rows_of(job: Path, target: str, code: int, seconds: float) -> dict:
     m = json.loads(rep.read_text())["metrics"]
     q = (json.loads(conv.read_text()).get("quantization") or {}) if conv else {}
     q = q or {}
+    rec = q.get("recovery") or {}
+    share = q.get("int8_mac_share")
+    if rec.get("float_layers") and rec.get("int8_mac_share") is not None:  # --recover's layers on top
+        share = (share if share is not None else 1.0) - (1.0 - rec["int8_mac_share"])
     return {"published": code == 0, "exit": code, "seconds": round(seconds, 1),
             "metrics": {k: m.get(k) for k in KEYS if m.get(k) is not None},
-            "float_ops": len(q.get("float_ops") or q.get("float_starts") or []),
-            "float_head": q.get("float_head") or [],
-            "int8_mac_share": q.get("int8_mac_share") or (q.get("recovery") or {}).get("int8_mac_share")}
+            "float_ops": len(q.get("float_ops") or q.get("float_starts") or []) + len(rec.get("float_layers") or []),
+            "float_head": q.get("float_head") or [], "recover_float_layers": len(rec.get("float_layers") or []),
+            "int8_mac_share": share}
 
 
 def run(runtimes, wanted, work: Path, only=None) -> dict:
@@ -138,7 +142,11 @@ def markdown(r: dict) -> str:
              "Detector: YOLOv8n 320 letterbox, 29 task photos calibrating, judged on their mirrored variants plus "
              "the gate's deterministic augmentations, against the fp32 source's own boxes. Classifiers: the 20 "
              "ImageNet photos calibrating, their mirrors judging. pub: the gate published it (exit 0) or refused "
-             "it (10). float ops: ops left at higher precision (head: the head convs among them).", ""]
+             "it (10). float ops: ops left at higher precision (head: the head convs among them; rknn: the starts of "
+             "its fp16 regions). MACs int8: of the conv/matmul multiply-accumulates (mnn and executorch do "
+             "not count them: the same head convs, 1.1 % of YOLOv8n's MACs, 98.9 % int8). Rows may come from "
+             "several runs of this script on the same day (`--merge`, `--variants`); the gate's 54 boxes "
+             "resolve about one box (0.01-0.02 band F1): differences below that are noise.", ""]
     for name, per in r["results"].items():
         det = name == "yolo"
         lines += [f"## {name}", "",
