@@ -53,7 +53,7 @@ SPECS = {
 BARE = {"mnn": ["feature_quantize_method=KL", "keep_float=none"],
         "executorch": ["per_channel=false", "keep_float=none"],
         "rknn": ["quantized_algorithm=normal", "keep_float=none"],
-        "rpi": ["keep_float=none"]}
+        "rpi": ["keep_float=none", "calib_augment=none"]}
 KEYS = ("det_map50", "det_map50_low", "det_band_f1", "det_band_f1_low", "det_map", "det_boxes", "det_f1",
         "top1_agreement", "top1_agreement_low", "prob_tv", "n", "cosine")
 
@@ -92,14 +92,18 @@ def rows_of(job: Path, target: str, code: int, seconds: float) -> dict:
     m = json.loads(rep.read_text())["metrics"]
     q = (json.loads(conv.read_text()).get("quantization") or {}) if conv else {}
     q = q or {}
+    rec = q.get("recovery") or {}
+    share = q.get("int8_mac_share")
+    if rec.get("float_layers") and rec.get("int8_mac_share") is not None:  # --recover's layers on top
+        share = (share if share is not None else 1.0) - (1.0 - rec["int8_mac_share"])
     return {"published": code == 0, "exit": code, "seconds": round(seconds, 1),
             "metrics": {k: m.get(k) for k in KEYS if m.get(k) is not None},
-            "float_ops": len(q.get("float_ops") or q.get("float_starts") or []),
-            "float_head": q.get("float_head") or [],
-            "int8_mac_share": q.get("int8_mac_share") or (q.get("recovery") or {}).get("int8_mac_share")}
+            "float_ops": len(q.get("float_ops") or q.get("float_starts") or []) + len(rec.get("float_layers") or []),
+            "float_head": q.get("float_head") or [], "recover_float_layers": len(rec.get("float_layers") or []),
+            "int8_mac_share": share}
 
 
-def run(runtimes, wanted, work: Path) -> dict:
+def run(runtimes, wanted, work: Path, only=None) -> dict:
     from edgekiln.demo import photo_folders, task_photo_folders
 
     res = {}
@@ -110,12 +114,18 @@ def run(runtimes, wanted, work: Path) -> dict:
             variants = {"edgekiln": [], "bare defaults": BARE[rt]}
             if rt == "rpi" and name == "yolo":
                 variants["edgekiln --recover"] = ["recover=true"]
+            if name == "yolo":  # ablations: the tail alone at higher precision; another calibrator
+                variants["keep_float=tail"] = ["keep_float=tail"]
+                if rt == "rknn":
+                    variants["edgekiln kl_divergence"] = ["quantized_algorithm=kl_divergence"]
             rows = {}
             for label, opts in variants.items():
+                if only and label not in only:
+                    continue
                 out = work / "out" / f"{name}-{rt}-{len(rows)}"
                 extra = [a for o in opts for a in ("--option", o)]
                 t0 = time.perf_counter()
-                job, _, code = cli_build(rt, "int8", [model], photos, out, extra)
+                job, _, code = cli_build(rt, "int8", [model], photos, out, extra, ok=(0, 2, 8, 10))
                 rows[label] = rows_of(job, rt, code, time.perf_counter() - t0)
                 print(name, rt, label, json.dumps(rows[label]), flush=True)
             res[name][rt] = rows
@@ -132,7 +142,11 @@ def markdown(r: dict) -> str:
              "Detector: YOLOv8n 320 letterbox, 29 task photos calibrating, judged on their mirrored variants plus "
              "the gate's deterministic augmentations, against the fp32 source's own boxes. Classifiers: the 20 "
              "ImageNet photos calibrating, their mirrors judging. pub: the gate published it (exit 0) or refused "
-             "it (10). float ops: ops left at higher precision (head: the head convs among them).", ""]
+             "it (10). float ops: ops left at higher precision (head: the head convs among them; rknn: the starts of "
+             "its fp16 regions). MACs int8: of the conv/matmul multiply-accumulates (mnn and executorch do "
+             "not count them: the same head convs, 1.1 % of YOLOv8n's MACs, 98.9 % int8). Rows may come from "
+             "several runs of this script on the same day (`--merge`, `--variants`); the gate's 54 boxes "
+             "resolve about one box (0.01-0.02 band F1): differences below that are noise.", ""]
     for name, per in r["results"].items():
         det = name == "yolo"
         lines += [f"## {name}", "",
@@ -165,15 +179,18 @@ def main() -> int:
     ap.add_argument("--runtimes", default="mnn,executorch,rpi,rknn")
     ap.add_argument("--models", default="yolo,mobilenet,ppocr_cls")
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--merge", action="store_true", help="keep the other models' rows of the stored results")
+    ap.add_argument("--merge", action="store_true", help="keep the other rows of the stored results")
+    ap.add_argument("--variants", default="", help="only these rows (comma-separated labels)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="int8-edge-") as tmp:
-        results = run(a.runtimes.split(","), a.models.split(","), Path(tmp))
+        results = run(a.runtimes.split(","), a.models.split(","), Path(tmp),
+                      [v for v in a.variants.split(",") if v])
     old = Path(a.out) / "int8_recipes_edge.json"
     if a.merge and old.is_file():
         kept = json.loads(old.read_text())["results"]
         for name, per in results.items():
-            kept.setdefault(name, {}).update(per)
+            for rt, rows in per.items():
+                kept.setdefault(name, {}).setdefault(rt, {}).update(rows)
         results = kept
     r = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
          "machine": f"{platform.machine()}, {platform.processor() or platform.platform()}", "results": results}

@@ -204,6 +204,30 @@ def representative(samples: np.ndarray, batch: int, pin_pixel_range: bool):
     return gen
 
 
+CALIB_VARIANTS = ("zoom1.25-centre", "shrink0.75", "zoom1.5-centre", "zoom1.25-topright", "zoom1.25-bottomleft")
+
+
+def augment_calibration(pixels: np.ndarray, minimum: int, pad: int = 114) -> tuple[np.ndarray, str | None]:
+    """Calibration pixels [N, H, W, 3] (0-255 float) plus deterministic variants (``ekit.augment``:
+    zooms and shrinks, no mirror: the demo's validation images are the mirrored calibration
+    images) until at least ``minimum`` samples (all of them for a variant). -> (samples, note)."""
+    from ekit.augment import variant
+
+    n = pixels.shape[0]
+    if n >= minimum or not n or pixels.shape[-1] != 3:
+        return pixels, None
+    base = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    out, used = [pixels.astype(np.float32)], []
+    for name in CALIB_VARIANTS:
+        if sum(len(o) for o in out) >= minimum:
+            break
+        out.append(np.stack([variant(p, name, pad) for p in base]).astype(np.float32))
+        used.append(name)
+    data = np.concatenate(out)
+    return data, (f"int8: {n} calibration image(s) < {minimum}: calibrated on {data.shape[0]} with "
+                  f"deterministic variants ({', '.join(used)})")
+
+
 def converter_for(module, precision: str, rep=None, int8_io: str = "uint8",
                   float_fallback: bool = False, qat: bool = False):
     import tensorflow as tf

@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 FAST = ["--option", "latency_runs=3", "--option", "latency_warmup=1"]
-HEAD = {f"cv{b}.{i}" for b in (2, 3) for i in range(3)}
+HEAD = {f"cv{b}.{i}.2" for b in (2, 3) for i in range(3)}
 
 
 def int8(target, model, photos, out, *extra):
@@ -35,9 +35,9 @@ def test_yolov8n_int8_keeps_tail_and_head_convs_at_higher_precision(target, yolo
     proc, conv, report = int8(target, model, photos, tmp_path)
     q = conv["quantization"]
     assert q["keep_float"] == "auto"
-    # the six head convs are named by their ONNX/module names on mnn/rknn/executorch; TFLite renames
+    # the six head convs are named by their ONNX (or onnx2torch module) names on mnn/rknn/executorch; TFLite renames
     # ops (model_5/tf.nn.convolution_61/...): there count them (six + the DFL conv)
-    heads = " ".join(q["float_head"])
+    heads = " ".join(q["float_head"]).replace("/", ".")  # onnx2torch's module names use "/" for "."
     if target == "rpi":
         assert len(q["float_head"]) == 7 and q["int8_mac_share"] >= 0.85
     else:
