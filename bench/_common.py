@@ -24,6 +24,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 REGENERATE = "Regenerate: "
+# the non-MobileNet classifier the int8 studies use (MobileNetV3: HardSwish/SE), in the rapidocr wheel
+PPOCR_CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+# the demo MobileNetV2 state dict -> ONNX (run with the torch env: converters/, weights, out path)
+MNV2_EXPORT = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from zoo.mobilenet_v2 import mobilenet_v2; "
+               "m = mobilenet_v2(); m.load_state_dict(torch.load(sys.argv[2], map_location='cpu')); m.eval(); "
+               "torch.onnx.export(m, torch.zeros(1, 3, 224, 224), sys.argv[3], dynamo=False, opset_version=17, "
+               "input_names=['input'], output_names=['logits'])")
 
 
 def studies() -> dict[str, Path]:

@@ -28,18 +28,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import RESULTS, ROOT, cli_build, env_python, flat_helpers, fmt  # noqa: E402
+from _common import MNV2_EXPORT as MNV2, PPOCR_CLS as CLS, RESULTS, ROOT, cli_build, env_python, flat_helpers, fmt  # noqa: E402,E501
 
 sys.path.insert(0, str(ROOT))
 from edgekiln.demo import photo_folders, task_photo_folders, text_detector_onnx, wheel, yolov8n_onnx  # noqa: E402
 from edgekiln.plan import evaluate_thresholds  # noqa: E402
 from edgekiln.targets import all_targets  # noqa: E402
 
-CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
-MNV2 = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from zoo.mobilenet_v2 import mobilenet_v2; "
-        "m = mobilenet_v2(); m.load_state_dict(torch.load(sys.argv[2], map_location='cpu')); m.eval(); "
-        "torch.onnx.export(m, torch.zeros(1, 3, 224, 224), sys.argv[3], dynamo=False, opset_version=17, "
-        "input_names=['input'], output_names=['logits'])")
 SPECS = {
     "YOLOv8n": ("detect", {"shape": [1, 3, 320, 320], "resize": "letterbox", "pad": 114}),
     "PP-OCRv4 det": ("map", {"shape": [1, 3, 320, 320], "resize": "stretch", "color": "bgr",

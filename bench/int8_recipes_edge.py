@@ -35,14 +35,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import RESULTS, ROOT, cli_build, env_python  # noqa: E402
+from _common import MNV2_EXPORT as MNV2, PPOCR_CLS as CLS, RESULTS, ROOT, cli_build, env_python  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
-MNV2 = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from zoo.mobilenet_v2 import mobilenet_v2; "
-        "m = mobilenet_v2(); m.load_state_dict(torch.load(sys.argv[2], map_location='cpu')); m.eval(); "
-        "torch.onnx.export(m, torch.zeros(1, 3, 224, 224), sys.argv[3], dynamo=False, opset_version=17, "
-        "input_names=['input'], output_names=['logits'])")
 SPECS = {
     "yolo": {"shape": [1, 3, 320, 320], "resize": "letterbox", "pad": 114},
     "mobilenet": {"shape": [1, 3, 224, 224], "resize": "crop", "mean": [0.485, 0.456, 0.406],
