@@ -315,6 +315,19 @@ PROXY = ("recovery measured with ONNX Runtime CPU on the Q/DQ model; the engine'
          "checked on the device by check_engine")
 
 
+def _keep_if_better(found: dict, record: dict, before: dict, missed: list, thresholds: dict, qdq_path) -> None:
+    """The best try replaces the plain Q/DQ model only when it scores above it; otherwise the plain
+    model stays and the record says so (never a try worse than plain int8)."""
+    from ekit import recover as ekit_recover
+
+    record["proxy"] = PROXY
+    if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
+        os.replace(found["artifact"], qdq_path)
+    else:
+        record["float_layers"], record["int8_mac_share"] = [], 1.0
+        record["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
+
+
 def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: dict, opts, excluded=(),
             plain_seconds: float | None = None, calib=None) -> dict:
     """--recover for a Q/DQ ONNX (``quantize(dest, layers) -> dest`` re-quantizes with ``layers``
@@ -362,12 +375,7 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
                                     max_seconds=ekit_recover.time_budget(opts, plain_seconds,
                                                                          time.perf_counter() - t_in))
         record = ekit_regions.record(found, before, thresholds, time.perf_counter() - t0)
-        record["proxy"] = PROXY
-        if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
-            os.replace(found["artifact"], qdq_path)
-        else:
-            record["float_layers"], record["int8_mac_share"] = [], 1.0
-            record["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
+        _keep_if_better(found, record, before, missed, thresholds, qdq_path)
         for f in Path(qdq_path).parent.glob(Path(qdq_path).stem + ".recover.*"):
             f.unlink()
         ekit.log(f"recover: {'passes' if record['passed'] else 'still misses'} (ONNX Runtime proxy) with "
@@ -388,12 +396,7 @@ def recover(quantize, float_path: Path, qdq_path: Path, ref: dict, thresholds: d
                                  time.perf_counter() - t0, t_sens)
     record["method"] += (" (each try a new Q/DQ quantization with those nodes in nodes_to_exclude; "
                          "k = 1, 2, 4, ...)")
-    record["proxy"] = PROXY
-    if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
-        os.replace(found["artifact"], qdq_path)
-    else:
-        record["float_layers"], record["int8_mac_share"] = [], 1.0
-        record["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
+    _keep_if_better(found, record, before, missed, thresholds, qdq_path)
     for f in Path(qdq_path).parent.glob(trial.name + ".*"):
         f.unlink()
     ekit.log(f"recover: {'passes' if record['passed'] else 'still misses'} (ONNX Runtime proxy) with "
