@@ -243,6 +243,22 @@ def time_budget(opts, plain_seconds: float | None, spent: float) -> float:
     return max(0.0, budget)
 
 
+def attempt(ref: dict, outputs, names, thresholds: dict, started: float, what: str, **row) -> dict:
+    """One recovery try measured with the gates' metrics: ``row`` plus metrics, misses, passed,
+    score and seconds (since ``started``); logged as ``recover: <what> -> ...``."""
+    m = measure(ref, outputs, names)
+    miss = misses(m, thresholds)
+    row.update(metrics=m, misses=miss, passed=not miss, score=score(m, thresholds),
+               seconds=round(time.perf_counter() - started, 2))
+    ekit.log(f"recover: {what} -> {text(m)}; {'passes' if not miss else 'misses ' + '; '.join(miss)}")
+    return row
+
+
+def better(best: dict | None, row: dict) -> dict:
+    """The try to keep: a passing one, else the higher score (the first of equals)."""
+    return row if best is None or row["passed"] or row["score"] > best["score"] else best
+
+
 def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: int,
            max_seconds: float, names=None, order: str = "linear", first_try_seconds: float | None = None) -> dict:
     """Re-quantize with the top-k ``ranked`` layers float (``build(layers) -> artifact``), measure
@@ -262,18 +278,11 @@ def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: i
         layers = [r["layer"] for r in ranked[:k]]
         t = time.perf_counter()
         artifact = build(layers)
-        m = measure(ref, run(artifact), names)
-        miss = misses(m, thresholds)
-        row = {"float_layers": layers, "metrics": m, "misses": miss, "artifact": artifact,
-               "passed": not miss, "score": score(m, thresholds),
-               "seconds": round(time.perf_counter() - t, 2)}
+        row = attempt(ref, run(artifact), names, thresholds, t, f"{k} layer(s) float",
+                      float_layers=layers, artifact=artifact)
         tries.append(row)
-        ekit.log(f"recover: {k} layer(s) float -> {text(m)}; "
-                 f"{'passes' if not miss else 'misses ' + '; '.join(miss)}")
-        if best is None or row["score"] > best["score"]:
-            best = row
-        if not miss:
-            best = row
+        best = better(best, row)
+        if row["passed"]:
             break
     return dict(best or {"passed": False, "float_layers": [], "metrics": {}, "misses": [],
                          "artifact": None}, budget_spent=spent,

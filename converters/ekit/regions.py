@@ -241,18 +241,11 @@ def search(int8_model, float_model, calib, ref: dict, thresholds: dict, *, save,
         chosen.append(s)
         t = time.perf_counter()
         artifact = save(drop_regions(int8_model, [c["tensor"] for c in chosen]), len(chosen))
-        m = R.measure(ref, run(artifact), names)
-        miss = R.misses(m, thresholds)
-        row = {"regions": [c["tensor"] for c in chosen], "metrics": m, "misses": miss, "artifact": artifact,
-               "passed": not miss, "score": R.score(m, thresholds), "int8_mac_share": round(share, 4),
-               "seconds": round(time.perf_counter() - t, 2)}
+        row = R.attempt(ref, run(artifact), names, thresholds, t, f"{len(chosen)} region(s) without Q/DQ",
+                        regions=[c["tensor"] for c in chosen], artifact=artifact, int8_mac_share=round(share, 4))
         tries.append(row)
-        ekit.log(f"recover: {len(chosen)} region(s) without Q/DQ -> {R.text(m)}; "
-                 f"{'passes' if not miss else 'misses ' + '; '.join(miss)}")
-        if best is None or row["score"] > best["score"]:
-            best = row
-        if not miss:
-            best = row
+        best = R.better(best, row)
+        if row["passed"]:
             break
     res = dict(best or {"passed": False, "regions": [], "metrics": {}, "misses": [], "artifact": None,
                         "score": None, "int8_mac_share": None})
