@@ -108,12 +108,12 @@ def test_same_release_again_is_a_no_op_and_other_inputs_are_refused(released, ro
     file, _ = released
     again = run_json("release", file, "--out", root / "rel", "--dist", root / "dist", "--runner", "local")
     assert again["status"] == "exists"
-    changed = matrix(tmp_path, weights, photos, extra='thresholds = { "onnx.int8.min_cosine" = 0.5 }')
+    changed = matrix(tmp_path, weights, photos, extra='thresholds = { "onnx.int8.min_top1_agreement" = 0.5 }')
     proc = run_cli("release", changed, "--out", root / "rel", "--dist", root / "dist", "--runner", "local",
                    check=errors.PublishConflict.exit_code)
     line = proc.stderr.strip()
     assert "Traceback" not in line and "already released from other inputs" in line
-    assert "mobilenet_v2/onnx/int8: thresholds.min_cosine 0.9 → 0.5" in line, line
+    assert "mobilenet_v2/onnx/int8: thresholds.min_top1_agreement 0.8 → 0.5" in line, line
 
 
 def test_check_rebuilds_from_scratch_and_every_file_is_identical(released, root):
