@@ -167,16 +167,11 @@ def task_proxy(task: dict | None, ref, out, window: float = 0.1) -> float:
         except (ValueError, IndexError, KeyError):
             pass
     if kind == "classify":
+        from .comparison import prob_tv  # the gate's own probability distance
+
         r, o = ref[0].reshape(len(ref[0]), -1), out[0].reshape(len(out[0]), -1)
-
-        def probs(a):
-            if (a >= 0).all() and np.allclose(a.sum(1), 1.0, atol=1e-3):
-                return a
-            e = np.exp(a - a.max(1, keepdims=True))
-            return e / e.sum(1, keepdims=True)
-
         flips = float(np.sum(r.argmax(1) != o.argmax(1)))
-        return flips + float(np.mean(0.5 * np.abs(probs(r) - probs(o)).sum(1)))
+        return flips + float(np.mean(prob_tv(r, o)))
     total = 0.0
     for r, o in zip(ref, out):
         a, b = r.reshape(len(r), -1), o.reshape(len(o), -1)
