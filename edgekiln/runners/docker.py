@@ -12,6 +12,7 @@ engine on another machine (``ssh://``, ``tcp://``) the same paths are copied in 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -177,7 +178,13 @@ class DockerRunner(Runner):
         with self._lock:
             if self._fallback_runner is None:
                 self._fallback_runner = self.fallback()
-            return self._fallback_runner
+            runner = self._fallback_runner
+        if self.qemu_user and getattr(runner, "qemu", None) != self.qemu_user:
+            # a step planned under QEMU user mode (an x86 CPU class this host lacks) stays under it
+            # in the local virtualenv: never a native run labelled emulated
+            runner = copy.copy(runner)
+            runner.qemu = self.qemu_user
+        return runner
 
     def spec(self, env: Env, job: Job, script: str) -> RunSpec:
         """The container of one step (mounts, environment, user, limits)."""

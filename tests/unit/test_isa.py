@@ -148,3 +148,23 @@ def test_runners_wrap_a_qemu_step(tmp_path, monkeypatch):
     argv = runner.command(env, Job(tmp_path, {"model": None}), "steps/06-v.py")
     assert argv[-6:] == ["QEMU_CPU=Haswell-noTSX", "/q/qemu-x86_64", "-0", "/envs/onnx/bin/python",
                          "/envs/onnx/bin/python", "steps/06-v.py"]
+
+
+def test_the_local_fallback_of_an_emulated_step_stays_emulated(tmp_path):
+    """--runner auto with an image the engine cannot have: the step falls back to a local
+    virtualenv, and a step planned under QEMU (an x86 class this host lacks) still runs under it
+    (the demo once ran it natively while its summary said "emulated")."""
+    from edgekiln.runners import _variant
+    from edgekiln.runners import local as local_mod
+    from edgekiln.runners.base import Env, Job
+    from edgekiln.runners.docker import DockerRunner
+
+    plain = local_mod.LocalRunner(root=tmp_path)
+    docker = DockerRunner("unix:///nonexistent.sock", fallback=lambda: plain)
+    emulated = _variant(docker, qemu_user=("/q/qemu-x86_64", "Haswell-noTSX"))
+    env = Env("onnx", "local", "x", "/envs/onnx/bin/python")
+    argv = emulated.command(env, Job(tmp_path, {"model": None}), "steps/06-v.py")
+    assert argv[-6:] == ["QEMU_CPU=Haswell-noTSX", "/q/qemu-x86_64", "-0", "/envs/onnx/bin/python",
+                         "/envs/onnx/bin/python", "steps/06-v.py"]
+    native = docker.command(env, Job(tmp_path, {"model": None}), "steps/05-v.py")  # the shared runner: no QEMU
+    assert "/q/qemu-x86_64" not in native and plain.qemu is None
