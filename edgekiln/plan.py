@@ -351,7 +351,10 @@ def derived_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     else:
         metrics.setdefault("not_applicable", {})
         metrics["not_applicable"] = dict(metrics["not_applicable"], raw_cosine=(
-            f"the model's task is {metrics['task']}: its task gates judge it, not a raw cosine"))
+            # the wording of every gate meant for another task (ekit/task.py): recorded in the
+            # manifest, left out of the summary's "not applicable" line
+            f"the model's task is {metrics['task']}, not the task this metric is for "
+            f"(its task gates judge it, not a raw cosine)"))
     return metrics
 
 

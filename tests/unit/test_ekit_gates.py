@@ -207,6 +207,8 @@ def test_raw_cosine_only_where_no_task_judges():
     cls = {"task": "classify", "cosine": 0.5, "top1_agreement": 1.0}
     assert check_thresholds(cls, limits) == [] and R.misses(cls, limits) == []
     assert threshold_checks(cls, limits)["min_raw_cosine"].startswith("not applicable: the model's task is classify")
+    # worded like every gate meant for another task: the summary's "not applicable" line leaves it out
+    assert "not the task this metric is for" in threshold_checks(cls, limits)["min_raw_cosine"]
 
 
 # --------------------------------------------------------------------------- maps
