@@ -1,6 +1,8 @@
-"""ekit_ov_recover — the intel target's int8 recovery (--recover): which OpenVINO ops cost the
-most accuracy, and NNCF re-quantizations with the chosen ones kept float (ignored_scope), by the
-shared search of ekit.recover. ``ov`` / ``nncf`` are passed in (importable without OpenVINO)."""
+"""ekit_ov_recover — the intel target's int8 recovery (--recover): the measure / gate / record around
+both units — regions (``recover_unit = "region"``, the default: activation FakeQuantizes dropped,
+ekit_ov_regions) and layers (which OpenVINO ops cost the most accuracy, and NNCF re-quantizations with
+the chosen ones kept float (ignored_scope), by the shared search of ekit.recover). ``ov`` / ``nncf`` are
+passed in (importable without OpenVINO)."""
 
 from __future__ import annotations
 
