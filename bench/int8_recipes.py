@@ -208,6 +208,7 @@ def fmt(v) -> str:
 
 def markdown(meta: dict, rows: list, out: str) -> str:
     lines = [f"# int8 recipes side by side (issue 19; {meta['cores']} cores {meta['machine']}, {meta['date']})", "",
+             "Regenerate: `invoke bench --only int8_recipes`", "",
              "Artifact vs the fp32 source on the job's reference images, the gates' own metrics (docs/gates.md): "
              "det mAP@0.5 vs the source's boxes and ambiguity-band F1 with their lower bounds; top-1 agreement, "
              "its Wilson bound, the mean probability TV distance. int8_macs: share of Conv/Gemm/MatMul MACs int8 "
@@ -226,6 +227,8 @@ def markdown(meta: dict, rows: list, out: str) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += goals(rows)
+    if meta.get("note"):
+        lines += ["Notes: " + meta["note"], ""]
     Path(out + ".md").write_text("\n".join(lines))
     return "\n".join(lines)
 
@@ -249,11 +252,14 @@ def goals(rows: list) -> list[str]:
                         r["det_map50"] >= (bare.get("det_map50") or 0))]
         if r.get("top1_agreement") is not None:
             checks += [("top-1 agreement >= 19/20", r["top1_agreement"], r["top1_agreement"] >= 0.95)]
+        if r.get("region_f1") is not None:
+            checks += [("region F1 >= 0.95", r["region_f1"], r["region_f1"] >= 0.95)]
         if r.get("plain_s") and r.get("convert_s"):
             ratio = r["convert_s"] / r["plain_s"]
             checks += [("int8 convert <= 3x plain int8", f"{ratio:.2f}x", ratio <= 3.0)]
         for goal, value, ok in checks:
-            out.append(f"| {r['model']} | {r['target']} | {goal} | {fmt(value)} | {'yes' if ok else 'NO'} |")
+            where = r["target"] + r["variant"][len("edgekiln --recover"):]  # e.g. "intel [cpu=avx512-vnni]"
+            out.append(f"| {r['model']} | {where} | {goal} | {fmt(value)} | {'yes' if ok else 'NO'} |")
     return out + [""]
 
 
