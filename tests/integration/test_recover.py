@@ -216,6 +216,12 @@ def test_intel_region_recovery_drops_fakequantizes_never_below_plain_within_3x(y
         assert set().union(*[r["compute_float"] for r in rec["float_layers"]]) <= set(q["float_compute_ops"])
 
 
+def test_an_unknown_intel_recover_unit_is_one_line_naming_the_choices(yolo, tmp_path):
+    proc = intel_build(yolo, tmp_path, "--option", "recover_unit=atoms", "--option", "subset_size=4", check=2)
+    assert "recover_unit='atoms' is not one of region, layer" in proc.stderr
+    assert "Traceback" not in proc.stderr and not any(tmp_path.glob("*/*/intel/int8/model.xml"))
+
+
 def test_an_unknown_recover_rank_is_one_line_naming_the_choices(yolo, tmp_path):
     model, (calib, val) = yolo
     proc = run_cli("build", "--target", "onnx", "--precision", "int8", "--model", model, "--calib", calib,
