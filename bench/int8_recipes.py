@@ -208,7 +208,6 @@ def fmt(v) -> str:
 
 def markdown(meta: dict, rows: list, out: str) -> str:
     lines = [f"# int8 recipes side by side (issue 19; {meta['cores']} cores {meta['machine']}, {meta['date']})", "",
-             "Regenerate: `invoke bench --only int8_recipes`", "",
              "Artifact vs the fp32 source on the job's reference images, the gates' own metrics (docs/gates.md): "
              "det mAP@0.5 vs the source's boxes and ambiguity-band F1 with their lower bounds; top-1 agreement, "
              "its Wilson bound, the mean probability TV distance. int8_macs: share of Conv/Gemm/MatMul MACs int8 "
