@@ -22,7 +22,7 @@ Models: YOLOv8n (nudenet 320n, letterbox 320), the ImageNet MobileNetV2 demo, PP
 classifier ch_ppocr_mobile_v2.0_cls (MobileNetV3: HardSwish/SE, 48x192), optionally PP-OCRv4 det.
 
     python bench/int8_recipes.py [--only yolo,mobilenet,ppocr_cls,ppocr] [--runtimes onnx,intel,jetson]
-        [--no-ac]
+        [--no-ac] [--merge] [--option KEY=VALUE ...]
 
 The builds are validated natively (EDGEKILN_QEMU_X86_64="": the x86-64-v3 recipe is built, its
 emulated check is bench/int8_isa.py's). Writes bench/results/int8_recipes.{json,md}.
@@ -138,6 +138,10 @@ def main() -> None:
     ap.add_argument("--runtimes", default="onnx,intel,jetson")
     ap.add_argument("--no-ac", action="store_true", help="skip NNCF accuracy control (slow)")
     ap.add_argument("--out", default=str(HERE / "results" / "int8_recipes"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the existing results that this run does not measure again")
+    ap.add_argument("--option", action="append", default=[],
+                    help="KEY=VALUE passed to the edgekiln builds (their rows are labelled with it; no bare rows)")
     a = ap.parse_args()
     from _common import cli_build
 
@@ -150,24 +154,46 @@ def main() -> None:
         for target in a.runtimes.split(","):
             out = tmp / name / target
             print(f"{label} / {target}: edgekiln int8 --recover ...", flush=True)
-            job, wall, code = cli_build(target, "int8", args, photos, out, ["--recover", *extra])
+            opts = [x for o in a.option for x in ("--option", o)]
+            job, wall, code = cli_build(target, "int8", args, photos, out, ["--recover", *extra, *opts])
             try:
                 got = edgekiln_rows(job, target)
             except (OSError, StopIteration, KeyError) as e:
                 got = [{"variant": "edgekiln", "error": f"{type(e).__name__}: {e}"[:300]}]
             got[-1].update(wall_s=wall, passed=code == 0)
-            variants = [bare_row(job, target, KEY[name])]
-            if target == "intel" and not a.no_ac:
+            for r in got:
+                r["variant"] += "".join(f" [{o}]" for o in a.option)
+            variants = [bare_row(job, target, KEY[name])] if not a.option else []
+            if target == "intel" and not a.no_ac and not a.option:
                 variants.append(bare_row(job, target, KEY[name], ac=True))
             for r in got + variants:
                 rows.append(dict(model=label, target=target, **r))
                 print("   ", {k: v for k, v in r.items() if k != "float"}, flush=True)
     meta = {"machine": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d"), "models": a.only, "runtimes": a.runtimes}
+    if a.merge and Path(a.out + ".json").is_file():
+        rows, meta = merged(json.loads(Path(a.out + ".json").read_text()), rows, meta)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     print(markdown(meta, rows, a.out))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merged(old: dict, rows: list, meta: dict) -> tuple[list, dict]:
+    """The existing results with this run's rows in place of the same (model, target, variant), new ones
+    after their model's and target's last row; meta says which runs the file holds."""
+    out = list(old.get("rows") or [])
+    for r in rows:
+        key = (r["model"], r["target"], r["variant"])
+        at = [i for i, o in enumerate(out) if (o["model"], o["target"], o["variant"]) == key]
+        if at:
+            out[at[0]] = r
+            continue
+        same = [i for i, o in enumerate(out) if (o["model"], o["target"]) == (r["model"], r["target"])] or \
+            [i for i, o in enumerate(out) if o["model"] == r["model"]]
+        out.insert(same[-1] + 1 if same else len(out), r)
+    runs = list((old.get("meta") or {}).get("runs") or [dict(old.get("meta") or {})])
+    return out, dict(old.get("meta") or meta, date=meta["date"], runs=runs + [meta])
 
 
 def fmt(v) -> str:
@@ -200,6 +226,8 @@ def markdown(meta: dict, rows: list, out: str) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += goals(rows)
+    if meta.get("note"):
+        lines += ["Notes: " + meta["note"], ""]
     Path(out + ".md").write_text("\n".join(lines))
     return "\n".join(lines)
 
@@ -209,7 +237,7 @@ def goals(rows: list) -> list[str]:
     out = ["## Goals (issue 19), the artifact edgekiln keeps", "",
            "| model | target | goal | value | met |", "|---|---|---|---|---|"]
     for r in rows:
-        if r.get("variant") != "edgekiln --recover" or "error" in r:
+        if not str(r.get("variant", "")).startswith("edgekiln --recover") or "error" in r:
             continue
         bare = next((b for b in rows if b["model"] == r["model"] and b["target"] == r["target"]
                      and b["variant"].startswith("bare")), {})
@@ -223,11 +251,14 @@ def goals(rows: list) -> list[str]:
                         r["det_map50"] >= (bare.get("det_map50") or 0))]
         if r.get("top1_agreement") is not None:
             checks += [("top-1 agreement >= 19/20", r["top1_agreement"], r["top1_agreement"] >= 0.95)]
+        if r.get("region_f1") is not None:
+            checks += [("region F1 >= 0.95", r["region_f1"], r["region_f1"] >= 0.95)]
         if r.get("plain_s") and r.get("convert_s"):
             ratio = r["convert_s"] / r["plain_s"]
             checks += [("int8 convert <= 3x plain int8", f"{ratio:.2f}x", ratio <= 3.0)]
         for goal, value, ok in checks:
-            out.append(f"| {r['model']} | {r['target']} | {goal} | {fmt(value)} | {'yes' if ok else 'NO'} |")
+            where = r["target"] + r["variant"][len("edgekiln --recover"):]  # e.g. "intel [cpu=avx512-vnni]"
+            out.append(f"| {r['model']} | {where} | {goal} | {fmt(value)} | {'yes' if ok else 'NO'} |")
     return out + [""]
 
 

@@ -184,27 +184,41 @@ def task_proxy(task: dict | None, ref, out, window: float = 0.1) -> float:
 def search(int8_model, float_model, calib, ref: dict, thresholds: dict, *, save, run, max_seconds: float,
            names=None, candidates: int = 8, verify: int = 3, images: int = 6, min_int8_macs: float = 0.85,
            input_shape=None) -> dict:
-    """The region search (module doc). ``save(model, k) -> artifact path``, ``run(path) -> outputs`` on
-    the reference images (the runtime's own execution). No step starts past ``max_seconds``.
-    -> {"passed", "regions", "metrics", "misses", "artifact", "score", "tries", "ranked",
+    """The region search (module doc) of a Q/DQ ONNX model. ``save(model, k) -> artifact path``,
+    ``run(path) -> outputs`` on the reference images (the runtime's own execution). No step starts past
+    ``max_seconds``. -> {"passed", "regions", "metrics", "misses", "artifact", "score", "tries", "ranked",
     "budget_spent", "ranking_seconds"}."""
     import ekit_onnx
 
-    from . import recover as R
-
     t0 = time.perf_counter()
-    task = read_task()
     x = np.asarray(calib[:images], np.float32)
     regions = qdq_regions(int8_model)
-    noise = region_noise(int8_model, regions, x)
-    f_out = _runs(float_model, x)
-    base = task_proxy(task, f_out, _runs(int8_model, x))
-    table = ekit_onnx.macs(float_model, input_shape)
+    heads = {n.name or n.output[0] for n in ekit_onnx.head_convs(float_model)}
+    return rank_and_verify(
+        regions, region_noise(int8_model, regions, x), heads, _runs(float_model, x), _runs(int8_model, x),
+        lambda keys: _runs(drop_regions(int8_model, keys), x), lambda keys: drop_regions(int8_model, keys),
+        ekit_onnx.macs(float_model, input_shape), set(ekit_onnx.float_compute_nodes(int8_model)), ref, thresholds,
+        save=save, run=run, max_seconds=max_seconds, started=t0, names=names, candidates=candidates,
+        verify=verify, min_int8_macs=min_int8_macs)
+
+
+def rank_and_verify(regions: list[dict], noise: dict, heads: set, f_out, q_out, outputs_without, model_without,
+                    table: dict, already: set, ref: dict, thresholds: dict, *, save, run, max_seconds: float,
+                    started: float | None = None, names=None, candidates: int = 8, verify: int = 3,
+                    min_int8_macs: float = 0.85) -> dict:
+    """Steps 2 and 3 of the search for any runtime's regions (``[{"tensor": key, "consumers", "compute"}]``,
+    ``noise`` {key: local error}, ``heads`` the head-conv names whose regions are candidates whatever their
+    noise): ``outputs_without(keys)`` -> the model's outputs on the ranking images with those regions
+    dropped (``f_out`` / ``q_out``: the float / plain int8 outputs there), ``model_without(keys)`` -> the
+    model to ``save``; ``table`` {compute name: MACs}, ``already`` the compute ops float before."""
+    from . import recover as R
+
+    t0 = time.perf_counter() if started is None else started
+    task = read_task()
+    base = task_proxy(task, f_out, q_out)
     total = sum(table.values()) or 1
-    already = set(ekit_onnx.float_compute_nodes(int8_model))
     by_noise = sorted(regions, key=lambda r: -noise.get(r["tensor"], 0.0))
     # the regions feeding the head convs (what the task metric reads first) are candidates whatever their noise
-    heads = {n.name or n.output[0] for n in ekit_onnx.head_convs(float_model)}
     prior = [r for r in by_noise if set(r["compute"]) & heads]
     pool = list({r["tensor"]: r for r in prior + by_noise[:candidates]}.values())
     scored, spent = [], False
@@ -212,7 +226,7 @@ def search(int8_model, float_model, calib, ref: dict, thresholds: dict, *, save,
         if time.perf_counter() - t0 > max_seconds / 2:  # the ranking gets at most half the budget
             spent = True
             break
-        proxy = task_proxy(task, f_out, _runs(drop_regions(int8_model, [r["tensor"]]), x))
+        proxy = task_proxy(task, f_out, outputs_without([r["tensor"]]))
         made_float = [c for c in r["compute"] if c not in already]
         scored.append(dict(r, noise=noise.get(r["tensor"], 0.0), proxy=proxy, gain=base - proxy,
                            macs=int(sum(table.get(c, 0) for c in made_float))))
@@ -235,7 +249,7 @@ def search(int8_model, float_model, calib, ref: dict, thresholds: dict, *, save,
             break
         chosen.append(s)
         t = time.perf_counter()
-        artifact = save(drop_regions(int8_model, [c["tensor"] for c in chosen]), len(chosen))
+        artifact = save(model_without([c["tensor"] for c in chosen]), len(chosen))
         row = R.attempt(ref, run(artifact), names, thresholds, t, f"{len(chosen)} region(s) without Q/DQ",
                         regions=[c["tensor"] for c in chosen], artifact=artifact, int8_mac_share=round(share, 4))
         tries.append(row)

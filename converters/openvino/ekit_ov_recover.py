@@ -1,6 +1,8 @@
-"""ekit_ov_recover — the intel target's int8 recovery (--recover): which OpenVINO ops cost the
-most accuracy, and NNCF re-quantizations with the chosen ones kept float (ignored_scope), by the
-shared search of ekit.recover. ``ov`` / ``nncf`` are passed in (importable without OpenVINO)."""
+"""ekit_ov_recover — the intel target's int8 recovery (--recover): the measure / gate / record around
+both units — regions (``recover_unit = "region"``, the default: activation FakeQuantizes dropped,
+ekit_ov_regions) and layers (which OpenVINO ops cost the most accuracy, and NNCF re-quantizations with
+the chosen ones kept float (ignored_scope), by the shared search of ekit.recover). ``ov`` / ``nncf`` are
+passed in (importable without OpenVINO)."""
 
 from __future__ import annotations
 
@@ -89,17 +91,22 @@ def sensitivity(ov, float_model, int8_model, x: np.ndarray, images: int = 4) -> 
 
 
 def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: dict, options, src,
-            plain_seconds: float):
+            plain_seconds: float, calib=None, head_convs=()):
     """--recover for the intel target: when ``int8_model`` misses the artifact's thresholds on the
     reference images (the validate step's metrics, f32 for the float parts), rank the compute ops
     (``sensitivity``), re-quantize ``float_model`` with NNCF's ``ignored_scope`` holding the top-k
     on the same calibration (``kwargs``: the plain build's own arguments) and stop at the first
-    passing k or the budget (ekit_recover.search). -> (the model to ship, the manifest's
+    passing k or the budget (ekit_recover.search). ``recover_unit = "region"`` (the default) instead
+    drops activation FakeQuantizes from ``int8_model`` (ekit_ov_regions; ranked on ``calib``, the
+    head convs' branches first): no re-quantization. -> (the model to ship, the manifest's
     ``recovery``)."""
     from ekit import recover as ekit_recover
 
     if options["recover_rank"] not in ("per_mac", "sensitivity"):
         ekit.fail("usage", f"option recover_rank={options['recover_rank']!r} is not one of per_mac, sensitivity")
+    unit = str(options.get("recover_unit") or "layer")
+    if unit not in ("region", "layer"):
+        ekit.fail("usage", f"option recover_unit={unit!r} is not one of region, layer")
     t0 = time.perf_counter()
     ref = ekit.read_reference(src / "reference.npz")
     thresholds = params.get("thresholds") or {}
@@ -116,8 +123,28 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
         ekit.log("recover: the plain int8 model meets its thresholds; nothing kept float")
         return int8_model, {"attempted": False, "passed": True, "float_layers": [], "int8_mac_share": None,
                             "reason": "the plain int8 model meets its thresholds"}
-    ekit.log(f"recover: plain int8 misses {'; '.join(missed)}; ranking layers")
+    ekit.log(f"recover: plain int8 misses {'; '.join(missed)}; ranking {unit}s")
     t1 = time.perf_counter()
+    factor = float(options["recover_time_factor"])
+    if unit == "region":
+        import ekit_ov_regions
+        from ekit import regions as ekit_regions
+
+        budget = min(float(options["recover_max_seconds"]), max(0.0, (factor - 1.0) * plain_seconds - (t1 - t0)))
+        found = ekit_ov_regions.search(ov, int8_model, float_model, calib, ref, thresholds, head_convs,
+                                       max_seconds=budget, names=names)
+        rec = ekit_regions.record(found, before, thresholds, time.perf_counter() - t1)
+        rec.update(plain_int8_seconds=plain_seconds, budget_seconds=round(budget, 2),
+                   plain_int8_mac_fraction=round(ekit_ov.int8_mac_fraction(int8_model)[0], 4))
+        model = int8_model  # never a try worse than plain int8
+        if found.get("artifact") is not None and found["score"] > ekit_recover.score(before, thresholds):
+            model = found["artifact"]
+        else:
+            rec["float_layers"], rec["int8_mac_share"] = [], 1.0
+            rec["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
+        ekit.log(f"recover: {'passes' if rec['passed'] else 'still misses'} with {len(rec['float_layers'])} "
+                 f"region(s) float, {rec['int8_mac_share']:.1%} of MACs int8, {rec['seconds']} s")
+        return model, rec
     base = kwargs.get("ignored_scope")
     ignored = set(base.names) if base is not None else set()
     mac_table = macs(float_model)
@@ -132,7 +159,6 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
                                   types=base.types if base else [], validate=False)
         return nncf.quantize(float_model, calib_ds, **dict(kwargs, ignored_scope=scope))
 
-    factor = float(options["recover_time_factor"])
     budget = min(float(options["recover_max_seconds"]), max(0.0, (factor - 1.0) * plain_seconds - (t1 - t0) - t_sens))
     found = ekit_recover.search(ranked, build, run, ref, thresholds, int(options["recover_max_float_layers"]),
                                 budget, names, order="doubling", first_try_seconds=plain_seconds)

@@ -93,3 +93,13 @@ def test_stable_name_map_renumbers_only_names_openvino_made_up(ekit_ov):
         "Convolution_31": "Convolution_1", "Constant_40": "Constant_2", "Result_28": "Result_1", "Relu_3": "Relu_1"}
     shifted = [n.replace("25", "125").replace("31", "131").replace("40", "140").replace("28", "128") for n in names]
     assert set(ekit_ov.stable_name_map(shifted, types).values()) == set(ekit_ov.stable_name_map(names, types).values())
+
+
+def test_fast_bias_correction_detect_is_fast_for_detectors_only(ekit_ov):
+    assert ekit_ov.fast_bias_correction("detect", "detect") is True
+    assert ekit_ov.fast_bias_correction("detect", "classify") is False
+    assert ekit_ov.fast_bias_correction("detect", None) is False
+    assert ekit_ov.fast_bias_correction(True, "classify") is True
+    assert ekit_ov.fast_bias_correction("false", "detect") is False
+    with pytest.raises(SystemExit):
+        ekit_ov.fast_bias_correction("sometimes", "detect")

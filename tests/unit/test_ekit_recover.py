@@ -133,3 +133,47 @@ def test_task_proxy_counts_what_the_task_metric_sees():
     assert 1.0 < regions.task_proxy({"task": "classify"}, ref, flipped) < 2.0  # one flip + the TV change
     assert regions.task_proxy(None, ref, [ref[0] * 2]) == pytest.approx(0.0, abs=1e-12)  # cosine: scale-free
     assert regions.task_proxy({"task": "classify"}, ref, [np.full((2, 3), np.nan)]) == float("inf")
+
+
+def test_rank_and_verify_takes_head_regions_verifies_the_best_and_keeps_the_int8_mac_floor(tmp_path, monkeypatch):
+    """The runtime-free core of the region search (shared by ORT Q/DQ and OpenVINO FakeQuantize regions):
+    a head region is a candidate whatever its noise, the one leaving < 85 % of MACs int8 is never tried,
+    the real metric verifies the best by proxy, and the first passing try stops the search."""
+    import numpy as np
+
+    from ekit import regions
+
+    monkeypatch.chdir(tmp_path)  # no work/source/task.json: the proxy is 1 - cosine
+    rng = np.random.default_rng(0)
+    f_out = [rng.normal(size=(4, 32))]
+    noise = {"a": 0.5, "b": 0.4, "c": 0.3, "head": 0.0}  # "head" feeds a head conv: lowest noise, still ranked
+    # what each region's int8 noise does to the outputs: dropping it removes that much of the error
+    harm = {"a": 0.05, "b": 0.0, "c": 0.5, "head": 1.0}
+    errs = {k: rng.normal(size=(4, 32)) for k in harm}
+
+    def outputs_without(keys):
+        return [f_out[0] + sum(harm[k] * errs[k] for k in harm if k not in keys)]
+
+    regs = [{"tensor": "a", "consumers": ["Conv"], "compute": ["conv_a"]},
+            {"tensor": "b", "consumers": ["Conv"], "compute": ["conv_b"]},
+            {"tensor": "c", "consumers": ["Conv"], "compute": ["conv_c"]},
+            {"tensor": "head", "consumers": ["Conv"], "compute": ["conv_h"]}]
+    table = {"conv_a": 10, "conv_b": 10, "conv_c": 20, "conv_h": 5, "rest": 55}
+    ref = {"y": f_out, "labels": np.full(4, -1), "x": np.zeros((4, 3, 8, 8), np.float32)}
+    saved = []
+
+    def save(model, k):
+        saved.append(tuple(model))
+        return tuple(model)
+
+    found = regions.rank_and_verify(regs, noise, {"conv_h"}, f_out, outputs_without([]), outputs_without,
+                                    lambda keys: list(keys), table, set(), ref, {"min_cosine": 0.999},
+                                    save=save, run=outputs_without, max_seconds=600, candidates=2,
+                                    min_int8_macs=0.85)
+    assert [r["tensor"] for r in found["ranked"]][0] == "head"  # pooled by the head prior, best by proxy
+    assert "c" not in {r["tensor"] for r in found["ranked"]}  # neither top-2 noise nor head: not a candidate
+    assert saved[0] == ("head",) and found["tries"][0]["int8_mac_share"] == 0.95
+    assert all(t["int8_mac_share"] >= 0.85 for t in found["tries"])
+    assert found["regions"] == list(saved[-1]) and found["candidates"] == 3 and found["regions_total"] == 4
+    if found["passed"]:
+        assert len(found["tries"]) == len(saved)
