@@ -49,7 +49,7 @@ BARE = {"mnn": ["feature_quantize_method=KL", "keep_float=none"],
         "executorch": ["per_channel=false", "keep_float=none"],
         "rknn": ["quantized_algorithm=normal", "keep_float=none"],
         "rpi": ["keep_float=none", "calib_augment=none"]}
-W8 = "w8: int8 weights, float compute (not int8)"
+W8 = "w8: int8 weights + float compute (not int8)"
 KEYS = ("det_map50", "det_map50_low", "det_band_f1", "det_band_f1_low", "det_map", "det_boxes", "det_f1",
         "top1_agreement", "top1_agreement_low", "prob_tv", "n", "cosine")
 
@@ -110,8 +110,9 @@ def run(runtimes, wanted, work: Path, only=None) -> dict:
             variants = {"edgekiln": [], "bare defaults": BARE[rt]}
             if rt == "rpi" and name == "yolo":
                 variants["edgekiln --recover"] = ["recover=true"]
-            if rt == "mnn":  # not int8 compute: MNN's weight-only int8, a precision of its own
-                variants[W8] = []
+            if rt == "mnn":  # each calibrator auto measures, alone (KL alone is the bare row); and not int8
+                variants.update({f"calibrator {c}": [f"feature_quantize_method={c}"] for c in ("EMA", "MINMAX")})
+                variants[W8] = []  # compute: MNN's weight-only int8, a precision of its own
             if name == "yolo":  # ablations: the tail alone at higher precision; another calibrator
                 variants["keep_float=tail"] = ["keep_float=tail"]
                 if rt == "rknn":
