@@ -49,6 +49,7 @@ BARE = {"mnn": ["feature_quantize_method=KL", "keep_float=none"],
         "executorch": ["per_channel=false", "keep_float=none"],
         "rknn": ["quantized_algorithm=normal", "keep_float=none"],
         "rpi": ["keep_float=none", "calib_augment=none"]}
+W8 = "w8: int8 weights + float compute (not int8)"
 KEYS = ("det_map50", "det_map50_low", "det_band_f1", "det_band_f1_low", "det_map", "det_boxes", "det_f1",
         "top1_agreement", "top1_agreement_low", "prob_tv", "n", "cosine")
 
@@ -76,9 +77,9 @@ def models(work: Path, wanted) -> dict[str, Path]:
     return out
 
 
-def rows_of(job: Path, target: str, code: int, seconds: float) -> dict:
-    rep = next((job / "work" / target).glob("int8/report.json"), None)
-    conv = next((job / "work" / "results").glob(f"*-{target}-int8-convert.json"), None)
+def rows_of(job: Path, target: str, code: int, seconds: float, precision: str = "int8") -> dict:
+    rep = next((job / "work" / target).glob(f"{precision}/report.json"), None)
+    conv = next((job / "work" / "results").glob(f"*-{target}-{precision}-convert.json"), None)
     if rep is None:
         err = ""
         for log in sorted((job / "logs").glob("*")) if (job / "logs").is_dir() else []:
@@ -109,6 +110,9 @@ def run(runtimes, wanted, work: Path, only=None) -> dict:
             variants = {"edgekiln": [], "bare defaults": BARE[rt]}
             if rt == "rpi" and name == "yolo":
                 variants["edgekiln --recover"] = ["recover=true"]
+            if rt == "mnn":  # each calibrator auto measures, alone (KL alone is the bare row); and not int8
+                variants.update({f"calibrator {c}": [f"feature_quantize_method={c}"] for c in ("EMA", "MINMAX")})
+                variants[W8] = []  # compute: MNN's weight-only int8, a precision of its own
             if name == "yolo":  # ablations: the tail alone at higher precision; another calibrator
                 variants["keep_float=tail"] = ["keep_float=tail"]
                 if rt == "rknn":
@@ -120,8 +124,9 @@ def run(runtimes, wanted, work: Path, only=None) -> dict:
                 out = work / "out" / f"{name}-{rt}-{len(rows)}"
                 extra = [a for o in opts for a in ("--option", o)]
                 t0 = time.perf_counter()
-                job, _, code = cli_build(rt, "int8", [model], photos, out, extra, ok=(0, 2, 8, 10))
-                rows[label] = rows_of(job, rt, code, time.perf_counter() - t0)
+                prec = "w8" if label == W8 else "int8"
+                job, _, code = cli_build(rt, prec, [model], photos, out, extra, ok=(0, 2, 8, 10))
+                rows[label] = rows_of(job, rt, code, time.perf_counter() - t0, prec)
                 print(name, rt, label, json.dumps(rows[label]), flush=True)
             res[name][rt] = rows
     return res
@@ -138,8 +143,10 @@ def markdown(r: dict) -> str:
              "the gate's deterministic augmentations, against the fp32 source's own boxes. Classifiers: the 20 "
              "ImageNet photos calibrating, their mirrors judging. pub: the gate published it (exit 0) or refused "
              "it (10). float ops: ops left at higher precision (head: the head convs among them; rknn: the starts of "
-             "its fp16 regions). MACs int8: of the conv/matmul multiply-accumulates (mnn and executorch do "
-             "not count them: the same head convs, 1.1 % of YOLOv8n's MACs, 98.9 % int8). Rows may come from "
+             "its fp16 regions). MACs int8: of the conv/matmul multiply-accumulates (executorch does "
+             "not count them: the same head convs, 1.1 % of YOLOv8n's MACs, 98.9 % int8; mnn keeps nothing float, "
+             "its quantizer cannot: 1.000). mnn's w8 row is `--precision w8`, weight-only, NOT int8 compute. "
+             "Rows may come from "
              "several runs of this script on the same day (`--merge`, `--variants`); the gate's 54 boxes "
              "resolve about one box (0.01-0.02 band F1): differences below that are noise.", ""]
     for name, per in r["results"].items():

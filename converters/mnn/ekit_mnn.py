@@ -21,7 +21,25 @@ What the `mnn` wheel (3.6.1) really does, and why these helpers exist:
   to width x height, ``(pixel - mean) * normal``). ``calibration_images`` writes the calibration
   tensors edgekiln made (resize/crop/letterbox of the input spec already applied) back as 8-bit
   PNGs of exactly the model's size, and ``quant_config`` gives mnnquant the spec's mean/std as
-  mean/normal: its resize is then the identity and it sees the same tensors as every other step.
+  mean/normal: its resize is then the identity and it sees the same tensors as every other step
+  (checked: the first conv's input range in the int8 model is the spec's, 0..1 for YOLOv8n; swapping
+  RGB/BGR changes YOLOv8n's mAP50 by 0.01, noise).
+* Activation ranges (measured, bench/results/int8_recipes_edge.md). KL clips what a detector's scores
+  need. EMA (``_quantizeModelEMA``) runs the images one per step and updates each range by a moving
+  average of momentum 0.99 from the FIRST image's: with 20-30 images ~75 % of every range is that
+  one image's. Given every image in one batch (``batch_size``), the first and only update is the
+  min/max over the set ("MINMAX" here). A batch needs a net that takes one: ``batchable``.
+* ``skip_quant_op_names`` (what ``keep_float`` would pass) does not keep ops float in 3.6.1: EMA never
+  reads it (the int8 model's head convs carry int8 scales), KL keeps the listed convs' weights float
+  but still gives their tensors int8 scales (YOLOv8n's sigmoid scores shared the box Concat's scale:
+  mAP50 0.0). So the mnn target defaults to ``keep_float = "none"`` and says so when asked for more.
+* Where YOLOv8n's int8 loses (MINMAX int8, ops set float afterwards by dropping their int8 scales in
+  the JSON, 1 thread; mAP50 / band F1): all int8 0.745 / 0.597; model.0-2 float 0.831 / 0.693; the
+  whole backbone (model.0-9) float 0.921 / 0.824; neck and head float 0.819 / 0.600. The loss is
+  spread over the body's per-tensor activations (model.1's SiLU output reaches 159, most values < 2),
+  not in one op: no float set small enough for >= 85 % int8 MACs reaches the gate here.
+* The quantizer is deterministic (same bytes twice); MNN's int8 CPU run is not with 2+ threads: the
+  same YOLOv8n int8 bytes gave mAP50 0.741, 0.759, 0.766 on three runs (1 thread: 0.748 every time).
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ TOOLS = {
     "quant": "import sys, _tools; _tools.mnnquant(['quantized.out'] + sys.argv[1:])",
 }
 RECON_TOLERANCE = 0.05  # |pixel - round(pixel)| of a calibration tensor mapped back to 0..255
+MINMAX_PIXELS = 32 * 320 * 320  # one MINMAX batch at most (29 YOLOv8n 320x320 images: ~2 GB, 27 s)
 
 
 def tool_command(kind: str, args) -> list[str]:
@@ -54,9 +73,10 @@ def run_tool(kind: str, args, timeout: float) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0
 
 
-def convert_args(onnx_path, mnn_path, fp16: bool, biz_code: str = "edgekiln") -> list[str]:
+def convert_args(onnx_path, mnn_path, fp16: bool, biz_code: str = "edgekiln", weight_bits: int = 0) -> list[str]:
+    """``weight_bits`` 8: weight-only int8 (``--weightQuantBits``; MNN decodes them to float to compute)."""
     args = ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel", str(mnn_path), "--bizCode", biz_code]
-    return args + (["--fp16"] if fp16 else [])
+    return args + (["--fp16"] if fp16 else []) + (["--weightQuantBits", str(int(weight_bits))] if weight_bits else [])
 
 
 def unsupported_ops(log: str) -> list[str]:
@@ -178,8 +198,41 @@ def run_model(path, x: np.ndarray, io: dict, threads: int = 0) -> list[np.ndarra
     return [np.concatenate([p[k] for p in per], axis=0) for k in range(len(outs))]
 
 
+def json_args(src, dest, to_json: bool) -> list[str]:
+    """MNNConvert arguments: a .mnn -> its JSON (``to_json``) or that JSON -> a .mnn."""
+    if to_json:
+        return ["-f", "MNN", "--modelFile", str(src), "--JsonFile", str(dest)]
+    return ["-f", "JSON", "--modelFile", str(src), "--MNNModel", str(dest), "--bizCode", "edgekiln"]
+
+
+def batchable(net: dict) -> int:
+    """Make an MNN net (MNNConvert's JSON of a .mnn) run at any batch: a constant shape fed to a
+    Reshape whose first entry is 1 (an export at batch 1 bakes it in: YOLOv8's head ``[1, 82, -1]``,
+    a classifier's ``[1, 200]``) gets 0, "copy the input's first dim" (ONNX and MNN semantics).
+    In place; -> how many constants changed. The quantizer needs it to take the calibration set as
+    one batch (``batch_size``); at batch 1 the net computes what it did (the JSON keeps 6 decimals:
+    weights move by < 5e-7; YOLOv8n's copy still gives its source's boxes, mAP50 1.000)."""
+    ops = net.get("oplists") or []
+    producer = {i: o for o in ops for i in o.get("outputIndexes") or []}
+    changed = set()
+    for op in ops:
+        ins = op.get("inputIndexes") or []
+        if op.get("type") != "Reshape" or len(ins) < 2:
+            continue
+        const = producer.get(ins[1])
+        blob = (const or {}).get("main") or {}
+        vals = blob.get("int32s") if (const or {}).get("type") == "Const" else None
+        if vals and vals[0] == 1 and id(const) not in changed:
+            vals[0] = 0
+            changed.add(id(const))
+    return len(changed)
+
+
 def quant_config(spec: dict, folder, count: int, feature_method: str, weight_method: str) -> dict:
-    """mnnquant's JSON: the spec's mean/std as mean/normal on 0-255 pixels, the model's size."""
+    """mnnquant's JSON: the spec's mean/std as mean/normal on 0-255 pixels, the model's size.
+    ``feature_method`` "MINMAX" is MNN's EMA given the images as one batch (``batch_size``, at most
+    ``MINMAX_PIXELS``: 32 at 320x320, 8 at 640x640): its first update sets the range, the min/max over
+    that batch; further batches move it by the moving average (module docstring)."""
     shape = list(spec["shape"])
     h, w, c = (shape[1], shape[2], shape[3]) if spec.get("layout") == "nhwc" else (shape[2], shape[3], shape[1])
     scale = float(spec.get("scale") or 1.0)
@@ -189,4 +242,6 @@ def quant_config(spec: dict, folder, count: int, feature_method: str, weight_met
     return {"format": fmt, "mean": [float(v) for v in mean], "normal": [float(v) for v in normal],
             "width": int(w), "height": int(h), "path": str(folder).rstrip("/") + "/",  # its reader appends names
             "used_image_num": int(count),
-            "feature_quantize_method": str(feature_method), "weight_quantize_method": str(weight_method)}
+            "feature_quantize_method": "EMA" if feature_method == "MINMAX" else str(feature_method),
+            "weight_quantize_method": str(weight_method)} | (
+        {"batch_size": max(1, min(int(count), MINMAX_PIXELS // (int(h) * int(w))))} if feature_method == "MINMAX" else {})

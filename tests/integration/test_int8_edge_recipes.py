@@ -1,7 +1,8 @@
 """Issue 19's int8 recipes on the edge runtimes, for real: YOLOv8n int8 on mnn, rpi (TFLite), rknn
 (simulator) and executorch keeps its decode tail and the last conv of each head branch at higher
-precision (``keep_float=auto``), and the convert result and the manifest say which; published or
-refused by the detection gate (docs/gates.md), never silently. A classifier keeps nothing float.
+precision (``keep_float=auto``), and the convert result and the manifest say which; MNN, whose
+quantizer cannot keep ops float, says that instead. Published or refused by the detection gate
+(docs/gates.md), never silently. A classifier keeps nothing float.
 Numbers: bench/results/int8_recipes_edge.md."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def int8(target, model, photos, out, *extra):
     return proc, conv, report
 
 
-@pytest.mark.parametrize("target", ["mnn", "rpi", "rknn", "executorch"])
+@pytest.mark.parametrize("target", ["rpi", "rknn", "executorch"])
 def test_yolov8n_int8_keeps_tail_and_head_convs_at_higher_precision(target, yolo, tmp_path):
     model, photos = yolo
     proc, conv, report = int8(target, model, photos, tmp_path)
@@ -58,13 +59,39 @@ def test_yolov8n_int8_keeps_tail_and_head_convs_at_higher_precision(target, yolo
         assert "min det" in json.loads(proc.stdout)["error"]["message"]
 
 
+def test_yolov8n_on_mnn_says_what_mnn_keeps_float_and_keeps_the_best_calibrator(yolo, tmp_path):
+    """MNN 3.6.1's quantizer keeps nothing float (EMA never reads skip_quant_op_names; KL keeps only
+    the listed convs' weights float): asked for keep_float=auto, the convert result says which of
+    the two happened and never names the head float under EMA/MINMAX. auto builds KL, EMA and
+    MINMAX (EMA given the set as one batch, through the batchable copy of the net) and keeps the
+    best-scored one."""
+    model, photos = yolo
+    proc, conv, report = int8("mnn", model, photos, tmp_path, "--option", "keep_float=auto")
+    q = conv["quantization"]
+    tried = q["calibrators_tried"]
+    assert set(tried) == {"KL", "EMA", "MINMAX"} and not any("failed" in v for v in tried.values()), tried
+    scores = {k: v["score"] for k, v in tried.items()}
+    assert scores[q["feature_quantize_method"]] == max(scores.values())
+    if q["feature_quantize_method"] == "KL":
+        assert all(h in " ".join(q["float_head"]) for h in HEAD) and "weights" in q["keep_float_note"]
+    else:
+        assert q["float_ops"] == q["float_head"] == [] and "ignores skip_quant_op_names" in q["keep_float_note"]
+    assert q["keep_float_note"] in conv["notes"]
+    m = report["metrics"]
+    assert m["det_map50"] is not None and m["det_band_f1"] is not None
+    if proc.returncode == 0:
+        assert m["det_map50"] >= 0.95 and m["det_band_f1_low"] >= 0.90
+    else:
+        assert "min det" in json.loads(proc.stdout)["error"]["message"]
+
+
 def test_a_classifier_keeps_nothing_float_and_mnn_chooses_its_calibrator(mobilenet_onnx, photos, tmp_path):
     proc, conv, report = int8("mnn", mobilenet_onnx, photos, tmp_path, "--input-shape", "1,3,224,224",
                               "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")
     q = conv["quantization"]
     # MNN turns the Gemm into a 1x1 conv + reshape: only that reshape and its shape arithmetic follow it
     assert q["float_head"] == [] and not any("Pool" in n or "Flatten" in n for n in q["float_ops"])
-    assert q["calibrator_choice"] == "auto" and set(q["calibrators_tried"]) == {"KL", "EMA"}
+    assert q["calibrator_choice"] == "auto" and set(q["calibrators_tried"]) == {"KL", "EMA", "MINMAX"}
     scores = {k: v["score"] for k, v in q["calibrators_tried"].items()}
     assert scores[q["feature_quantize_method"]] == max(scores.values())
     assert report["metrics"]["top1_agreement"] >= 0.85

@@ -116,10 +116,27 @@ def test_mnn_int8_calibrated_on_the_photos(mobilenet, photos, tmp_path):
     conv = json.loads(next((job_of(out) / "work" / "results").glob("*-mnn-int8-convert.json")).read_text())
     q = conv["quantization"]
     assert q["images"] == 20 and q["pixel_rounding_error"] < 0.01
-    # feature_quantize_method=auto: KL and EMA both built and measured; the better kept, nothing float
-    assert q["calibrator_choice"] == "auto" and q["feature_quantize_method"] in ("KL", "EMA")
-    assert set(q["calibrators_tried"]) == {"KL", "EMA"} and q["float_head"] == []
+    # feature_quantize_method=auto: KL, EMA and MINMAX built and measured; the best kept, nothing float
+    assert q["calibrator_choice"] == "auto" and q["feature_quantize_method"] in ("KL", "EMA", "MINMAX")
+    assert set(q["calibrators_tried"]) == {"KL", "EMA", "MINMAX"} and q["float_head"] == q["float_ops"] == []
     assert q["mean"] == pytest.approx([123.675, 116.28, 103.53]) and q["width"] == 224
+
+
+def test_mnn_w8_is_weight_only_int8_and_says_so(mobilenet, photos, tmp_path):
+    """w8: MNNConvert --weightQuantBits 8, a quarter of the size, float compute; no calibration
+    step, and the result says it is not int8 inference."""
+    calib, val = photos
+    onnx_model = tmp_path / "mnv2.onnx"
+    shutil.copy(mobilenet["job"] / "work" / "source" / "model.onnx", onnx_model)
+    out = tmp_path / "dist"
+    result = run_json("build", "--target", "mnn", "--model", onnx_model, "--input-shape", "1,3,224,224",
+                      "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--precision", "w8",
+                      "--calib", calib, "--val", val, "--out", out, "--runner", "local", "--keep-job", *FAST)
+    art = result["artifacts"][0]
+    assert art["precision"] == "w8" and art["metrics"]["top1_agreement"] >= 0.95
+    assert art["size_bytes"] < 0.3 * mobilenet["arts"][("mnn", "fp32")]["size_bytes"]
+    conv = json.loads(next((job_of(out) / "work" / "results").glob("*-mnn-w8-convert.json")).read_text())
+    assert conv["quantization"] is None and any("NOT int8 inference" in n for n in conv["notes"])
 
 
 def test_yolov8n_on_ncnn_and_mnn_keeps_the_boxes(yolo_built):

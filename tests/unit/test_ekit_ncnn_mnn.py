@@ -117,3 +117,39 @@ def test_calibration_tensors_become_the_same_pixels_and_config(km, tmp_path):
     plain = {"shape": [1, 3, 4, 5], "layout": "nchw", "scale": 1.0, "mean": None, "std": None}
     assert km.quant_config(plain, tmp_path, 1, "EMA", "ADMM")["normal"] == [1.0, 1.0, 1.0]
     assert km.to_pixels(np.full((3, 4, 5), 0.5, dtype=np.float32), plain)[1] == pytest.approx(0.5)
+
+
+def test_minmax_is_ema_with_the_set_as_one_batch_capped_by_pixels(km, tmp_path):
+    spec = {"shape": [1, 3, 320, 320], "layout": "nchw", "scale": 255.0, "mean": None, "std": None}
+    cfg = km.quant_config(spec, tmp_path, 29, "MINMAX", "MAX_ABS")
+    assert cfg["feature_quantize_method"] == "EMA" and cfg["batch_size"] == 29 and cfg["used_image_num"] == 29
+    big = dict(spec, shape=[1, 3, 640, 640])  # 4x the pixels: a quarter of the batch at most
+    assert km.quant_config(big, tmp_path, 500, "MINMAX", "MAX_ABS")["batch_size"] == 8
+    assert "batch_size" not in km.quant_config(spec, tmp_path, 29, "EMA", "MAX_ABS")  # plain EMA: MNN's one a step
+
+
+def _net(first):
+    """A net as MNNConvert's JSON writes it: input -> Reshape(shape const) -> Reshape(same const) -> output."""
+    return {"oplists": [
+        {"type": "Input", "name": "x", "inputIndexes": [], "outputIndexes": [0]},
+        {"type": "Const", "name": "shape", "inputIndexes": [], "outputIndexes": [1],
+         "main": {"dims": [3], "int32s": [first, 82, -1]}},
+        {"type": "Reshape", "name": "r1", "inputIndexes": [0, 1], "outputIndexes": [2]},
+        {"type": "Reshape", "name": "r2", "inputIndexes": [2, 1], "outputIndexes": [3]},
+        {"type": "Const", "name": "other", "inputIndexes": [], "outputIndexes": [4], "main": {"int32s": [1, 2]}},
+        {"type": "BinaryOp", "name": "add", "inputIndexes": [3, 4], "outputIndexes": [5]}]}
+
+
+def test_batchable_lets_reshape_constants_copy_the_batch(km):
+    net = _net(1)
+    assert km.batchable(net) == 1  # one constant, shared by two reshapes
+    assert net["oplists"][1]["main"]["int32s"] == [0, 82, -1]
+    assert net["oplists"][4]["main"]["int32s"] == [1, 2]  # not a reshape's shape: untouched
+    assert km.batchable(_net(-1)) == 0 and km.batchable(_net(0)) == 0 and km.batchable({}) == 0
+    assert km.json_args("a.mnn", "a.json", True) == ["-f", "MNN", "--modelFile", "a.mnn", "--JsonFile", "a.json"]
+    assert km.json_args("a.json", "b.mnn", False)[:4] == ["-f", "JSON", "--modelFile", "a.json"]
+
+
+def test_w8_is_weightquantbits_8(km):
+    assert km.convert_args("a.onnx", "a.mnn", False, weight_bits=8)[-2:] == ["--weightQuantBits", "8"]
+    assert "--weightQuantBits" not in km.convert_args("a.onnx", "a.mnn", True)
