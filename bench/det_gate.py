@@ -138,7 +138,7 @@ def main():
         m["images_validated"] = builds[m["name"]]["metrics"].get("n")
         m["build"]["augmented"] = builds[m["name"]]["metrics"].get("augmentation")
         for row in m["variants"].values():
-            for key in ("plain", "before", "augmented"):
+            for key in ("plain", "before", "augmented", "mosaic"):
                 if key in row:
                     row[f"old_gate_{key}"] = verdicts(row[key], old[m["kind"]])
                     row[f"new_gate_{key}"] = verdicts(row[key], new)
@@ -162,7 +162,8 @@ def markdown(r: dict) -> str:
              "deterministic variants as they were (before: whole-image zooms/shrinks up to 100 boxes, bounds "
              "bootstrap the images) and as they are (augmented: mosaics of crops centred on the source's "
              "boxes/regions first, up to 200 boxes; bounds bootstrap the PHOTOS, a photo with its variants — "
-             "`*_low_images` is the same bound bootstrapping the images), ekit/augment.py, up to 64 images. "
+             "`*_low_images` is the same bound bootstrapping the images; maps: no mosaics by default, the "
+             "`mosaic` rows measure them), ekit/augment.py, up to 64 images. "
              "Old gate: "
              + "; ".join(f"{k}: " + ", ".join(f"{n} {v}" for n, v in lim.items()) for k, lim in r["old_limits"].items())
              + ". New gate (targets/onnx.toml [thresholds.int8]): "
@@ -176,14 +177,16 @@ def markdown(r: dict) -> str:
         lines += [f"## {m['name']} ({m['kind']}, {m['images']} images)", "",
                   (f"Augmentation before: {before['why']}. " if before else "")
                   + f"Augmentation: {aug['why'] if aug else 'none needed/possible'}. "
-                  f"edgekiln build: {m['build']['seconds']} s, exit {m['build']['exit']}; its steps on "
+                  + (f"With mosaics (augment_mosaic=1, set `mosaic`): {m['augmented_mosaic']['why']}. "
+                     if m.get("augmented_mosaic") else "")
+                  + f"edgekiln build: {m['build']['seconds']} s, exit {m['build']['exit']}; its steps on "
                   f"{m.get('images_validated')} images, seconds log to log: "
                   + ", ".join(f"{k} {v}" for k, v in (m["build"].get("steps") or {}).items()) + "."
                   + (f" With --recover: {rec['seconds']} s, exit {rec['exit']}." if rec else ""), "",
                   "| int8 | set | " + " | ".join(keys) + " | old gate | new gate | int8 run s |",
                   "|" + "---|" * (len(keys) + 5)]
         for variant, row in m["variants"].items():
-            for key in ("plain", "before", "augmented"):
+            for key in ("plain", "before", "augmented", "mosaic"):
                 if key not in row:
                     continue
                 mm = row[key]

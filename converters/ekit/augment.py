@@ -9,13 +9,15 @@ step reads its inputs from there, so every artifact is judged on the same, large
 (at 320 px; 2-4 per side) of crops centred on the source's own boxes/regions, each at 1.5-2.5x the
 object's size, so every added image carries several objects at a size the source still finds
 (YOLOv8n on the task photos: ~6 boxes per mosaic against ~1.3 per whole-image zoom); then
-whole-image zooms and shrinks. At most ``augment_max_images`` (64) images in all: each one runs
-through every artifact, some under QEMU at ~100x — boxes per image, not images, is what to buy.
-A plain mirror is not among the variants (the demo's validation set IS the mirrored calibration
-set: a flip would judge int8 on its calibration images). Task params: ``augment_min_boxes=0``
-turns it off, ``augment_mosaic=0`` keeps to the whole-image variants. ``groups`` in the info says
-which photo each image shows: the bounds resample photos, a photo with all its variants.
+whole-image zooms and shrinks (only these for a probability map, by default: ``MOSAIC_DEFAULT``).
+At most ``augment_max_images`` (64) images in all: each one runs through every artifact, some under
+QEMU at ~100x — boxes per image, not images, is what to buy. A plain mirror is not among the
+variants (the demo's validation set IS the mirrored calibration set: a flip would judge int8 on its
+calibration images). Task params: ``augment_min_boxes=0`` turns it off, ``augment_mosaic=0/1``
+keeps to the whole-image variants / asks for mosaics. ``groups`` in the info says which photo each
+image shows: the bounds resample photos, a photo with all its variants.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +31,11 @@ VARIANTS = (("zoom1.25-centre", False, 1.25, (0.5, 0.5)),
             ("mirror-shrink0.6", True, 0.6, (0.5, 0.5)),
             ("zoom1.25-topright", False, 1.25, (1.0, 0.0)),
             ("zoom1.25-bottomleft", False, 1.25, (0.0, 1.0)))
-DEFAULTS = {"augment_min_boxes": 200, "augment_max_images": 64, "augment_mosaic": 1}
+DEFAULTS = {"augment_min_boxes": 200, "augment_max_images": 64}
+# mosaics by default for detectors only: PP-OCRv4 det's text cut at tile borders and shrunk makes
+# fragment regions with no ambiguity band to absorb them (its onnx int8 region F1 0.909 -> 0.678
+# on 215 mosaic regions; docs/gates.md); ``augment_mosaic=1`` asks for them on a map too
+MOSAIC_DEFAULT = {"detect": 1}
 
 
 def variant(pixels: np.ndarray, name: str, pad: int = 114) -> np.ndarray:
@@ -174,7 +180,8 @@ def enough(task: dict, data: dict, ref_outputs, run, spec: dict, fixed_batch: in
         return data, ref_outputs, None  # a fixed batch > 1 needs whole batches: not worth it
     boxes = unit_boxes(task, ref_outputs)
     g = grid(*data["pixels"].shape[1:3])
-    todo = candidates(counts, cap - n, g, bool(int(p.get("augment_mosaic", DEFAULTS["augment_mosaic"]))))
+    mosaics = bool(int(p.get("augment_mosaic", MOSAIC_DEFAULT.get(task.get("task"), 0))))
+    todo = candidates(counts, cap - n, g, mosaics)
     pad = _pad(spec)
     pix = np.stack([make(data["pixels"][i], boxes[i], name, pad) for i, name in todo])
     x = preprocess(pix, spec)

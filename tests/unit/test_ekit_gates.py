@@ -306,6 +306,27 @@ def test_mosaics_show_the_source_boxes_and_are_deterministic(yolo_outputs):
     assert A.unit_boxes({"task": "classify"}, [y]) is None
 
 
+def test_a_map_gets_whole_image_variants_unless_it_asks_for_mosaics():
+    """Mosaics are the default for detectors only (PP-OCRv4 det: text cut at tile borders makes
+    fragment regions, docs/gates.md); ``augment_mosaic=1`` asks for them on a map."""
+    from ekit import augment as A
+
+    maps = np.zeros((4, 1, 64, 64), np.float32)
+    maps[1, 0, 20:30, 10:50] = 0.9  # one region in image 1
+    task = {"task": "map", "params": {"threshold": 0.3, "min_region_pixels": 10, "input_hw": [64, 64],
+                                      "augment_min_boxes": 5}}
+    pix = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    spec = {"shape": [1, 3, 64, 64], "layout": "nchw", "resize": "stretch", "scale": 255}
+    data = {"x": ekit.preprocess(pix, spec), "pixels": pix, "labels": np.full(4, -1), "files": list("abcd")}
+    source = lambda x: [np.repeat(maps[1:2], len(x), axis=0)]  # noqa: E731  (every variant shows the region)
+    np.testing.assert_array_equal(A.unit_boxes(task, [maps])[1], [[10, 20, 50, 30]])
+    _, _, info = A.enough(task, data, [maps], source, spec)
+    assert "mosaic2x2" not in info["variants"] and info["images"] == 4 and info["groups"] == [0, 1, 2, 3] + [1] * 4
+    task["params"]["augment_mosaic"] = 1
+    _, _, info = A.enough(task, data, [maps], source, spec)
+    assert set(info["variants"]) == {"mosaic2x2"} and "4 mosaic2x2" in info["why"]
+
+
 def test_the_bounds_resample_photos_with_their_variants():
     """Variants of one photo are not independent: the bootstrap draws a photo with all of them."""
     groups = np.repeat(np.arange(10), 5)  # 10 photos, 5 images each
