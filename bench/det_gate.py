@@ -10,6 +10,9 @@ MobileNetV2 (ImageNet weights) on the 20 labelled photos; PP-OCR's direction cla
 Calibration: the photos, validation: their mirror images (held out).
 
     invoke bench --only det_gate        (runs edgekiln builds, then bench/_inside_det_gate.py in the onnx env)
+    python bench/det_gate.py --models "YOLOv8n,PP-OCRv4 det"   (those again, the others kept from the last json)
+
+YOLOv8n is also built with ``--recover`` (the artifact that build keeps is one more int8 row).
 
 Writes bench/results/det_gate.{json,md}.
 """
@@ -95,10 +98,18 @@ def verdicts(metrics: dict, limits: dict) -> tuple[str, list[str]]:
     return ("refused" if missed else "passes"), missed
 
 
+RECOVER = ("YOLOv8n",)  # also built with --recover
+
+
 def main():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(SPECS), help="comma-separated; the others are kept from the last json")
+    only = [m.strip() for m in ap.parse_args().models.split(",") if m.strip()]
     work = Path(tempfile.mkdtemp(prefix="det-gate-"))
     new = all_targets()["onnx"].thresholds_for("int8")
-    files = models(work)
+    files = {k: v for k, v in models(work).items() if k in only}
     spec = {"models": []}
     builds = {}
     for name, model in files.items():
@@ -108,10 +119,14 @@ def main():
         report = json.loads((job / "work" / "onnx" / "int8" / "report.json").read_text())
         builds[name] = {"seconds": secs, "exit": code, "metrics": report["metrics"], "steps": step_seconds(job)}
         full = dict(s, layout="nchw", scale=255)
+        int8 = {"bare ORT defaults": "bare", "edgekiln onnx int8": str(job / "work" / "onnx" / "int8" / "model.onnx")}
+        if name in RECOVER:
+            rjob, rsecs, rcode = cli_build("onnx", "int8", [model], photos, work / "out" / (name + "-recover"),
+                                           extra=["--recover"])
+            builds[name]["recover"] = {"seconds": rsecs, "exit": rcode}
+            int8["edgekiln onnx int8 --recover"] = str(rjob / "work" / "onnx" / "int8" / "model.onnx")
         spec["models"].append({"name": name, "kind": kind, "fp32": str(job / "work" / "source" / "model.onnx"),
-                               "int8": {"bare ORT defaults": "bare",
-                                        "edgekiln onnx int8": str(job / "work" / "onnx" / "int8" / "model.onnx")},
-                               "spec": full, "calib": str(photos[0]), "val": str(photos[1])})
+                               "int8": int8, "spec": full, "calib": str(photos[0]), "val": str(photos[1])})
     (work / "spec.json").write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([flat_helpers(), str(ROOT)]))
     subprocess.run([env_python("onnx"), str(HERE / "_inside_det_gate.py"), work / "spec.json", work / "inside.json"],
@@ -123,12 +138,16 @@ def main():
         m["images_validated"] = builds[m["name"]]["metrics"].get("n")
         m["build"]["augmented"] = builds[m["name"]]["metrics"].get("augmentation")
         for row in m["variants"].values():
-            for key in ("plain", "augmented"):
+            for key in ("plain", "before", "augmented", "mosaic"):
                 if key in row:
                     row[f"old_gate_{key}"] = verdicts(row[key], old[m["kind"]])
                     row[f"new_gate_{key}"] = verdicts(row[key], new)
+    kept = []
+    if (RESULTS / "det_gate.json").exists():
+        kept = [m for m in json.loads((RESULTS / "det_gate.json").read_text())["models"] if m["name"] not in only]
+    rows = sorted(inside["models"] + kept, key=lambda m: list(SPECS).index(m["name"]))
     result = {"machine": platform.machine(), "cores": os.cpu_count(), "onnxruntime": inside["onnxruntime"],
-              "new_limits": new, "old_limits": old, "models": inside["models"]}
+              "new_limits": new, "old_limits": old, "models": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "det_gate.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     (RESULTS / "det_gate.md").write_text(markdown(result))
@@ -139,23 +158,35 @@ def main():
 def markdown(r: dict) -> str:
     lines = ["# The gate that can tell: old vs new on int8 (ONNX Runtime "
              f"{r['onnxruntime']}, {r['cores']} cores {r['machine']})", "",
-             "int8 vs its fp32 source on the held-out mirrored photos, as given (plain) and with the gate's "
-             "deterministic variants (augmented, ekit/augment.py; up to 64 images). Old gate: "
+             "int8 vs its fp32 source on the held-out mirrored photos, as given (plain), with the gate's "
+             "deterministic variants as they were (before: whole-image zooms/shrinks up to 100 boxes, bounds "
+             "bootstrap the images) and as they are (augmented: mosaics of crops centred on the source's "
+             "boxes/regions first, up to 200 boxes; bounds bootstrap the PHOTOS, a photo with its variants — "
+             "`*_low_images` is the same bound bootstrapping the images; maps: no mosaics by default, the "
+             "`mosaic` rows measure them), ekit/augment.py, up to 64 images. "
+             "Old gate: "
              + "; ".join(f"{k}: " + ", ".join(f"{n} {v}" for n, v in lim.items()) for k, lim in r["old_limits"].items())
              + ". New gate (targets/onnx.toml [thresholds.int8]): "
              + ", ".join(f"{n} {v}" for n, v in r["new_limits"].items()) + ". docs/gates.md says what each means.", ""]
     for m in r["models"]:
         keys = KEYS[m["kind"]]
-        aug = m.get("augmented")
+        aug, before = m.get("augmented"), m.get("augmented_before")
+        if any("before" in row for row in m["variants"].values()):
+            keys = keys + tuple(k + "_images" for k in keys if k.endswith("_low") and k != "top1_agreement_low")
+        rec = m["build"].get("recover")
         lines += [f"## {m['name']} ({m['kind']}, {m['images']} images)", "",
-                  f"Augmentation: {aug['why'] if aug else 'none needed/possible'}. "
-                  f"edgekiln build: {m['build']['seconds']} s, exit {m['build']['exit']}; its steps on "
+                  (f"Augmentation before: {before['why']}. " if before else "")
+                  + f"Augmentation: {aug['why'] if aug else 'none needed/possible'}. "
+                  + (f"With mosaics (augment_mosaic=1, set `mosaic`): {m['augmented_mosaic']['why']}. "
+                     if m.get("augmented_mosaic") else "")
+                  + f"edgekiln build: {m['build']['seconds']} s, exit {m['build']['exit']}; its steps on "
                   f"{m.get('images_validated')} images, seconds log to log: "
-                  + ", ".join(f"{k} {v}" for k, v in (m["build"].get("steps") or {}).items()) + ".", "",
+                  + ", ".join(f"{k} {v}" for k, v in (m["build"].get("steps") or {}).items()) + "."
+                  + (f" With --recover: {rec['seconds']} s, exit {rec['exit']}." if rec else ""), "",
                   "| int8 | set | " + " | ".join(keys) + " | old gate | new gate | int8 run s |",
                   "|" + "---|" * (len(keys) + 5)]
         for variant, row in m["variants"].items():
-            for key in ("plain", "augmented"):
+            for key in ("plain", "before", "augmented", "mosaic"):
                 if key not in row:
                     continue
                 mm = row[key]

@@ -109,7 +109,8 @@ BUILD_HELP = {
     "task": "what the outputs are: classify, detect, segment, map or raw (default: from the model's metadata/shapes)",
     "head": "detector head: yolov5, yolov8, yolox, ssd or e2e (implies --task detect)",
     "task_param": "decoding parameter key=value (repeatable): score_threshold, nms_iou, match_iou, max_det, "
-                  "threshold (maps), min_region_pixels, first_class (ssd)",
+                  "threshold (maps), min_region_pixels, first_class (ssd); the gate's band, map_score_threshold, "
+                  "augment_min_boxes, augment_max_images, augment_mosaic",
     "input_name": "name of the image input (default: the model's first input)",
     "dynamic_batch": "export with a dynamic batch dimension",
     "spec": "TOML file with the input spec (default: <model>.edgekiln.toml beside the model)",

@@ -27,7 +27,10 @@ RESIZES = ("crop", "stretch", "letterbox")
 TASKS = ("classify", "detect", "segment", "map", "raw")  # = converters/ekit/task.py TASKS
 HEADS = ("yolov5", "yolov8", "yolox", "ssd", "e2e")  # = converters/ekit/task.py HEADS
 TASK_PARAMS = {"score_threshold": float, "nms_iou": float, "match_iou": float, "max_det": int,
-               "threshold": float, "min_region_pixels": int, "first_class": int}
+               "threshold": float, "min_region_pixels": int, "first_class": int,
+               # the gate's (docs/gates.md): ambiguity band, mAP decode threshold, augmentation
+               "band": float, "map_score_threshold": float, "augment_min_boxes": int,
+               "augment_max_images": int, "augment_mosaic": int}
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ def parse_task(task: str | None, head: str | None, params: Mapping[str, Any] | N
             number = TASK_PARAMS[key](value)
         except (TypeError, ValueError):
             raise UsageError(f"--task-param {key}={value!r} is not a number", f"e.g. {key}=0.25") from None
-        if number < 0 or (key in ("score_threshold", "nms_iou", "match_iou", "threshold") and number > 1):
+        if number < 0 or (key in ("score_threshold", "nms_iou", "match_iou", "threshold", "band",
+                                  "map_score_threshold") and number > 1):
             raise UsageError(f"--task-param {key}={value} is out of range",
                              "thresholds and IoUs are between 0 and 1, counts >= 0")
         checked[key] = number

@@ -10,8 +10,9 @@
   lies in [t (1 - band), t (1 + band)) (``band`` 0.2: [0.20, 0.30) for t = 0.25) count neither
   way, and the artifact boxes matched to them neither. Such boxes flip on any kernel change (fp16
   or a different CPU flips them too); what is left must agree;
-* ``*_low``: the lower bound the gates compare (``ekit.stats.low_bound``: image bootstrap 2.5th
-  percentile and Wilson on the boxes, the smaller);
+* ``*_low``: the lower bound the gates compare (``ekit.stats.low_bound``: bootstrap 2.5th
+  percentile — over photos, a photo with its augmented variants — and Wilson on the boxes, the
+  smaller);
 * ``det_boxes``: the source boxes (>= t) the judgement rests on; ``det_band_boxes`` those outside
   the band; ``det_band_ignored`` those inside it.
 """
@@ -155,10 +156,11 @@ def band_counts(ref_band: list[dict], out: list[dict], lo: float, hi: float,
 
 # --------------------------------------------------------------------------- the gate's metrics
 
-def gate_metrics(ref_outputs, outputs, p: dict, ref_dets=None, out_dets=None) -> dict:
+def gate_metrics(ref_outputs, outputs, p: dict, ref_dets=None, out_dets=None, groups=None) -> dict:
     """The detection gate's metrics (module docstring) of ``outputs`` against ``ref_outputs``,
     task params ``p`` (``score_threshold``, ``match_iou``, ``map_score_threshold``, ``band``).
-    ``ref_dets`` / ``out_dets``: the decodes at ``score_threshold`` when already made."""
+    ``ref_dets`` / ``out_dets``: the decodes at ``score_threshold`` when already made; ``groups``
+    the photo of each image (the bootstrap resamples photos: ``stats.boot_weights``)."""
     t = float(p["score_threshold"])
     band = float(p.get("band", GATE_DEFAULTS["band"]))
     lo, hi = t * (1 - band), t * (1 + band)
@@ -171,7 +173,7 @@ def gate_metrics(ref_outputs, outputs, p: dict, ref_dets=None, out_dets=None) ->
     n = len(ref_t)
     gt = [{"boxes": r["boxes"], "classes": r["classes"]} for r in ref_t]
     n_boxes = int(sum(len(r["scores"]) for r in ref_t))
-    w = stats.boot_weights(n)
+    w = stats.boot_weights(n, groups=groups)
     res = {"det_boxes": n_boxes, "det_images": n,
            "det_band": [round(lo, 6), round(hi, 6)], "det_map_score_threshold": low_t}
     records = ap_records(gt, out_low)

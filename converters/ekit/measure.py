@@ -343,10 +343,12 @@ def _regions(mask, min_pixels):
     return [labels == k for k in range(1, n + 1) if counts[k] >= min_pixels]
 
 
-def map_metrics(ref, out, threshold: float = 0.3, min_pixels: int = 10, iou: float = 0.5) -> dict:
+def map_metrics(ref, out, threshold: float = 0.3, min_pixels: int = 10, iou: float = 0.5,
+                groups=None) -> dict:
     """Probability maps ``[N, 1, H, W]`` (or ``[N, H, W]``): pixel IoU of the masks above
     ``threshold`` (summed over images) and region F1 (8-connected regions of at least
-    ``min_pixels``, matched one-to-one at IoU >= ``iou``, the source's regions as truth)."""
+    ``min_pixels``, matched one-to-one at IoU >= ``iou``, the source's regions as truth); bounds
+    bootstrap the photos (``groups``: ``stats.boot_weights``)."""
     r = np.asarray(ref, dtype=np.float64)
     o = np.asarray(out, dtype=np.float64)
     r = r.reshape(r.shape[0], r.shape[-2], r.shape[-1])
@@ -356,7 +358,7 @@ def map_metrics(ref, out, threshold: float = 0.3, min_pixels: int = 10, iou: flo
     union = np.logical_or(rm, om).reshape(len(rm), -1).sum(axis=1).astype(np.float64)
     res = {"map_iou": float(inter.sum() / union.sum()) if union.sum() else None,
            "map_pixels_source": int(rm.sum()), "map_pixels": int(om.sum())}
-    w = stats.boot_weights(len(rm))
+    w = stats.boot_weights(len(rm), groups=groups)
     res["map_iou_low"] = (stats.percentile_low(stats.ratio_boot(inter, union, w))
                           if res["map_iou"] is not None else None)
     tps, n_refs, n_outs = [], [], []

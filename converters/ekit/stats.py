@@ -4,8 +4,10 @@ Every gate that decides on a sample of images says how sure it is (docs/gates.md
 
 * ``wilson_low(k, n)`` — the lower end of the Wilson score interval of a proportion k/n (two-sided
   95 %: z = 1.96). 20/20 -> 0.839, 19/20 -> 0.764, 8/8 -> 0.676, 100/100 -> 0.963;
-* ``boot_weights(n)`` — B x n multiplicities of a seeded bootstrap over the n images (each row a
-  resample with replacement; the same seed gives the same rows: a gate never flips between runs);
+* ``boot_weights(n, groups=None)`` — B x n multiplicities of a seeded bootstrap over the n images
+  (each row a resample with replacement; the same seed gives the same rows: a gate never flips
+  between runs); with ``groups`` a cluster bootstrap: a photo and all its augmented variants are
+  drawn together;
 * ``low_bound(samples, value, k, n)`` — what the gates compare: the smaller of the bootstrap's
   2.5th percentile (errors that cluster in a few images widen it) and ``wilson_low`` of the value
   read as a proportion of the n units it rests on (a bootstrap of a perfect score is degenerate:
@@ -34,11 +36,20 @@ def wilson_low(k: float, n: float, z: float = Z) -> float | None:
     return max(0.0, (centre - half) / d)
 
 
-def boot_weights(n: int, b: int = BOOTSTRAP, seed: int = SEED) -> np.ndarray:
-    """[b, n] float multiplicities: row r is the r-th resample (with replacement) of n images."""
+def boot_weights(n: int, b: int = BOOTSTRAP, seed: int = SEED, groups=None) -> np.ndarray:
+    """[b, n] float multiplicities: row r is the r-th resample (with replacement) of n images.
+    ``groups`` (one id per image; the gate's augmentation gives each variant its photo's id):
+    a cluster bootstrap, resampling the groups, an image weighing what its group was drawn —
+    variants of one photo are not independent, so they come and go together."""
     if n <= 0:
         return np.zeros((b, 0))
     rng = np.random.default_rng(seed)
+    if groups is not None and len(groups) == n:
+        ids, inv = np.unique(np.asarray(groups), return_inverse=True)
+        idx = rng.integers(0, len(ids), size=(b, len(ids)))
+        gw = np.zeros((b, len(ids)))
+        np.add.at(gw, (np.repeat(np.arange(b), len(ids)), idx.ravel()), 1.0)
+        return gw[:, inv.reshape(-1)]
     idx = rng.integers(0, n, size=(b, n))
     w = np.zeros((b, n))
     np.add.at(w, (np.repeat(np.arange(b), n), idx.ravel()), 1.0)

@@ -65,12 +65,12 @@ def metrics(task: dict | None, ref_outputs, outputs, gt: list | None = None) -> 
         return res
     try:
         if kind == "detect":
-            res.update(_detect(p, ref_outputs, outputs, gt, na))
+            res.update(_detect(p, ref_outputs, outputs, gt, na, groups(task)))
         elif kind == "segment":
             res.update(miou(ref_outputs[0], outputs[0], with_low=True))
         elif kind == "map":
             res.update(map_metrics(ref_outputs[0], outputs[0], float(p["threshold"]),
-                                   int(p["min_region_pixels"])))
+                                   int(p["min_region_pixels"]), groups=groups(task)))
             for key in ("map_iou", "map_iou_low"):
                 if res[key] is None:
                     na[key] = (f"neither source nor artifact has a pixel above "
@@ -86,10 +86,15 @@ def metrics(task: dict | None, ref_outputs, outputs, gt: list | None = None) -> 
     return res
 
 
-def _detect(p, ref_outputs, outputs, gt, na):
+def groups(task: dict) -> list | None:
+    """The photo each image shows (``augmented.groups``, ekit.augment) for the bounds' bootstrap."""
+    return (task.get("augmented") or {}).get("groups")
+
+
+def _detect(p, ref_outputs, outputs, gt, na, photos=None):
     rd, od = decode(ref_outputs, p), decode(outputs, p)
     res = match(rd, od, float(p["match_iou"]))
-    res.update(detection.gate_metrics(ref_outputs, outputs, p, rd, od))
+    res.update(detection.gate_metrics(ref_outputs, outputs, p, rd, od, photos))
     na.update(detection.reasons(res, p))
     if res["det_boxes_source"] == 0:
         for key in DET_KEYS:

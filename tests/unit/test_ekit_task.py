@@ -390,6 +390,14 @@ def test_make_request_takes_task_head_and_letterbox(tmp_path):
     assert (r.task, r.head, dict(r.task_params), r.input.pad) == ("detect", "yolox", {"score_threshold": 0.4}, 0)
     with pytest.raises(request.UsageError):
         request.make_request(model=str(model), task="map", head="ssd")
+    # the gate's own params (docs/gates.md) are task params too, checked the same way
+    r = request.make_request(model=str(model), task="detect", task_param=[
+        "band=0.1", "augment_min_boxes=150", "augment_max_images=48", "augment_mosaic=0"])
+    assert dict(r.task_params) == {"band": 0.1, "augment_min_boxes": 150, "augment_max_images": 48,
+                                   "augment_mosaic": 0}
+    for bad in ("band=1.5", "augment_min_boxes=-1", "augment_mosaic=yes"):
+        with pytest.raises(request.UsageError):
+            request.make_request(model=str(model), task="detect", task_param=[bad])
 
 
 # --------------------------------------------------------------------------- the resize of a detector
