@@ -133,3 +133,24 @@ def test_task_proxy_counts_what_the_task_metric_sees():
     assert 1.0 < regions.task_proxy({"task": "classify"}, ref, flipped) < 2.0  # one flip + the TV change
     assert regions.task_proxy(None, ref, [ref[0] * 2]) == pytest.approx(0.0, abs=1e-12)  # cosine: scale-free
     assert regions.task_proxy({"task": "classify"}, ref, [np.full((2, 3), np.nan)]) == float("inf")
+
+
+def test_task_proxy_of_a_map_counts_pixels_crossing_its_threshold():
+    import numpy as np
+
+    from ekit import regions
+
+    task = {"task": "map", "params": {"threshold": 0.3}}
+    ref = np.zeros((2, 1, 20, 20))
+    ref[0, 0, 2:12, 2:12] = 0.9  # one 100-pixel text region; image 1 is blank
+    assert regions.task_proxy(task, [ref], [ref]) == 0.0
+    lost = ref.copy()
+    lost[0, 0, 2:12, 2:7] = 0.1  # half the region below 0.3
+    half = regions.task_proxy(task, [ref], [lost])
+    assert half >= 0.5  # 50 of 100 foreground pixels flipped
+    gone = ref.copy()
+    gone[0] = 0.0
+    assert regions.task_proxy(task, [ref], [gone]) > half
+    noisy = ref + 0.05  # every pixel moves, none crosses 0.3: far less than losing half a region
+    assert regions.task_proxy(task, [ref], [noisy]) < half
+    assert regions.task_proxy(task, [ref], [np.full_like(ref, np.nan)]) == float("inf")
