@@ -64,6 +64,14 @@ def float_region(nodes, outputs, compute_ops, detector: bool, limit: int = 120) 
     return {"tail": [n[0] for n in nodes if n[0] in set(tail)], "head": head, "float": order}
 
 
+def elementwise(nodes, op_types) -> list:
+    """Names of the ops of ``nodes`` (as ``float_region`` takes them) whose type is in ``op_types``, in
+    graph order: what a probability map keeps float besides its tail (only its compute ops int8: on
+    PP-OCRv4 det the Q/DQ between HardSwish, SE and the FPN's Resize/Add/Concat lost text regions)."""
+    wanted = set(op_types)
+    return [n[0] for n in nodes if n[1] in wanted]
+
+
 def mac_share(macs: dict, floating) -> float | None:
     """Share of the multiply-accumulates (``{op name: MACs}``) in ops NOT in ``floating``."""
     total = sum(macs.values())

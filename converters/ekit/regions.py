@@ -14,7 +14,8 @@ The search (``search``) looks at what the task metric sees, cheaply, then verifi
 2. the top ``candidates`` by noise and the regions feeding the head convs (``ekit_onnx.head_convs``),
    each dropped alone, scored by ``task_proxy`` against the float
    model's outputs on those images: a detector counts the anchors whose score crosses the deployment
-   threshold int8 vs float (plus the score change weighted by closeness to it), a classifier its top-1
+   threshold int8 vs float (plus the score change weighted by closeness to it), a probability map the
+   pixels crossing its foreground threshold (per source foreground pixel), a classifier its top-1
    flips and probability change, anything else 1 - cosine; one run per candidate;
 3. the real metric (``ekit.recover.measure`` on the reference images, the validate step's gate) on the
    top-1, top-2, ... regions by proxy gain, at most ``verify`` tries; the first try that passes wins,
@@ -144,8 +145,10 @@ def read_task() -> dict | None:
 def task_proxy(task: dict | None, ref, out, window: float = 0.1) -> float:
     """How far ``out`` is from ``ref`` in what the task metric sees (0: the same; lower is better).
     detect: anchors whose best class score is on the other side of the score threshold, plus the score
-    change weighted by exp(-((s - threshold) / window)^2); classify: top-1 flips plus the mean total
-    variation of the probabilities; otherwise the mean (1 - cosine) over images."""
+    change weighted by exp(-((s - threshold) / window)^2); map: per image, the pixels on the other side of
+    the foreground threshold plus the probability change weighted the same way, over the source's
+    foreground pixels; classify: top-1 flips plus the mean total variation of the probabilities;
+    otherwise the mean (1 - cosine) over images."""
     kind = (task or {}).get("task")
     ref = [np.asarray(r, np.float64) for r in ref]
     out = [np.asarray(o, np.float64) for o in out]
@@ -166,6 +169,16 @@ def task_proxy(task: dict | None, ref, out, window: float = 0.1) -> float:
             return total
         except (ValueError, IndexError, KeyError):
             pass
+    if kind == "map":  # pixels on the other side of the foreground threshold, plus the change near it
+        p = dict(task.get("params") or {})
+        thr = float(p.get("threshold", 0.3))
+        r, o = ref[0].reshape(len(ref[0]), -1), out[0].reshape(len(out[0]), -1)
+        if r.shape == o.shape:
+            flips = np.sum((r > thr) != (o > thr), axis=1)
+            near = np.sum(np.abs(r - o) * np.exp(-(((r - thr) / window) ** 2)), axis=1)
+            # per image, over the source's foreground (at least 100 px): a small text line counts like a big one
+            fg = np.maximum(np.sum(r > thr, axis=1), 100.0)
+            return float(np.sum((flips + near) / fg))
     if kind == "classify":
         from .comparison import prob_tv  # the gate's own probability distance
 

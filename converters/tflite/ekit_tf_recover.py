@@ -111,16 +111,28 @@ def graph_nodes(model: bytes) -> tuple[list[tuple], list[str]]:
     return nodes, [names[d["index"]] for d in it.get_output_details()]
 
 
+# the element-wise ops of a map model that stay float with keep_float=auto (HardSwish, SE, FPN Resize/Add/Concat)
+MAP_FLOAT_OPS = ("ADD", "MUL", "HARD_SWISH", "MEAN", "RELU_0_TO_1", "HARD_SIGMOID", "RESIZE_NEAREST_NEIGHBOR",
+                 "RESIZE_BILINEAR", "CONCATENATION", "LOGISTIC")
+
+
 def keep_float_region(model: bytes, mode: str, task: str | None) -> dict:
     """The ops of a (calibrated) TFLite model that stay float in the int8 model: ``ekit.keep_float``'s
-    region (mode "auto": a detector's decode tail + head convs and what follows them, else the tail;
-    "tail"; "none"), by output tensor name."""
+    region (mode "auto": a detector's decode tail + head convs and what follows them; a probability
+    map's tail + its element-wise ops, ``MAP_FLOAT_OPS``: only its convs int8; else the tail; "tail";
+    "none"), by output tensor name."""
     from ekit.keep_float import float_region
 
     if mode == "none":
         return {"tail": [], "head": [], "float": []}
     nodes, outputs = graph_nodes(model)
-    return float_region(nodes, outputs, COMPUTE_OPS, mode == "auto" and task == "detect")
+    region = float_region(nodes, outputs, COMPUTE_OPS, mode == "auto" and task == "detect")
+    if mode == "auto" and task == "map":  # a probability map: only the compute ops int8
+        from ekit.keep_float import elementwise
+
+        region["elementwise"] = elementwise(nodes, MAP_FLOAT_OPS)
+        region["float"] = list(dict.fromkeys(region["float"] + region["elementwise"]))
+    return region
 
 
 class Recovery:
@@ -196,7 +208,9 @@ def keep_float(conv, artifact: Path, mode: str, task: str | None, batch: int, in
     seconds = round(time.perf_counter() - t, 1)
     notes.append(f"int8 with {len(region['float'])} op(s) kept float (denylisted_nodes, --option "
                  f"keep_float={mode}; {share:.1%} of MACs int8; not full integer): the decode tail"
-                 + (f" and the head's last convs {', '.join(region['head'])}" if region["head"] else ""))
+                 + (f" and the head's last convs {', '.join(region['head'])}" if region["head"] else "")
+                 + (f" and {len(region['elementwise'])} element-wise op(s) of the map model (only its convs int8)"
+                    if region.get("elementwise") else ""))
     ekit.log(f"int8: {len(region['float'])} op(s) float ({len(region['head'])} head conv(s)), "
              f"{share:.1%} of MACs int8, {seconds} s")
     return {"keep_float": mode, "float_ops": region["float"], "float_head": region["head"],

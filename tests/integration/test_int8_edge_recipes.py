@@ -95,3 +95,29 @@ def test_a_classifier_keeps_nothing_float_and_mnn_chooses_its_calibrator(mobilen
     scores = {k: v["score"] for k, v in q["calibrators_tried"].items()}
     assert scores[q["feature_quantize_method"]] == max(scores.values())
     assert report["metrics"]["top1_agreement"] >= 0.85
+
+
+def test_a_text_map_keeps_its_element_wise_ops_float_on_rpi_and_every_conv_int8(tmp_path):
+    """PP-OCRv4 det (task map) on rpi: keep_float=auto keeps the tail and the element-wise ops between
+    the convs float (HardSwish, SE, the FPN's Resize/Add/Concat), every conv int8; judged by regions
+    (bench/results/int8_textdet.md: region F1 0.949 vs 0.921 with the tail alone)."""
+    import shutil
+
+    from edgekiln.demo import task_photo_folders, text_detector_onnx
+
+    model = tmp_path / "ppocr_det.onnx"
+    shutil.copy(text_detector_onnx(), model)
+    model.with_name(model.name + ".edgekiln.toml").write_text(
+        'shape = [1, 3, 320, 320]\nresize = "stretch"\ncolor = "bgr"\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\n')
+    proc, conv, report = int8("rpi", model, task_photo_folders(), tmp_path / "out")
+    q = conv["quantization"]
+    assert q["keep_float"] == "auto" and q["float_head"] == [] and q["int8_mac_share"] == 1.0  # no conv float
+    kinds = " ".join(q["float_ops"]).lower()
+    assert len(q["float_ops"]) > 50 and "add" in kinds and "sigmoid" in kinds
+    assert any("element-wise op(s) of the map model" in n for n in conv["notes"])
+    m = report["metrics"]
+    assert m["task"] == "map" and m["region_f1"] is not None and m["region_f1_low"] is not None
+    if proc.returncode == 0:
+        assert m["region_f1"] >= 0.90 and m["map_iou"] >= 0.80
+    else:
+        assert "min region f1" in proc.stderr or "min map iou" in proc.stderr, proc.stderr[-2000:]

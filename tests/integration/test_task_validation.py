@@ -185,6 +185,7 @@ def test_yolov8n_int8_keeps_f1_or_is_refused_naming_it(models, task_photos, tmp_
     assert m["augmented"] > 0 and m["det_boxes"] >= 150 and "deterministic variant" in m["augmentation"]
     assert "mosaic3x3" in m["augmentation"]
     assert m["det_images"] == 29 + m["augmented"] <= 64 and m["det_f1"] is not None  # still reported
+    assert not [n for n in conv["notes"] if "compute ops only" in n]  # the map recipe leaves a detector alone
     if proc.returncode == 0:
         assert m["det_map50"] >= 0.95 and m["det_band_f1"] >= 0.95 and m["det_band_f1_low"] >= 0.90
     else:
@@ -227,6 +228,9 @@ def test_opset12_map_int8_upgrades_the_opset_and_is_judged_by_regions(models, ta
     assert m["task"] == "map" and m["map_iou"] is not None and m["region_f1"] is not None
     assert "opset upgraded 12 -> 13 (per-channel int8 needs opset 13)" in conv["notes"]
     assert m["region_f1_low"] is not None and m["map_iou_low"] is not None
+    # a map's recipe: Q/DQ on its convs only, every MAC still int8
+    assert [n for n in conv["notes"] if "compute ops only (quant_op_types=compute, a probability map)" in n
+            and "(100.0% of MACs)" in n]
     if proc.returncode == 0:
         assert m["region_f1"] >= 0.90 and m["map_iou"] >= 0.80
     else:

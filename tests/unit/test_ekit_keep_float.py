@@ -77,3 +77,12 @@ def test_real_yolov8n_head_is_its_six_head_convs_and_the_dfl_conv():
                                        + ["/model.22/dfl/conv/Conv"])
     assert any("Softmax" in n for n in r["float"]) and any("Concat" in n for n in r["tail"])
     assert not any("cv3.0.1" in n or "model.21" in n for n in r["float"])
+
+
+def test_elementwise_names_the_ops_of_the_given_types_in_graph_order():
+    from ekit.keep_float import elementwise
+
+    nodes = [("c1", "CONV_2D", ["x"], ["a"]), ("hs", "HARD_SWISH", ["a"], ["b"]), ("c2", "CONV_2D", ["b"], ["c"]),
+             ("add", "ADD", ["c", "a"], ["d"]), ("sig", "LOGISTIC", ["d"], ["y"])]
+    assert elementwise(nodes, ("ADD", "HARD_SWISH", "LOGISTIC")) == ["hs", "add", "sig"]
+    assert elementwise(nodes, ()) == []

@@ -177,3 +177,24 @@ def test_rank_and_verify_takes_head_regions_verifies_the_best_and_keeps_the_int8
     assert found["regions"] == list(saved[-1]) and found["candidates"] == 3 and found["regions_total"] == 4
     if found["passed"]:
         assert len(found["tries"]) == len(saved)
+
+
+def test_task_proxy_of_a_map_counts_pixels_crossing_its_threshold():
+    import numpy as np
+
+    from ekit import regions
+
+    task = {"task": "map", "params": {"threshold": 0.3}}
+    ref = np.zeros((2, 1, 20, 20))
+    ref[0, 0, 2:12, 2:12] = 0.9  # one 100-pixel text region; image 1 is blank
+    assert regions.task_proxy(task, [ref], [ref]) == 0.0
+    lost = ref.copy()
+    lost[0, 0, 2:12, 2:7] = 0.1  # half the region below 0.3
+    half = regions.task_proxy(task, [ref], [lost])
+    assert half >= 0.5  # 50 of 100 foreground pixels flipped
+    gone = ref.copy()
+    gone[0] = 0.0
+    assert regions.task_proxy(task, [ref], [gone]) > half
+    noisy = ref + 0.05  # every pixel moves, none crosses 0.3: far less than losing half a region
+    assert regions.task_proxy(task, [ref], [noisy]) < half
+    assert regions.task_proxy(task, [ref], [np.full_like(ref, np.nan)]) == float("inf")

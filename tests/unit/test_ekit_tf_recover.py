@@ -55,3 +55,18 @@ def test_the_device_bundle_records_the_float_nodes_and_how_they_were_measured():
     assert "ONNX Runtime CPU on the Q/DQ model" in got["measured"] and "check_engine" in got["measured"]
     assert recovery_of({"recovery": {"attempted": False, "float_layers": []}}) is None
     assert recovery_of({}) is None
+
+
+def test_a_map_keeps_its_element_wise_ops_float_and_a_detector_or_classifier_does_not(monkeypatch):
+    # a PP-OCR-like map: conv -> hard_swish -> conv -> resize + add (FPN) -> transpose_conv -> logistic
+    nodes = [("c1", "CONV_2D", ["x"], ["a"]), ("hs", "HARD_SWISH", ["a"], ["b"]), ("c2", "CONV_2D", ["b"], ["c"]),
+             ("up", "RESIZE_NEAREST_NEIGHBOR", ["c"], ["d"]), ("add", "ADD", ["d", "b"], ["e"]),
+             ("ct", "TRANSPOSE_CONV", ["e"], ["f"]), ("sig", "LOGISTIC", ["f"], ["y"])]
+    monkeypatch.setattr(R, "graph_nodes", lambda model: (nodes, ["y"]))
+    region = R.keep_float_region(b"", "auto", "map")
+    assert region["float"] == ["sig", "hs", "up", "add"] and region["elementwise"] == ["hs", "up", "add", "sig"]
+    assert not {"c1", "c2", "ct"} & set(region["float"])  # every conv stays int8
+    for task in ("classify", None):
+        assert R.keep_float_region(b"", "auto", task)["float"] == ["sig"]  # the tail only, as before
+    assert R.keep_float_region(b"", "tail", "map")["float"] == ["sig"]
+    assert R.keep_float_region(b"", "none", "map")["float"] == []
