@@ -44,7 +44,7 @@ if runtime == "onnx":
     for i, n in enumerate(model.graph.node):
         n.name = n.name or f"{n.op_type}_{i}"
     onnx.save(model, "pre.onnx")
-    head = ekit_onnx.head_nodes(model) if opts["keep_head_float"] else []
+    head = ekit_onnx.head_nodes(model) if opts["keep_float"] != "none" else []
     Q = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     cache = {"calibration_cache_path": "calib.cache.json"}
     def build(layers):
@@ -64,7 +64,7 @@ if runtime == "onnx":
 else:
     import openvino as ov, nncf, ekit_ov, ekit_ov_recover
     model = ov.convert_model(str(src / "model.onnx"))
-    head = ekit_ov.head_names(model, src / "model.onnx") if opts["keep_head_float"] else []
+    head = ekit_ov.head_names(model, src / "model.onnx") if opts["keep_float"] != "none" else []
     kw = ekit_ov.nncf_kwargs(nncf, ekit.Options(opts, ignored_scopes=list(opts["ignored_scopes"]) + head))
     kw["subset_size"] = min(int(opts["subset_size"]), len(calib))
     ds = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])

@@ -264,6 +264,17 @@ def head_outputs(model, limit: int = 200) -> set[str]:
     return {o for n in head(model, limit) for o in n.output}
 
 
+def keep_float(value, task: str | None) -> tuple[bool, bool]:
+    """The ``keep_float`` option of the ONNX-graph runtimes (onnx, intel, jetson/x86-gpu), named and
+    valued as on mnn/rpi/executorch/rknn: ``auto`` (the decode tail after the last compute op stays
+    float, and for a detector also the last conv of each head branch), ``tail`` (the tail only) or
+    ``none`` (every op int8). -> (tail float?, head convs float?); any other value: a usage error."""
+    mode = str(value).lower()
+    if mode not in ("auto", "tail", "none"):
+        fail("usage", f"option keep_float={value!r} is not one of auto, tail, none")
+    return mode != "none", mode == "auto" and task == "detect"
+
+
 def task_kind() -> str | None:
     """The source step's task (work/source/task.json: "detect", "classify", "map", ...), None when it
     wrote none: what the int8 recipes decide the head convs by."""

@@ -147,10 +147,10 @@ def weight_types(xml: Path) -> dict:
 def test_intel_recover_passes_a_gate_plain_nncf_int8_misses(yolo, tmp_path):
     # NNCF's default overflow fix (first layer only), the recipe this gate was measured with; the x86-64-v3
     # recipe (overflow_fix=enable) leaves plain F1 at 0.67 and no single op float lifts it (tries all worse)
-    # the head convs int8 (keep_head_convs_float=false, the recipe before issue 19: with them float plain
+    # the head convs int8 (keep_float=tail, the recipe before issue 19: with them float plain
     # NNCF int8 already passes this gate)
     res = intel_build(yolo, tmp_path, *YOLO_GATE, "--option", "recover_time_factor=100",
-                      "--option", "overflow_fix=first_layer_only", "--option", "keep_head_convs_float=false",
+                      "--option", "overflow_fix=first_layer_only", "--option", "keep_float=tail",
                       "--option", "recover_unit=layer", "--option", "fast_bias_correction=false")
     art = res["artifacts"][0]
     assert art["status"] == "built" and art["metrics"]["det_f1"] >= 0.665
@@ -171,7 +171,7 @@ def test_intel_recover_passes_a_gate_plain_nncf_int8_misses(yolo, tmp_path):
     kinds = weight_types(Path(art["path"]) / "model.xml")
     floats = {r["layer"] for r in rec["float_layers"]}
     assert floats <= set(kinds)
-    dfl = {n for n in kinds if "/dfl/" in n}  # the DFL Conv is decode: the tail, float (keep_head_float)
+    dfl = {n for n in kinds if "/dfl/" in n}  # the DFL Conv is decode: the tail, float (keep_float)
     assert len(dfl) == 1
     for name, types in kinds.items():
         assert ("i8" in types) != (name in floats | dfl), (name, types)
