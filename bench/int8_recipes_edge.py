@@ -147,8 +147,10 @@ def markdown(r: dict) -> str:
              "not count them: the same head convs, 1.1 % of YOLOv8n's MACs, 98.9 % int8; mnn keeps nothing float, "
              "its quantizer cannot: 1.000). mnn's w8 row is `--precision w8`, weight-only, NOT int8 compute. "
              "Rows may come from "
-             "several runs of this script on the same day (`--merge`, `--variants`); the gate's 54 boxes "
-             "resolve about one box (0.01-0.02 band F1): differences below that are noise.", ""]
+             "several runs of this script on the same day (`--merge`, `--variants`). YOLOv8n's validation set: "
+             "the rows with det_boxes 189 are on the gate's mosaics (189 source boxes on 64 images, bounds "
+             "bootstrapping photos); the others, measured before them, on 54 boxes, where one box is 0.01-0.02 "
+             "band F1: compare rows of one set only (the json has det_boxes per row).", ""]
     for name, per in r["results"].items():
         det = name == "yolo"
         lines += [f"## {name}", "",
