@@ -136,14 +136,7 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
         rec = ekit_regions.record(found, before, thresholds, time.perf_counter() - t1)
         rec.update(plain_int8_seconds=plain_seconds, budget_seconds=round(budget, 2),
                    plain_int8_mac_fraction=round(ekit_ov.int8_mac_fraction(int8_model)[0], 4))
-        model = int8_model  # never a try worse than plain int8
-        if found.get("artifact") is not None and found["score"] > ekit_recover.score(before, thresholds):
-            model = found["artifact"]
-        else:
-            rec["float_layers"], rec["int8_mac_share"] = [], 1.0
-            rec["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
-        ekit.log(f"recover: {'passes' if rec['passed'] else 'still misses'} with {len(rec['float_layers'])} "
-                 f"region(s) float, {rec['int8_mac_share']:.1%} of MACs int8, {rec['seconds']} s")
+        model, _ = _never_worse(found, int8_model, rec, before, thresholds, missed, "region(s)")
         return model, rec
     base = kwargs.get("ignored_scope")
     ignored = set(base.names) if base is not None else set()
@@ -168,13 +161,21 @@ def recover(ov, nncf, float_model, int8_model, calib_ds, kwargs: dict, params: d
                                      "re-quantized float with NNCF ignored_scope, k = 1, 2, 4, 8, ... "
                                      "(each try is a full NNCF quantization)")
     rec.update(plain_int8_seconds=plain_seconds, budget_seconds=round(budget, 2))
-    model = int8_model
-    if found.get("artifact") is not None and found["score"] > ekit_recover.score(before, thresholds):
-        model = found["artifact"]
+    model, better = _never_worse(found, int8_model, rec, before, thresholds, missed, "layer(s)")
+    if better:
         rec["ignored_scope"] = sorted(ignored) + list(found["float_layers"])
-    else:
+    return model, rec
+
+
+def _never_worse(found, int8_model, rec, before, thresholds, missed, unit):
+    """-> (the model to keep, whether it is the try): recovery's best try only when it scores better
+    than plain int8, else plain int8 with a record that says so. Logs the outcome."""
+    from ekit import recover as ekit_recover
+
+    better = found.get("artifact") is not None and found["score"] > ekit_recover.score(before, thresholds)
+    if not better:
         rec["float_layers"], rec["int8_mac_share"] = [], 1.0
         rec["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
     ekit.log(f"recover: {'passes' if rec['passed'] else 'still misses'} with {len(rec['float_layers'])} "
-             f"layer(s) float, {rec['int8_mac_share']:.1%} of MACs int8, {rec['seconds']} s")
-    return model, rec
+             f"{unit} float, {rec['int8_mac_share']:.1%} of MACs int8, {rec['seconds']} s")
+    return (found["artifact"] if better else int8_model), better

@@ -101,15 +101,20 @@ def test_mnn_conversion_gives_the_same_bytes_twice(mobilenet):
     assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(published.read_bytes()).digest()
 
 
-def test_mnn_int8_calibrated_on_the_photos(mobilenet, photos, tmp_path):
+def mnn_mobilenet(mobilenet, photos, tmp_path, precision):
+    """The MobileNetV2 ONNX of the fp32 build, built for mnn at ``precision`` -> (artifact, out)."""
     calib, val = photos
     onnx_model = tmp_path / "mnv2.onnx"
     shutil.copy(mobilenet["job"] / "work" / "source" / "model.onnx", onnx_model)
     out = tmp_path / "dist"
     result = run_json("build", "--target", "mnn", "--model", onnx_model, "--input-shape", "1,3,224,224",
-                      "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--precision", "int8",
+                      "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--precision", precision,
                       "--calib", calib, "--val", val, "--out", out, "--runner", "local", "--keep-job", *FAST)
-    art = result["artifacts"][0]
+    return result["artifacts"][0], out
+
+
+def test_mnn_int8_calibrated_on_the_photos(mobilenet, photos, tmp_path):
+    art, out = mnn_mobilenet(mobilenet, photos, tmp_path, "int8")
     fp32 = mobilenet["arts"][("mnn", "fp32")]
     assert art["metrics"]["top1_agreement"] >= 0.85 and art["metrics"]["cosine"] >= 0.90
     assert art["size_bytes"] < 0.3 * fp32["size_bytes"]
@@ -125,14 +130,7 @@ def test_mnn_int8_calibrated_on_the_photos(mobilenet, photos, tmp_path):
 def test_mnn_w8_is_weight_only_int8_and_says_so(mobilenet, photos, tmp_path):
     """w8: MNNConvert --weightQuantBits 8, a quarter of the size, float compute; no calibration
     step, and the result says it is not int8 inference."""
-    calib, val = photos
-    onnx_model = tmp_path / "mnv2.onnx"
-    shutil.copy(mobilenet["job"] / "work" / "source" / "model.onnx", onnx_model)
-    out = tmp_path / "dist"
-    result = run_json("build", "--target", "mnn", "--model", onnx_model, "--input-shape", "1,3,224,224",
-                      "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--precision", "w8",
-                      "--calib", calib, "--val", val, "--out", out, "--runner", "local", "--keep-job", *FAST)
-    art = result["artifacts"][0]
+    art, out = mnn_mobilenet(mobilenet, photos, tmp_path, "w8")
     assert art["precision"] == "w8" and art["metrics"]["top1_agreement"] >= 0.95
     assert art["size_bytes"] < 0.3 * mobilenet["arts"][("mnn", "fp32")]["size_bytes"]
     conv = json.loads(next((job_of(out) / "work" / "results").glob("*-mnn-w8-convert.json")).read_text())
