@@ -205,7 +205,8 @@ def keep_float(conv, artifact: Path, mode: str, task: str | None, batch: int, in
         return None
     rec.build(region["float"], artifact)
     table = macs(rec.debugger.calibrated_model)
-    share = mac_share(table, region["float"]) or 1.0
+    share = mac_share(table, region["float"])
+    share = 1.0 if share is None else share
     seconds = round(time.perf_counter() - t, 1)
     notes.append(f"int8 with {len(region['float'])} op(s) kept float (denylisted_nodes, --option "
                  f"keep_float={mode}; {share:.1%} of MACs int8; not full integer): the decode tail"
@@ -262,7 +263,8 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     ranked_all, ranked = ranked, [r for r in ranked if r["layer"] in set(within)]
 
     def share(layers):
-        return mac_share(table, base + list(layers)) or 1.0
+        value = mac_share(table, base + list(layers))
+        return 1.0 if value is None else value
 
     trial = artifact.with_name(artifact.name + ".recover")
     found = ekit_recover.search(ranked, lambda layers: rec.build(base + list(layers), trial.with_suffix(f".{len(layers)}.tflite")),
