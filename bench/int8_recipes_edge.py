@@ -91,7 +91,9 @@ def rows_of(job: Path, target: str, code: int, seconds: float, precision: str = 
     rec = q.get("recovery") or {}
     share = q.get("int8_mac_share")
     if rec.get("float_layers") and rec.get("int8_mac_share") is not None:  # --recover's layers on top
-        share = (share if share is not None else 1.0) - (1.0 - rec["int8_mac_share"])
+        # a recovery with a floor (min_int8_macs) counts what keep_float keeps float already
+        share = rec["int8_mac_share"] if "min_int8_macs" in rec else (
+            (share if share is not None else 1.0) - (1.0 - rec["int8_mac_share"]))
     return {"published": code == 0, "exit": code, "seconds": round(seconds, 1),
             "metrics": {k: m.get(k) for k in KEYS if m.get(k) is not None},
             "float_ops": len(q.get("float_ops") or q.get("float_starts") or []) + len(rec.get("float_layers") or []),

@@ -72,6 +72,28 @@ def elementwise(nodes, op_types) -> list:
     return [n[0] for n in nodes if n[1] in wanted]
 
 
+# issue 19: never below 85 % of the MACs int8, counting what the recipe keeps float already (the head convs);
+# the floor of every recovery (regions.rank_and_verify, the TFLite layer search: ``within_floor``)
+MIN_INT8_MACS = 0.85
+
+
+def within_floor(layers, macs: dict, already=(), floor: float = MIN_INT8_MACS) -> tuple[list, list]:
+    """Walk ``layers`` (names, most wanted first) keeping each one that, float together with ``already``
+    and the ones kept before it, still leaves at least ``floor`` of the MACs (``{op name: MACs}``) int8.
+    -> (kept, skipped): every prefix of ``kept`` is within the floor (the top-k tries of a search)."""
+    total = sum(macs.values())
+    floating = set(already)
+    kept, skipped = [], []
+    for name in layers:
+        share = mac_share(macs, floating | {name})
+        if total and share < floor - 1e-12:
+            skipped.append(name)
+            continue
+        kept.append(name)
+        floating.add(name)
+    return kept, skipped
+
+
 def mac_share(macs: dict, floating) -> float | None:
     """Share of the multiply-accumulates (``{op name: MACs}``) in ops NOT in ``floating``."""
     total = sum(macs.values())

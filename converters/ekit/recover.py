@@ -260,13 +260,15 @@ def better(best: dict | None, row: dict) -> dict:
 
 
 def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: int,
-           max_seconds: float, names=None, order: str = "linear", first_try_seconds: float | None = None) -> dict:
+           max_seconds: float, names=None, order: str = "linear", first_try_seconds: float | None = None,
+           share=None, min_share: float | None = None) -> dict:
     """Re-quantize with the top-k ``ranked`` layers float (``build(layers) -> artifact``), measure
     (``run(artifact) -> outputs``), stop at the first pass or the budget: no try starts that would
     end past ``max_seconds`` (its length estimated from the longest try so far, the first from
     ``first_try_seconds``; without an estimate the first try always runs). -> {"passed",
     "float_layers", "metrics", "misses", "artifact", "tries": [...], "budget_spent"} for the
-    passing try, else for the best one."""
+    passing try, else for the best one. ``share(layers)``: the share of MACs int8 with those layers
+    float (each try records it); no try starts below ``min_share`` (the floor, keep_float.MIN_INT8_MACS)."""
     t0, tries, best, spent = time.perf_counter(), [], None, False
     for k in schedule(min(limit, len(ranked)), order):
         estimate = max([r["seconds"] for r in tries], default=first_try_seconds or 0.0)
@@ -276,10 +278,15 @@ def search(ranked: list[dict], build, run, ref: dict, thresholds: dict, limit: i
             spent = True
             break
         layers = [r["layer"] for r in ranked[:k]]
+        extra = {} if share is None else {"int8_mac_share": round(share(layers), 4)}
+        if min_share is not None and extra and extra["int8_mac_share"] < min_share:
+            ekit.log(f"recover: {k} layer(s) float would leave {extra['int8_mac_share']:.1%} of MACs int8, "
+                     f"below the {min_share:.0%} floor: no such try")
+            break
         t = time.perf_counter()
         artifact = build(layers)
         row = attempt(ref, run(artifact), names, thresholds, t, f"{k} layer(s) float",
-                      float_layers=layers, artifact=artifact)
+                      float_layers=layers, artifact=artifact, **extra)
         tries.append(row)
         best = better(best, row)
         if row["passed"]:

@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 import ekit
+from .keep_float import MIN_INT8_MACS
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -195,7 +196,7 @@ def task_proxy(task: dict | None, ref, out, window: float = 0.1) -> float:
 
 
 def search(int8_model, float_model, calib, ref: dict, thresholds: dict, *, save, run, max_seconds: float,
-           names=None, candidates: int = 8, verify: int = 3, images: int = 6, min_int8_macs: float = 0.85,
+           names=None, candidates: int = 8, verify: int = 3, images: int = 6, min_int8_macs: float = MIN_INT8_MACS,
            input_shape=None) -> dict:
     """The region search (module doc) of a Q/DQ ONNX model. ``save(model, k) -> artifact path``,
     ``run(path) -> outputs`` on the reference images (the runtime's own execution). No step starts past
@@ -218,7 +219,7 @@ def search(int8_model, float_model, calib, ref: dict, thresholds: dict, *, save,
 def rank_and_verify(regions: list[dict], noise: dict, heads: set, f_out, q_out, outputs_without, model_without,
                     table: dict, already: set, ref: dict, thresholds: dict, *, save, run, max_seconds: float,
                     started: float | None = None, names=None, candidates: int = 8, verify: int = 3,
-                    min_int8_macs: float = 0.85) -> dict:
+                    min_int8_macs: float = MIN_INT8_MACS) -> dict:
     """Steps 2 and 3 of the search for any runtime's regions (``[{"tensor": key, "consumers", "compute"}]``,
     ``noise`` {key: local error}, ``heads`` the head-conv names whose regions are candidates whatever their
     noise): ``outputs_without(keys)`` -> the model's outputs on the ranking images with those regions

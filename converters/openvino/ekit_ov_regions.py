@@ -14,6 +14,7 @@ import numpy as np
 
 import ekit
 import ekit_ov
+from ekit.keep_float import MIN_INT8_MACS
 
 COMPUTE = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 # ops a quantized tensor passes through on its way to a compute op (OpenVINO's low-precision
@@ -122,7 +123,7 @@ def head_priors(model, head_convs) -> set:
 
 
 def search(ov, int8_model, float_model, calib, ref: dict, thresholds: dict, head_convs, *, max_seconds: float,
-           names=None, candidates: int = 8, verify: int = 3, images: int = 6, min_int8_macs: float = 0.85) -> dict:
+           names=None, candidates: int = 8, verify: int = 3, images: int = 6, min_int8_macs: float = MIN_INT8_MACS) -> dict:
     """ekit/regions.py's search on the FakeQuantize regions of ``int8_model``; the artifact of a try is the
     ov.Model itself. -> regions.rank_and_verify's result."""
     import ekit_ov_recover

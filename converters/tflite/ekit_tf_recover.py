@@ -29,6 +29,7 @@ import numpy as np
 
 import ekit
 from ekit import recover as ekit_recover
+from ekit.keep_float import MIN_INT8_MACS, mac_share, within_floor
 import ekit_tf
 
 COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
@@ -204,7 +205,8 @@ def keep_float(conv, artifact: Path, mode: str, task: str | None, batch: int, in
         return None
     rec.build(region["float"], artifact)
     table = macs(rec.debugger.calibrated_model)
-    share = sum(v for k, v in table.items() if k not in set(region["float"])) / max(sum(table.values()), 1)
+    share = mac_share(table, region["float"])
+    share = 1.0 if share is None else share
     seconds = round(time.perf_counter() - t, 1)
     notes.append(f"int8 with {len(region['float'])} op(s) kept float (denylisted_nodes, --option "
                  f"keep_float={mode}; {share:.1%} of MACs int8; not full integer): the decode tail"
@@ -252,12 +254,27 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     ekit.log("recover: most sensitive: " + ", ".join(f"{r['op']} {r['layer'][:60]} {r['sensitivity']:.3g}"
                                                    for r in ranked[:5]) + f" ({t_sens:.1f} s)")
     table = macs(rec.debugger.calibrated_model)  # the calibrated float model: the names the ranking uses
+    # the floor (issue 19, as the region search): every try leaves >= 85 % of the MACs int8, counting the ops
+    # keep_float already keeps float (the head convs); a layer that would cross it is passed over
+    within, below = within_floor([r["layer"] for r in ranked], table, base)
+    if below:
+        ekit.log(f"recover: {len(below)} layer(s) passed over: float they would leave less than "
+                 f"{MIN_INT8_MACS:.0%} of the MACs int8 ({', '.join(n[:40] for n in below[:4])})")
+    ranked_all, ranked = ranked, [r for r in ranked if r["layer"] in set(within)]
+
+    def share(layers):
+        value = mac_share(table, base + list(layers))
+        return 1.0 if value is None else value
+
     trial = artifact.with_name(artifact.name + ".recover")
     found = ekit_recover.search(ranked, lambda layers: rec.build(base + list(layers), trial.with_suffix(f".{len(layers)}.tflite")),
                                 run, ref, thresholds, int(opts["recover_max_float_layers"]),
                                 ekit_recover.time_budget(opts, t0 - ekit.STARTED, time.perf_counter() - t0),
-                                names)
-    record = ekit_recover.record(found, ranked, table, before, thresholds, time.perf_counter() - t0, t_sens)
+                                names, share=share, min_share=MIN_INT8_MACS)
+    record = ekit_recover.record(found, ranked_all, table, before, thresholds, time.perf_counter() - t0, t_sens)
+    record["int8_mac_share"] = round(share(found.get("float_layers") or []), 4)  # the head convs float count
+    record["min_int8_macs"] = MIN_INT8_MACS
+    record["below_floor"] = below
     record["method"] = ("TFLite QuantizationDebugger: per-op error added (1 - cos of the int8 op vs its float "
                         "twin on the same input; a detector's/map's decode tail first), top-k kept float with "
                         "denylisted_nodes, k = 1, 2, 3, ...")
@@ -266,7 +283,7 @@ def recover(make_converter, artifact: Path, built: dict, ref: dict, spec: dict, 
     if found.get("artifact") and found["score"] > ekit_recover.score(before, thresholds):
         os.replace(found["artifact"], artifact)
     else:
-        record["float_layers"], record["int8_mac_share"] = [], 1.0
+        record["float_layers"], record["int8_mac_share"] = [], round(share([]), 4)
         record["after"] = {"misses": missed, "summary": "no try did better than plain int8"}
     for f in artifact.parent.glob(artifact.name + ".recover.*"):
         f.unlink()

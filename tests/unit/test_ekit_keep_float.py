@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "converters"))
-from ekit.keep_float import float_region, mac_share  # noqa: E402
+from ekit.keep_float import MIN_INT8_MACS, float_region, mac_share, within_floor  # noqa: E402
 
 CONV = ("Conv", "Gemm")
 
@@ -54,6 +54,21 @@ def test_shape_arithmetic_does_not_pull_the_data_path_into_the_tail():
 def test_a_tail_too_long_is_no_tail():
     chain = [("c", "Conv", ["x"], ["t0"])] + [(f"r{i}", "Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(10)]
     assert float_region(chain, ["t10"], CONV, detector=True, limit=5)["float"] == []
+
+
+def test_within_floor_passes_over_a_layer_that_would_cross_85_percent_counting_what_is_float_already():
+    assert MIN_INT8_MACS == 0.85  # issue 19's floor, the one the region search keeps (regions.rank_and_verify)
+    macs = {"head": 2, "big": 10, "mid": 4, "small": 3, "tail": 0, "rest": 81}
+    # alone, big + mid + small float leaves 83 % int8; with the head convs float already (2 %) big is 88 %
+    # and mid on top would be 84 %: passed over, small (85 %) still fits; a 0-MAC tail op always fits
+    kept, skipped = within_floor(["big", "mid", "tail", "small"], macs, already=["head"])
+    assert kept == ["big", "tail", "small"] and skipped == ["mid"]
+    for k in range(1, len(kept) + 1):  # every top-k try of the search is within the floor
+        assert mac_share(macs, ["head"] + kept[:k]) >= MIN_INT8_MACS
+    # without the head convs counted, mid would have been kept: 0.844-style shares come from forgetting them
+    assert within_floor(["big", "mid", "small"], macs)[0] == ["big", "mid"]
+    assert within_floor(["rest"], macs) == ([], ["rest"])
+    assert within_floor(["a"], {}, floor=0.85) == (["a"], [])  # no MACs known: nothing to hold against
 
 
 def test_mac_share():

@@ -77,6 +77,26 @@ def test_no_try_starts_that_would_end_past_the_budget():
     assert out["budget_spent"] and not out["passed"] and out["tries"] == [] and out["float_layers"] == []
 
 
+def test_no_try_starts_below_the_int8_mac_floor_and_every_try_records_its_share(monkeypatch):
+    built = []
+    # every try misses (the measuring itself is tested with the gates above): only the schedule is judged
+    monkeypatch.setattr(R, "attempt", lambda ref, outputs, names, thresholds, started, what, **row: dict(
+        row, metrics={}, misses=["min_cosine"], passed=False, score=-1.0, seconds=0.0))
+    macs = {"a": 5, "b": 10, "c": 1, "rest": 84}
+
+    def build(layers):
+        built.append(list(layers))
+        return "artifact"
+
+    ranked = [{"layer": n, "op": "Conv", "sensitivity": 1.0} for n in "abc"]
+    share = lambda layers: (100 - sum(macs[n] for n in layers)) / 100  # noqa: E731
+    out = R.search(ranked, build, lambda _: [], {}, {"min_cosine": 0.9}, 3, max_seconds=60.0,
+                   share=share, min_share=0.85)
+    assert built == [["a"], ["a", "b"]]  # a + b + c float: 84 % int8, never built
+    assert [t["int8_mac_share"] for t in out["tries"]] == [0.95, 0.85]
+    assert all(t["int8_mac_share"] >= 0.85 for t in out["tries"])
+
+
 def test_precision_text_never_plain_int8_for_a_mixed_model():
     assert precision_text("int8", {}) == "int8"
     assert precision_text("int8", {"recovery": {"float_layers": [{"layer": "a"}]}}) == "int8 (1 layer float)"
