@@ -43,7 +43,7 @@ def copy_file(src: Path, dst: Path) -> None:
     """Copy a regular file without following a link at ``src`` (ELOOP: refused as StepFailed)."""
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
+    except OSError:
         if Path(src).is_symlink():
             raise StepFailed(f"{src} is a symbolic link: refused", "a step may only write plain files") from None
         raise

@@ -177,7 +177,7 @@ def prune_jobs(out: Path, *, older_than_days: float | None = None, failed: bool 
     for folder in (root.parent, root):
         if folder.is_symlink():
             raise UsageError(f"{folder} is a symbolic link: edgekiln clean removes only job folders it made "
-                             "inside the output root", f"remove the link, or clean the folder it points at by hand")
+                             "inside the output root", "remove the link, or clean the folder it points at by hand")
     chosen = []
     for path in sorted(p for p in root.glob("*") if _job_folder(p)) if root.is_dir() else []:
         state, age = job_state(path)

@@ -18,14 +18,8 @@ Conventions the templates and the manifest rely on:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
