@@ -250,7 +250,7 @@ def build_entries(matrix: Matrix, prepared: list[Planned], ui, runner_for, jobs:
     if failures:
         first = failures[0][1]
         hint = ("change the entry's thresholds in the release file only if the numbers are acceptable "
-                f"(the entries that passed are cached in the build store)" if isinstance(first, ValidationFailed)
+                "(the entries that passed are cached in the build store)" if isinstance(first, ValidationFailed)
                 else first.hint)
         raise type(first)(f"release {matrix.folder} stopped, nothing released — "
                           + "; ".join(line for line, _ in failures), hint)
