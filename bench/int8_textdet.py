@@ -12,7 +12,7 @@ Rows per runtime, each a real ``edgekiln build --precision int8`` through the CL
 * ``bare defaults``: onnx: ONNX Runtime ``quantize_static(model, out, reader)`` on the job's data;
   intel: ``nncf.quantize(model, dataset)``; rpi: TFLiteConverter full integer with no float op and
   no calibration augmentation (``keep_float=none calib_augment=none``);
-* onnx ``quant_op_types=all`` / rpi ``keep_float=tail``: the recipe before the map recipe (Q/DQ
+* onnx and intel ``quant_op_types=all`` / rpi ``keep_float=tail``: the recipe before the map recipe (Q/DQ
   on every op type ORT quantizes; TFLite: only the tail float), an ablation;
 * ``edgekiln --recover (gate region F1 0.95)``: the issue's goal as the gate
   (``--threshold int8.min_region_f1=0.95``): what --recover does when the plain int8 misses it.
@@ -119,12 +119,12 @@ def run(runtimes, work: Path, only=()) -> list[dict]:
     rows = []
     for rt in runtimes:
         variants = {"edgekiln --recover": ["--recover"]}
-        if rt in ("onnx", "rpi"):  # the goal as the gate: what --recover does for it
+        if rt in ("onnx", "rpi", "intel"):  # the goal as the gate: what --recover does for it
             variants[STRICT] = ["--recover", "--threshold", f"int8.min_region_f1={GOAL_F1}"]
         if rt == "rpi":
             variants["keep_float=tail (before)"] = ["--option", "keep_float=tail"]
             variants["bare TFLite full integer"] = [a for o in BARE_RPI for a in ("--option", o)]
-        if rt == "onnx":
+        if rt in ("onnx", "intel"):
             variants["quant_op_types=all (before)"] = ["--option", "quant_op_types=all"]
         for label, extra in variants.items():
             if only and label not in only:

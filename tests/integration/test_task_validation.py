@@ -179,6 +179,16 @@ def int8_build(model, photos, out):
     return proc, conv, report["metrics"]
 
 
+def intel_int8_build(model, photos, out):
+    """int8 on the intel target, its job kept: (process, convert result, metrics)."""
+    proc = run_cli("build", "--target", "intel", "--model", model, "--precision", "int8",
+                   "--calib", photos[0], "--val", photos[1], "--out", out, "--runner", "local", "--json",
+                   "--keep-job")
+    job = job_of(out)
+    conv = json.loads(next((job / "work" / "results").glob("*-intel-int8-convert.json")).read_text())
+    return proc, conv, json.loads((job / "work" / "intel" / "int8" / "report.json").read_text())["metrics"]
+
+
 def test_yolov8n_int8_keeps_f1_or_is_refused_naming_it(models, task_photos, tmp_path):
     proc, conv, m = int8_build(models["yolo"], task_photos, tmp_path)
     # 8 source boxes on the 29 photos: the source step added mosaics of them (docs/gates.md)
@@ -237,6 +247,21 @@ def test_opset12_map_int8_upgrades_the_opset_and_is_judged_by_regions(models, ta
         assert proc.returncode == 10, proc.stderr[-2000:]
         assert "min region f1" in proc.stderr or "min map iou" in proc.stderr
         assert "cosine" not in proc.stderr  # blank maps no longer refuse it (source-decided)
+
+
+def test_map_int8_on_intel_quantizes_only_its_convs(models, task_photos, tmp_path):
+    """intel's quant_op_types=auto for a map: NNCF ignores every non-compute op type, every MAC int8."""
+    proc, conv, m = intel_int8_build(models["ocr"], task_photos, tmp_path)
+    q = conv["quantization"]
+    assert q["task"] == "map" and q["quant_op_types"] == "compute" and q["int8_mac_fraction"] == 1.0
+    assert {"Add", "HSwish", "Interpolate", "Concat"} <= set(q["op_types_kept_float"])
+    assert not {"Convolution", "GroupConvolution", "ConvolutionBackpropData"} & set(q["op_types_kept_float"])
+    assert [n for n in conv["notes"] if "compute ops only (quant_op_types=compute, a probability map" in n]
+    if proc.returncode == 0:
+        assert m["region_f1"] >= 0.90 and m["map_iou"] >= 0.80
+    else:
+        assert proc.returncode == 10, proc.stderr[-2000:]
+        assert "min region f1" in proc.stderr or "min map iou" in proc.stderr
 
 
 def test_task_raw_by_flag_says_which_checks_were_not_possible(models, task_photos, tmp_path):
