@@ -159,7 +159,9 @@ def markdown(r: dict) -> str:
              "Every row a real `edgekiln build --precision int8` (local runner; bare ORT / NNCF rows: the tool as "
              "its docs call it on that build's data). Region F1 / pixel IoU of the maps above 0.3 vs the fp32 "
              "source's map, with their 95 % lower bounds, on the source's regions (`regions`: the artifact's). "
-             "88 regions resolve about one region (0.011 F1): differences below that are noise. The JSON keeps each "
+             "88 regions resolve about one region (0.011 F1): differences below that are noise. The bounds "
+             "bootstrap photos (a photo with its variants, docs/gates.md), and few of the task photos carry text: "
+             "they are wide (rows before 2026-12-03 17:20 UTC bootstrapped images). The JSON keeps each "
              "build's fastest validate run (`latency_ms`); on this shared 2-core host the same artifact measured 8.6 "
              "and 17.3 ms in two builds, so it is no table column.", "",
              "| runtime | variant | " + " | ".join(COLS) + " | float (--recover) |",
