@@ -142,7 +142,9 @@ def test_int8_is_small_and_agrees(built):
     m = r8["metrics"]
     assert r8["size_bytes"] < 0.3 * r32["size_bytes"]
     assert m["top1_agreement"] >= 0.95  # measured 20/20 with full bias correction
-    assert m["cosine"] > 0.98  # measured min 0.990 over the 20 held-out photos
+    # min cosine over the 20 held-out photos: 0.990 on an AVX-512 VNNI host, 0.978 on an AVX2-only one (the
+    # x86-64-v3 int8 kernels, its accuracy control run there too): a number holds only where it was measured
+    assert m["cosine"] > 0.97
     assert m["accuracy"] >= m["source_accuracy"] - 0.05
     assert r8["inference_precision"].startswith("int8")
     q = r8["quantization"]
