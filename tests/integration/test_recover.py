@@ -240,10 +240,12 @@ def test_an_unknown_recover_rank_is_one_line_naming_the_choices(yolo, tmp_path):
 
 # the plain modelopt int8 (max calibration on 8 photos: cheap tries) reaches a minimum cosine of
 # 0.9696 in the ONNX Runtime proxy (graph optimizations off: fake quantization; 0.9712 through ORT's fused
-# int8 kernels), so a gate of 0.973 refuses it
+# int8 kernels), so a gate of 0.973 refuses it. The time budget is lifted (recover_time_factor=100): the
+# plain int8 on 8 photos is so short that 3x of it decided the outcome by this machine's load (a fresh-clone
+# run on an AVX2 host spent it after 2 tries; the run before passed)
 TRT = ["--target", "jetson", "--precision", "int8", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
        "--option", "calibration_method=max", "--option", "calibration_limit=8", "--threshold", "int8.min_cosine=0.973",
-       "--runner", "local", "--recover", "--option", "recover_unit=layer"]
+       "--runner", "local", "--recover", "--option", "recover_unit=layer", "--option", "recover_time_factor=100"]
 
 
 def test_tensorrt_qdq_recover_excludes_nodes_and_the_bundle_says_so(mobilenet_onnx, photos, tmp_path):
