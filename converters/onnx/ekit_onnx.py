@@ -275,6 +275,16 @@ def keep_float(value, task: str | None) -> tuple[bool, bool]:
     return mode != "none", mode == "auto" and task == "detect"
 
 
+def quant_op_types(value, task: str | None) -> str:
+    """The ``quant_op_types`` option of onnx and intel: ``auto`` ("compute" for a probability map, task
+    "map", else "all"), ``all`` or ``compute`` (int8 on the compute ops only). -> "all" | "compute";
+    any other value: a usage error."""
+    mode = str(value).lower()
+    if mode not in ("auto", "all", "compute"):
+        fail("usage", f"option quant_op_types={value!r} is not one of auto, all, compute")
+    return ("compute" if task == "map" else "all") if mode == "auto" else mode
+
+
 def task_kind() -> str | None:
     """The source step's task (work/source/task.json: "detect", "classify", "map", ...), None when it
     wrote none: what the int8 recipes decide the head convs by."""

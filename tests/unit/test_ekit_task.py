@@ -432,3 +432,16 @@ def test_resize_auto_never_reaches_a_later_step():
     requested = auto_spec()
     assert "resize_auto" not in ekit.resolved_spec(requested, {"input_spec": {"resize": "crop"}})
     assert "resize_auto" not in request.input_spec(resize="crop").to_json()
+
+
+def test_quant_op_types_and_keep_float_options_of_onnx_and_intel():
+    import ekit_onnx
+
+    assert ekit_onnx.quant_op_types("auto", "map") == "compute"
+    assert ekit_onnx.quant_op_types("AUTO", "detect") == "all" and ekit_onnx.quant_op_types("auto", None) == "all"
+    assert ekit_onnx.quant_op_types("all", "map") == "all" and ekit_onnx.quant_op_types("compute", None) == "compute"
+    assert ekit_onnx.keep_float("auto", "detect") == (True, True) and ekit_onnx.keep_float("auto", "classify") == (True, False)
+    assert ekit_onnx.keep_float("none", "detect") == (False, False) and ekit_onnx.keep_float("tail", "detect") == (True, False)
+    for parse, bad in ((ekit_onnx.quant_op_types, "convs"), (ekit_onnx.keep_float, "true")):
+        with pytest.raises(SystemExit):
+            parse(bad, "map")
