@@ -18,10 +18,11 @@ distance), measured on the job's reference images (the source step adds determin
 the source finds few boxes). int8 MACs: the fraction of Conv/Gemm/MatMul MACs that run int8, read off
 the artifact. Seconds: the plain int8 quantization and the whole int8 convert step (with --recover).
 
-Models: YOLOv8n (nudenet 320n, letterbox 320), the ImageNet MobileNetV2 demo, PP-OCR's text-direction
+Models: YOLOv8n (nudenet 320n, letterbox 320; ``yolo_people``: the same on the task photos plus seven
+group photos of people, edgekiln.demo.people_photo_folders), the ImageNet MobileNetV2 demo, PP-OCR's text-direction
 classifier ch_ppocr_mobile_v2.0_cls (MobileNetV3: HardSwish/SE, 48x192), optionally PP-OCRv4 det.
 
-    python bench/int8_recipes.py [--only yolo,mobilenet,ppocr_cls,ppocr] [--runtimes onnx,intel,jetson]
+    python bench/int8_recipes.py [--only yolo,yolo_people,mobilenet,ppocr_cls,ppocr] [--runtimes onnx,intel,jetson]
         [--no-ac] [--merge] [--option KEY=VALUE ...]
 
 The builds are validated natively (EDGEKILN_QEMU_X86_64="": the x86-64-v3 recipe is built, its
@@ -53,11 +54,12 @@ from recover_rpi_jetson import BARE_MODELOPT  # noqa: E402
 
 COLS = ["det_map50", "det_map50_low", "det_band_f1", "det_band_f1_low", "top1_agreement", "top1_agreement_low",
         "prob_tv", "region_f1", "int8_macs", "plain_s", "convert_s", "passed"]
-KEY = {"yolo": "det_map50", "ppocr": "region_f1", "mobilenet": "top1_agreement", "ppocr_cls": "top1_agreement"}
+KEY = {"yolo": "det_map50", "yolo_people": "det_map50", "ppocr": "region_f1", "mobilenet": "top1_agreement", "ppocr_cls": "top1_agreement"}
 
 
 def models(tmp: Path) -> dict:
-    from edgekiln.demo import mobilenet_weights, photo_folders, task_photo_folders, text_detector_onnx, wheel, yolov8n_onnx
+    from edgekiln.demo import (mobilenet_weights, people_photo_folders, photo_folders, task_photo_folders,
+                               text_detector_onnx, wheel, yolov8n_onnx)
 
     yolo, ocr, cls = tmp / "yolov8n.onnx", tmp / "ppocr_det.onnx", tmp / "ppocr_cls.onnx"
     shutil.copy(yolov8n_onnx(), yolo)
@@ -72,6 +74,9 @@ def models(tmp: Path) -> dict:
     task = [str(p) for p in task_photo_folders()]
     return {
         "yolo": ("YOLOv8n (320, letterbox)", [str(yolo)], task, []),
+        # the same on 36 photos: the task photos plus seven group photos of people (12 photos give boxes)
+        "yolo_people": ("YOLOv8n (320, letterbox), 36 photos with 7 group photos", [str(yolo)],
+                        lambda: [str(p) for p in people_photo_folders()], []),  # fetched when asked for
         "mobilenet": ("MobileNetV2 (ImageNet demo)", [str(mobilenet_weights()), *MOBILENET],
                       [str(p) for p in photo_folders(tmp / "photos")], []),
         "ppocr_cls": ("PP-OCR cls (MobileNetV3, HardSwish/SE)", [str(cls)], task, ["--task", "classify"]),
@@ -134,7 +139,7 @@ def bare_row(job: Path, target: str, key: str, ac: bool = False) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="yolo,mobilenet,ppocr_cls")
+    ap.add_argument("--only", default="yolo,yolo_people,mobilenet,ppocr_cls")
     ap.add_argument("--runtimes", default="onnx,intel,jetson")
     ap.add_argument("--no-ac", action="store_true", help="skip NNCF accuracy control (slow)")
     ap.add_argument("--out", default=str(HERE / "results" / "int8_recipes"))
@@ -151,6 +156,7 @@ def main() -> None:
     rows = []
     for name in a.only.split(","):
         label, args, photos, extra = catalog[name]
+        photos = photos() if callable(photos) else photos
         for target in a.runtimes.split(","):
             out = tmp / name / target
             print(f"{label} / {target}: edgekiln int8 --recover ...", flush=True)
