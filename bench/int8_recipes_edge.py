@@ -13,7 +13,7 @@ Rows per runtime and model, each a real ``edgekiln build --precision int8`` thro
 * ``bare defaults``: the tool's own defaults (MNN mnnquant KL, ExecuTorch's snippet with per-tensor
   weights, RKNN ``normal`` without hybrid quantization, TFLiteConverter full integer) on the same
   calibration tensors, expressed as target options (the step runs the tool with exactly them);
-* ``--recover`` where the runtime has it (rpi).
+* ``--recover`` where the runtime has it (rpi, rknn).
 
 Metrics are the validate step's (docs/gates.md): det mAP@0.5 vs the source's boxes and its lower
 bound, ambiguity-band F1 and its bound; classifiers: top-1 agreement, its Wilson bound, prob TV;
@@ -48,6 +48,7 @@ SPECS = {
                   "std": [0.5] * 3},
 }
 SPECS["mobilenet_ts"] = SPECS["mobilenet"]
+SPECS["yolo_people"] = SPECS["yolo"]  # the same YOLOv8n on the 36-photo set (people_photo_folders)
 MNV2_TS = MNV2.split("torch.onnx.export")[0] + "torch.jit.save(torch.jit.trace(m, torch.zeros(1, 3, 224, 224)), sys.argv[3])"
 BARE = {"mnn": ["feature_quantize_method=KL", "keep_float=none"],
         "executorch": ["per_channel=false", "keep_float=none"],
@@ -62,8 +63,9 @@ def models(work: Path, wanted) -> dict[str, Path]:
     from edgekiln.demo import mobilenet_weights, wheel, yolov8n_onnx
 
     paths = {}
-    if "yolo" in wanted:
-        paths["yolo"] = yolov8n_onnx()
+    for name in ("yolo", "yolo_people"):
+        if name in wanted:
+            paths[name] = yolov8n_onnx()
     if "mobilenet" in wanted:
         paths["mobilenet"] = work / "mnv2-src.onnx"
         subprocess.run([env_python("torch"), "-c", MNV2, ROOT / "converters", mobilenet_weights(), paths["mobilenet"]],
@@ -110,20 +112,20 @@ def rows_of(job: Path, target: str, code: int, seconds: float, precision: str = 
 
 
 def run(runtimes, wanted, work: Path, only=None) -> dict:
-    from edgekiln.demo import photo_folders, task_photo_folders
+    from edgekiln.demo import people_photo_folders, photo_folders, task_photo_folders
 
     res = {}
     for name, model in models(work, wanted).items():
-        photos = task_photo_folders() if name == "yolo" else photo_folders()
+        photos = {"yolo": task_photo_folders, "yolo_people": people_photo_folders}.get(name, photo_folders)()
         res[name] = {}
         for rt in runtimes:
             variants = {"edgekiln": [], "bare defaults": BARE[rt]}
-            if rt == "rpi" and name == "yolo":
+            if rt in ("rpi", "rknn") and name.startswith("yolo"):
                 variants["edgekiln --recover"] = ["recover=true"]
             if rt == "mnn":  # each calibrator auto measures, alone (KL alone is the bare row); and not int8
                 variants.update({f"calibrator {c}": [f"feature_quantize_method={c}"] for c in ("EMA", "MINMAX")})
                 variants[W8] = []  # compute: MNN's weight-only int8, a precision of its own
-            if name == "yolo":  # ablations: the tail alone at higher precision; another calibrator
+            if name.startswith("yolo"):  # ablations: the tail alone at higher precision; another calibrator
                 variants["keep_float=tail"] = ["keep_float=tail"]
                 if rt == "rknn":
                     variants["edgekiln kl_divergence"] = ["quantized_algorithm=kl_divergence"]
@@ -161,9 +163,12 @@ def markdown(r: dict) -> str:
              "several runs of this script on the same day (`--merge`, `--variants`). YOLOv8n's validation set: "
              "the rows with det_boxes 189 are on the gate's mosaics (189 source boxes on 64 images, bounds "
              "bootstrapping photos); the others, measured before them, on 54 boxes, where one box is 0.01-0.02 "
-             "band F1: compare rows of one set only (the json has det_boxes per row).", ""]
+             "band F1: compare rows of one set only (the json has det_boxes per row). yolo_people: the same YOLOv8n "
+             "on 36 photos, the 29 task photos plus seven group photos of people (@vladmandic/face-api's demo "
+             "samples, insightface's t1.jpg; edgekiln.demo.people_photo_folders): 12 photos give the source boxes "
+             "instead of 5, so the photo bootstrap's bounds mean something.", ""]
     for name, per in r["results"].items():
-        det = name == "yolo"
+        det = name.startswith("yolo")
         lines += [f"## {name}", "",
                   ("| runtime | variant | pub | mAP50 | mAP50 low | band F1 | band F1 low | mAP | F1@0.25 | "
                    "float ops (head) | MACs int8 | s |" if det else
@@ -192,7 +197,7 @@ def markdown(r: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runtimes", default="mnn,executorch,rpi,rknn")
-    ap.add_argument("--models", default="yolo,mobilenet,mobilenet_ts,ppocr_cls")
+    ap.add_argument("--models", default="yolo,yolo_people,mobilenet,mobilenet_ts,ppocr_cls")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--merge", action="store_true", help="keep the other rows of the stored results")
     ap.add_argument("--variants", default="", help="only these rows (comma-separated labels)")
